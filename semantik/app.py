@@ -1,0 +1,67 @@
+"""``create_app(settings)``: the aiohttp application. No I/O happens until it starts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from semantik import views
+from semantik.keys import QUEUE, RUNTIME, SETTINGS
+from semantik.middlewares import auth, errors, request_context
+from semantik.queue import make_queue
+from semantik.runtime import Runtime
+from semantik.settings import Settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
+
+def _runtime_ctx(shared: Runtime | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        if shared is not None:  # `semantik up`: the in-process worker owns and closes it
+            app[RUNTIME] = shared
+            yield
+            return
+        rt = Runtime(app[SETTINGS])
+        await rt.open()
+        app[RUNTIME] = rt
+        yield
+        await rt.close()
+
+    return runtime_ctx
+
+
+async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    queue = make_queue(app[SETTINGS])
+    app[QUEUE] = queue
+    yield
+    await queue.aclose(close_connection_pool=True)
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.Application:
+    app = web.Application(middlewares=[request_context, errors, auth], client_max_size=MAX_REQUEST_BODY_BYTES)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([_runtime_ctx(runtime), _queue_ctx])
+    app.add_routes(
+        [
+            web.get("/api/health", views.health),
+            web.post("/api/jobs", views.create_job),
+            web.get("/api/jobs", views.list_jobs),
+            web.post("/api/jobs/ping", views.ping_worker),
+            web.get("/api/jobs/{job_id}", views.get_job),
+            web.get("/api/jobs/{job_id}/files", views.list_job_files),
+            web.get("/api/collections", views.list_collections),
+            web.post("/api/collections", views.create_collection),
+            web.get("/api/collections/{name}", views.get_collection),
+            web.post("/api/search", views.search),
+            web.get("/", _index),
+            web.static("/static", STATIC_DIR),
+        ]
+    )
+    return app

@@ -1,0 +1,191 @@
+"""The ``semantik`` command: run the product (``up``, ``serve``) and use it (``index``, ``search``)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from semantik.settings import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except Exception as exc:  # pydantic's message names the bad variable
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+
+
+def _check_exposure(settings: Settings) -> None:
+    host = settings.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and settings.api_token is None:
+        raise click.ClickException(
+            f"refusing to listen on {host} without SEMANTIK_API_TOKEN: anyone who can reach it could read"
+            " your documents. Set a token, or bind to 127.0.0.1."
+        )
+
+
+def _api_url(settings: Settings, url: str | None) -> str:
+    return url or os.environ.get("SEMANTIK_URL") or f"http://{settings.host}:{settings.port}"
+
+
+def _token(settings: Settings) -> str | None:
+    return settings.api_token.get_secret_value() if settings.api_token else None
+
+
+@click.group()
+@click.version_option(package_name="semantik")
+def main() -> None:
+    """Semantik: private semantic search over your documents."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on [SEMANTIK_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, help="Port to listen on [SEMANTIK_PORT, default 8420].")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory [SEMANTIK_DATA_DIR].")
+def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Everything on one box: Redis (started if none is configured), the server and a worker, one process."""
+    from semantik.embedded import run_embedded
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    _check_exposure(settings)
+    asyncio.run(run_embedded(settings))
+
+
+@main.command()
+@click.option("--host", help="Address to listen on [SEMANTIK_HOST].")
+@click.option("--port", type=int, help="Port to listen on [SEMANTIK_PORT].")
+def serve(host: str | None, port: int | None) -> None:
+    """The API server alone; run workers with `arq workers.main.WorkerSettings`."""
+    from aiohttp import web
+
+    from semantik.app import create_app
+    from semantik.logs import configure_logging
+
+    settings = _settings(host=host, port=port)
+    _check_exposure(settings)
+    configure_logging(settings)
+    click.echo(f"Semantik API on http://{settings.host}:{settings.port}", err=True)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", "-c", required=True, help="Collection to index into (created on first use).")
+@click.option("--include", multiple=True, help="Glob of files to take (repeatable); default: supported types.")
+@click.option("--exclude", multiple=True, help="Glob of files to leave out (repeatable).")
+@click.option("--no-recursive", is_flag=True, help="Only the top level of DIRECTORY.")
+@click.option("--name", help="A name for the job.")
+@click.option("--no-wait", is_flag=True, help="Print the job and return at once.")
+@click.option("--url", help="Server URL [SEMANTIK_URL, default http://SEMANTIK_HOST:SEMANTIK_PORT].")
+def index(
+    directory: Path,
+    collection: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    no_recursive: bool,
+    name: str | None,
+    no_wait: bool,
+    url: str | None,
+) -> None:
+    """Index DIRECTORY into a collection through the API, and wait until the job ends."""
+    from semantik.client import ApiError, Client
+
+    settings = _settings()
+    absolute = str(directory.resolve())
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            job = await client.create_job(
+                collection,
+                absolute,
+                recursive=not no_recursive,
+                include=list(include) or None,
+                exclude=list(exclude) or None,
+                name=name,
+            )
+            click.echo(f"job {job['id']} queued", err=True)
+            if no_wait:
+                return job
+            return await _wait_with_progress(client, job["id"])
+
+    try:
+        job = asyncio.run(run())
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+    click.echo(json.dumps(job, indent=2))
+    if job["status"] == "failed":
+        sys.exit(1)
+
+
+async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks"),
+        TimeRemainingColumn(),
+        transient=True,
+        console=None,
+    ) as progress:
+        task = progress.add_task("indexing", total=None, chunks=0)
+
+        def update(job: dict[str, Any]) -> None:
+            finished = job["files_done"] + job["files_failed"] + job["files_skipped"]
+            progress.update(
+                task,
+                total=job["files_total"] or None,
+                completed=finished,
+                chunks=job["chunks"],
+                description=job["status"],
+            )
+
+        await client.wait(job_id, on_update=update)
+    return await client.request("GET", f"/api/jobs/{job_id}")  # type: ignore[no-any-return]
+
+
+@main.command()
+@click.argument("query")
+@click.option("--collection", "-c", required=True)
+@click.option("-k", default=5, show_default=True, type=click.IntRange(1, 100), help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON response.")
+@click.option("--url", help="Server URL [SEMANTIK_URL].")
+def search(query: str, collection: str, k: int, as_json: bool, url: str | None) -> None:
+    """Search a collection and print the best chunks."""
+    from semantik.client import ApiError, Client
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            return await client.search(query, collection, k)
+
+    try:
+        response = asyncio.run(run())
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(response, indent=2))
+        return
+    if not response["results"]:
+        click.echo("no results")
+    for rank, hit in enumerate(response["results"], start=1):
+        text = " ".join(hit["text"].split())
+        click.echo(f"{rank}. {hit['score']:.3f}  {hit['path']}  [chunk {hit['chunk_index']}]")
+        click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")

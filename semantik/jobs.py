@@ -1,0 +1,284 @@
+"""Job, file, collection and document bookkeeping in SQLite: the source of truth for every state."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from semantik import constants as c
+from semantik.db import Database
+from semantik.errors import Conflict, NotFound
+from semantik.models import Collection, FileInfo, Job
+
+FAILED_FILES_SHOWN = 100
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _job_from_row(row: aiosqlite.Row, failed_files: list[FileInfo] | None = None) -> Job:
+    data = dict(row)
+    data["recursive"] = bool(data["recursive"])
+    data["include"] = json.loads(data["include"]) if data["include"] else None
+    data["exclude"] = json.loads(data["exclude"]) if data["exclude"] else None
+    return Job(**data, failed_files=failed_files)
+
+
+def _file_from_row(row: aiosqlite.Row) -> FileInfo:
+    return FileInfo(**{key: row[key] for key in FileInfo.model_fields})
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """One file found by the scan; ``status``/``error`` are set when it is skipped outright."""
+
+    path: str
+    size: int
+    mtime: float
+    status: str = c.FILE_PENDING
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    id: int
+    path: str
+    size: int
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- collections -------------------------------------------------------------------------
+
+    async def create_collection(self, name: str, model: str, dim: int) -> Collection:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO collections (name, model, dim, created_at) VALUES (?, ?, ?, ?)",
+                (name, model, dim, utcnow()),
+            )
+            if cursor.rowcount == 0:
+                raise Conflict(f"collection {name!r} already exists", code="collection_exists")
+        return await self.get_collection(name)
+
+    async def get_collection(self, name: str) -> Collection:
+        collections = await self._collections("WHERE c.name = ?", (name,))
+        if not collections:
+            raise NotFound(f"collection {name!r} does not exist", code="collection_not_found")
+        return collections[0]
+
+    async def list_collections(self) -> list[Collection]:
+        return await self._collections("", ())
+
+    async def _collections(self, where: str, params: Sequence[Any]) -> list[Collection]:
+        rows = await self.db.fetchall(
+            "SELECT c.name, c.model, c.dim, c.created_at, COUNT(d.sha256) AS documents,"
+            " COALESCE(SUM(d.chunks), 0) AS chunks"
+            f" FROM collections c LEFT JOIN documents d ON d.collection = c.name {where}"
+            " GROUP BY c.name ORDER BY c.name",
+            params,
+        )
+        return [Collection(**dict(row)) for row in rows]
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        collection: str,
+        directory: str,
+        recursive: bool,
+        include: list[str] | None,
+        exclude: list[str] | None,
+        name: str | None,
+        model: str,
+        dim: int,
+    ) -> Job:
+        """Insert a queued job, creating its collection on first use, in one transaction."""
+        job_id = str(uuid.uuid4())
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute("SELECT dim FROM collections WHERE name = ?", (collection,))).fetchone()
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO collections (name, model, dim, created_at) VALUES (?, ?, ?, ?)",
+                    (collection, model, dim, now),
+                )
+            elif row["dim"] != dim:
+                raise Conflict(
+                    f"collection {collection!r} holds {row['dim']}-dimensional vectors;"
+                    f" the configured model makes {dim}",
+                    code="collection_model_mismatch",
+                )
+            await conn.execute(
+                "INSERT INTO jobs (id, name, collection, directory, recursive, include, exclude, status,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    name,
+                    collection,
+                    directory,
+                    int(recursive),
+                    json.dumps(include) if include is not None else None,
+                    json.dumps(exclude) if exclude is not None else None,
+                    c.QUEUED,
+                    now,
+                ),
+            )
+        return await self.get_job(job_id)
+
+    async def get_job(self, job_id: str, *, with_failed_files: bool = False) -> Job:
+        row = await self.db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"job {job_id!r} does not exist", code="job_not_found")
+        failed = None
+        if with_failed_files:
+            failed = await self.list_files(job_id, status=c.FILE_FAILED, limit=FAILED_FILES_SHOWN)
+        return _job_from_row(row, failed)
+
+    async def list_jobs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        rows = await self.db.fetchall(
+            f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def list_files(
+        self, job_id: str, *, status: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[FileInfo]:
+        where, params = ("AND status = ?", [status]) if status else ("", [])
+        rows = await self.db.fetchall(
+            f"SELECT * FROM files WHERE job_id = ? {where} ORDER BY path LIMIT ? OFFSET ?",
+            [job_id, *params, limit, offset],
+        )
+        return [_file_from_row(row) for row in rows]
+
+    async def start_job(self, job_id: str, *, worker_id: str, device: str) -> Job | None:
+        """Mark a job running; None when it no longer should run (cancelled, finished or deleted)."""
+        changed = await self.db.execute(
+            "UPDATE jobs SET status = ?, worker_id = ?, device = ?, error = NULL, finished_at = NULL,"
+            " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN (?, ?)",
+            (c.RUNNING, worker_id, device, utcnow(), job_id, c.QUEUED, c.RUNNING),
+        )
+        return await self.get_job(job_id) if changed else None
+
+    async def fail_job(self, job_id: str, error: str) -> None:
+        await self.db.execute(
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, current_file = NULL WHERE id = ?",
+            (c.FAILED, error, utcnow(), job_id),
+        )
+
+    async def finish_job(self, job_id: str) -> Job:
+        """Recount from the file rows and set the terminal status they imply."""
+        async with self.db.transaction() as conn:
+            await self._recount(conn, job_id)
+            await conn.execute(
+                "UPDATE jobs SET status = CASE WHEN files_failed > 0 THEN ? ELSE ? END,"
+                " finished_at = ?, current_file = NULL WHERE id = ?",
+                (c.COMPLETED_WITH_ERRORS, c.COMPLETED, utcnow(), job_id),
+            )
+        return await self.get_job(job_id)
+
+    @staticmethod
+    async def _recount(conn: aiosqlite.Connection, job_id: str) -> None:
+        await conn.execute(
+            "UPDATE jobs SET"
+            " files_total = (SELECT COUNT(*) FROM files WHERE job_id = :id),"
+            " files_done = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'done'),"
+            " files_failed = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'failed'),"
+            " files_skipped = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'skipped'),"
+            " chunks = (SELECT COALESCE(SUM(chunks), 0) FROM files WHERE job_id = :id AND status = 'done')"
+            " WHERE id = :id",
+            {"id": job_id},
+        )
+
+    # -- files -------------------------------------------------------------------------------
+
+    async def record_scan(self, job_id: str, files: Iterable[ScannedFile]) -> None:
+        """Add the scanned files (a resumed job keeps the rows, and the states, it already has)."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT OR IGNORE INTO files (job_id, path, size, mtime, status, error, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(job_id, f.path, f.size, f.mtime, f.status, f.error, now) for f in files],
+            )
+            await self._recount(conn, job_id)
+
+    async def pending_files(self, job_id: str) -> list[PendingFile]:
+        rows = await self.db.fetchall(
+            "SELECT id, path, size FROM files WHERE job_id = ? AND status = ? ORDER BY path",
+            (job_id, c.FILE_PENDING),
+        )
+        return [PendingFile(row["id"], row["path"], row["size"]) for row in rows]
+
+    async def set_current_file(self, job_id: str, path: str) -> None:
+        await self.db.execute("UPDATE jobs SET current_file = ? WHERE id = ?", (path, job_id))
+
+    async def settle_file(self, job_id: str, file_id: int, status: str, error: str | None, sha256: str | None) -> None:
+        """A file that ends without vectors: skipped (with why) or failed (with the reason)."""
+        counter = "files_failed" if status == c.FILE_FAILED else "files_skipped"
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE files SET status = ?, error = ?, sha256 = ?, updated_at = ? WHERE id = ? AND status = ?",
+                (status, error, sha256, utcnow(), file_id, c.FILE_PENDING),
+            )
+            if cursor.rowcount:
+                await conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
+
+    async def indexed_path(self, collection: str, sha256: str) -> str | None:
+        """The path this content was indexed from in the collection, or None if it is not there."""
+        value = await self.db.fetchval(
+            "SELECT path FROM documents WHERE collection = ? AND sha256 = ?", (collection, sha256)
+        )
+        return str(value) if value is not None else None
+
+    async def stale_hashes(self, collection: str, path: str, sha256: str) -> list[str]:
+        """Contents previously indexed from ``path`` that the file no longer has."""
+        rows = await self.db.fetchall(
+            "SELECT sha256 FROM documents WHERE collection = ? AND path = ? AND sha256 != ?",
+            (collection, path, sha256),
+        )
+        return [row["sha256"] for row in rows]
+
+    async def commit_file(
+        self,
+        *,
+        job_id: str,
+        file_id: int,
+        collection: str,
+        path: str,
+        sha256: str,
+        chunks: int,
+        stale: list[str],
+    ) -> None:
+        """After the file's points are upserted: mark it done and record what the collection holds."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE files SET status = ?, sha256 = ?, chunks = ?, error = NULL, updated_at = ?"
+                " WHERE id = ? AND status = ?",
+                (c.FILE_DONE, sha256, chunks, now, file_id, c.FILE_PENDING),
+            )
+            if cursor.rowcount:
+                await conn.execute(
+                    "UPDATE jobs SET files_done = files_done + 1, chunks = chunks + ? WHERE id = ?",
+                    (chunks, job_id),
+                )
+            await conn.execute(
+                "INSERT OR REPLACE INTO documents (collection, sha256, path, chunks, job_id, indexed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (collection, sha256, path, chunks, job_id, now),
+            )
+            await conn.executemany(
+                "DELETE FROM documents WHERE collection = ? AND sha256 = ?", [(collection, h) for h in stale]
+            )

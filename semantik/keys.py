@@ -1,0 +1,13 @@
+"""Typed keys for what the aiohttp application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from semantik.runtime import Runtime
+from semantik.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+RUNTIME = web.AppKey("runtime", Runtime)
+QUEUE = web.AppKey("queue", ArqRedis)

@@ -1,0 +1,271 @@
+"""One embedding job: scan, then extract → chunk → embed → upsert, overlapped so the model never waits.
+
+- Preparation (read, hash, extract, chunk) runs in threads, ``extract_workers`` files at a time,
+  a few files ahead of the model.
+- The model takes batches that may span files; a partial batch goes as soon as nothing else is
+  ready, because an idle model is the one cost we cannot win back.
+- A file whose chunks are all embedded is upserted and then committed as done, in the background,
+  while the model works on the next batch. Point ids are deterministic, so a retried or resumed job
+  re-upserts without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from semantik import constants as c
+from semantik.chunk import Chunker
+from semantik.embed import Embedder
+from semantik.extract import ExtractionError, extract_text, read_file
+from semantik.jobs import PendingFile
+from semantik.models import Job
+from semantik.runtime import Runtime
+from semantik.scan import scan_directory
+
+log = structlog.get_logger(__name__)
+
+UPSERTS_IN_FLIGHT = 2
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobError(Exception):
+    """The whole job cannot go on; the message is stored as the job's error."""
+
+
+@dataclass
+class _Prepared:
+    file: PendingFile
+    sha256: str
+    chunks: list[str]
+    stale: list[str]
+    queued: int = 0  # chunks handed to the model so far
+    embedded: int = 0
+    vectors: npt.NDArray[np.float32] | None = None
+    started: bool = field(default=False)
+
+
+async def run_embed_job(rt: Runtime, job_id: str, worker_id: str | None = None) -> Job | None:
+    """Run (or resume) a job to a terminal state. None when the job should not run any more."""
+    embedder = await rt.embedder()
+    device = f"{embedder.device}/{embedder.dtype}"
+    job = await rt.jobs.start_job(job_id, worker_id=worker_id or worker_identity(), device=device)
+    if job is None:
+        log.info("job_not_runnable", job_id=job_id)
+        return None
+    bound = log.bind(job_id=job_id, collection=job.collection)
+    bound.info("job_started", directory=job.directory, device=device)
+    try:
+        await _index(rt, job, embedder)
+    except JobError as exc:
+        bound.warning("job_failed", error=str(exc))
+        await rt.jobs.fail_job(job_id, str(exc))
+        return await rt.jobs.get_job(job_id)
+    except Exception as exc:
+        bound.exception("job_failed")
+        await rt.jobs.fail_job(job_id, f"{type(exc).__name__}: {exc}")
+        raise
+    done = await rt.jobs.finish_job(job_id)
+    bound.info(
+        "job_finished",
+        status=done.status,
+        files_done=done.files_done,
+        files_failed=done.files_failed,
+        files_skipped=done.files_skipped,
+        chunks=done.chunks,
+    )
+    return done
+
+
+async def _index(rt: Runtime, job: Job, embedder: Embedder) -> None:
+    s = rt.settings
+    directory = Path(job.directory)
+    if not await asyncio.to_thread(directory.is_dir):
+        raise JobError(f"directory {job.directory} does not exist any more")
+    scanned = await asyncio.to_thread(
+        scan_directory,
+        directory,
+        recursive=job.recursive,
+        include=job.include,
+        exclude=job.exclude,
+        allowed_roots=s.allowed_roots,
+        max_file_size_bytes=s.max_file_size_bytes,
+    )
+    await rt.jobs.record_scan(job.id, scanned)
+    pending = await rt.jobs.pending_files(job.id)
+    log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending))
+    if not pending:
+        return
+    await rt.vectors.ensure_collection(job.collection, embedder.dim)
+    await _Pipeline(rt, job, embedder, await rt.chunker()).run(pending)
+
+
+class _Pipeline:
+    def __init__(self, rt: Runtime, job: Job, embedder: Embedder, chunker: Chunker) -> None:
+        self.rt, self.job, self.embedder, self.chunker = rt, job, embedder, chunker
+        workers = rt.settings.extract_workers
+        self.workers = workers
+        self.ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=2 * workers)
+        self.upserts: set[asyncio.Task[None]] = set()
+        self.upsert_slots = asyncio.Semaphore(UPSERTS_IN_FLIGHT)
+        self.failure: BaseException | None = None
+
+    async def run(self, pending: list[PendingFile]) -> None:
+        producer = asyncio.create_task(self._produce(pending))
+        try:
+            await self._consume()
+            await producer
+            await self._drain_upserts()
+        finally:
+            producer.cancel()
+            for task in self.upserts:
+                task.cancel()
+
+    # -- preparation -------------------------------------------------------------------------
+
+    async def _produce(self, pending: list[PendingFile]) -> None:
+        files = iter(pending)
+
+        async def prepare_next() -> None:
+            for pending_file in files:  # the iterator is shared: each file is taken once
+                prepared = await self._prepare(pending_file)
+                if prepared is not None:
+                    await self.ready.put(prepared)
+
+        try:
+            await asyncio.gather(*(prepare_next() for _ in range(self.workers)))
+        finally:
+            await self.ready.put(None)
+
+    async def _prepare(self, file: PendingFile) -> _Prepared | None:
+        jobs, collection = self.rt.jobs, self.job.collection
+        path = Path(file.path)
+        sha256 = None
+        try:
+            data, sha256 = await asyncio.to_thread(read_file, path)
+            indexed_from = await jobs.indexed_path(collection, sha256)
+            if indexed_from is not None:
+                reason = (
+                    "unchanged since last indexed" if indexed_from == file.path else f"same content as {indexed_from}"
+                )
+                await jobs.settle_file(self.job.id, file.id, c.FILE_SKIPPED, reason, sha256)
+                return None
+            chunks = await asyncio.to_thread(self._extract_and_chunk, data, path)
+        except ExtractionError as exc:
+            log.warning("file_failed", job_id=self.job.id, file=file.path, error=str(exc))
+            await jobs.settle_file(self.job.id, file.id, c.FILE_FAILED, str(exc), sha256)
+            return None
+        if not chunks:
+            await jobs.settle_file(self.job.id, file.id, c.FILE_SKIPPED, "no text to index", sha256)
+            return None
+        stale = await jobs.stale_hashes(collection, file.path, sha256)
+        return _Prepared(file, sha256, chunks, stale)
+
+    def _extract_and_chunk(self, data: bytes, path: Path) -> list[str]:
+        try:
+            text = extract_text(data, path.resolve().suffix)  # a symlink is read as what it points to
+        except ExtractionError:
+            raise
+        except Exception as exc:  # a parser bug on a strange file fails that file, not the job
+            raise ExtractionError(f"cannot extract text: {type(exc).__name__}: {exc}") from exc
+        return self.chunker.chunk(text) if text else []
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        batch_size = self.embedder.batch_size
+        open_files: deque[_Prepared] = deque()  # files with chunks not yet handed to the model
+        produced_all = False
+
+        def waiting_chunks() -> int:
+            return sum(len(item.chunks) - item.queued for item in open_files)
+
+        while True:
+            self._raise_commit_failure()
+            # Take what is ready; block on preparation only when the model has nothing to do.
+            while not produced_all and waiting_chunks() < batch_size:
+                if waiting_chunks() and self.ready.empty():
+                    break
+                item = await self.ready.get()
+                if item is None:
+                    produced_all = True
+                else:
+                    open_files.append(item)
+            if not open_files:
+                return
+            batch: list[tuple[_Prepared, int]] = []
+            while open_files and len(batch) < batch_size:
+                current = open_files[0]
+                take = min(batch_size - len(batch), len(current.chunks) - current.queued)
+                batch.extend((current, current.queued + i) for i in range(take))
+                current.queued += take
+                if current.queued == len(current.chunks):
+                    open_files.popleft()
+            await self._embed(batch)
+
+    async def _embed(self, batch: list[tuple[_Prepared, int]]) -> None:
+        first = batch[0][0]
+        if not first.started:
+            first.started = True
+            await self.rt.jobs.set_current_file(self.job.id, first.file.path)
+        vectors = await self.embedder.encode([item.chunks[index] for item, index in batch])
+        for row, (item, index) in enumerate(batch):
+            if item.vectors is None:
+                item.vectors = np.empty((len(item.chunks), vectors.shape[1]), dtype=np.float32)
+            item.vectors[index] = vectors[row]
+            item.embedded += 1
+            if item.embedded == len(item.chunks):
+                task = asyncio.create_task(self._commit(item))
+                self.upserts.add(task)
+                task.add_done_callback(self._commit_done)
+
+    # -- storing -----------------------------------------------------------------------------
+
+    async def _commit(self, item: _Prepared) -> None:
+        assert item.vectors is not None
+        async with self.upsert_slots:
+            rt, job = self.rt, self.job
+            await rt.vectors.upsert_file(
+                job.collection,
+                sha256=item.sha256,
+                path=item.file.path,
+                job_id=job.id,
+                texts=item.chunks,
+                vectors=item.vectors,
+            )
+            await rt.vectors.delete_contents(job.collection, item.stale)
+            await rt.jobs.commit_file(
+                job_id=job.id,
+                file_id=item.file.id,
+                collection=job.collection,
+                path=item.file.path,
+                sha256=item.sha256,
+                chunks=len(item.chunks),
+                stale=item.stale,
+            )
+        log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self.upserts.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    def _raise_commit_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def _drain_upserts(self) -> None:
+        while self.upserts:
+            await asyncio.wait(set(self.upserts))
+        self._raise_commit_failure()

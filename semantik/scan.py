@@ -1,0 +1,94 @@
+"""Find the files a job indexes: include/exclude globs, a size limit, symlinks kept inside the roots."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from semantik import constants as c
+from semantik.extract import SUPPORTED_SUFFIXES
+from semantik.jobs import ScannedFile
+
+
+def is_within(path: Path, roots: Sequence[Path]) -> bool:
+    """True when the (already resolved) ``path`` is one of ``roots`` or lies below one."""
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _matches(relative: str, patterns: Sequence[str]) -> bool:
+    # A pattern matches the path relative to the job directory or the bare file name:
+    # "*.pdf" takes every PDF at any depth, "reports/*" everything under reports/.
+    name = relative.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[tuple[Path, Path | None]]:
+    """Yield (path as found, resolved target or None when it leaves the roots or is dangling)."""
+    seen_dirs: set[Path] = set()
+    stack = [directory]
+    while stack:
+        current = stack.pop()
+        real_dir = current.resolve()
+        if real_dir in seen_dirs:  # a symlink loop or a second link to the same folder
+            continue
+        seen_dirs.add(real_dir)
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                target = path.resolve(strict=True) if entry.is_symlink() else path
+            except (OSError, RuntimeError):
+                yield path, None
+                continue
+            if not is_within(target, roots):
+                yield path, None
+                continue
+            if target.is_dir():
+                if recursive:
+                    stack.append(path)
+            elif target.is_file():
+                yield path, target
+
+
+def scan_directory(
+    directory: Path,
+    *,
+    recursive: bool,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    allowed_roots: Sequence[Path],
+    max_file_size_bytes: int,
+) -> list[ScannedFile]:
+    """Every candidate file under ``directory``, in path order; files that cannot be indexed come back
+    already ``skipped`` with the reason, so each one is accounted for."""
+    found: list[ScannedFile] = []
+    for path, target in _walk(directory, recursive, allowed_roots):
+        relative = path.relative_to(directory).as_posix()
+        if exclude and _matches(relative, exclude):
+            continue
+        suffix = path.suffix.lower()
+        if include is None:
+            if suffix not in SUPPORTED_SUFFIXES:
+                continue
+        elif not _matches(relative, include):
+            continue
+        if target is None:
+            found.append(ScannedFile(str(path), 0, 0.0, c.FILE_SKIPPED, "symlink leads outside the allowed roots"))
+            continue
+        try:
+            stat = target.stat()
+        except OSError as exc:
+            found.append(ScannedFile(str(path), 0, 0.0, c.FILE_FAILED, f"cannot stat: {exc.strerror}"))
+            continue
+        status, error = c.FILE_PENDING, None
+        if (target.suffix.lower() if target != path else suffix) not in SUPPORTED_SUFFIXES:
+            status, error = c.FILE_SKIPPED, f"unsupported file type {suffix or '(none)'!r}"
+        elif stat.st_size > max_file_size_bytes:
+            status, error = c.FILE_SKIPPED, f"larger than the {max_file_size_bytes // (1024 * 1024)} MB limit"
+        found.append(ScannedFile(str(path), stat.st_size, stat.st_mtime, status, error))
+    return found

@@ -1,0 +1,84 @@
+"""What the API does, apart from HTTP: each function takes parsed input and returns models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import structlog
+from arq.connections import ArqRedis
+
+from semantik.errors import Forbidden, ValidationFailed
+from semantik.models import Job, JobCreate, SearchHit, SearchRequest
+from semantik.queue import enqueue_embed_job
+from semantik.runtime import Runtime
+from semantik.scan import is_within
+
+log = structlog.get_logger(__name__)
+
+
+def field_error(field: str, message: str, code: str) -> ValidationFailed:
+    return ValidationFailed(message, code=code, details=[{"loc": [field], "msg": message, "type": code}])
+
+
+def resolve_job_directory(rt: Runtime, directory: str) -> Path:
+    """The job's directory, resolved; refused unless it lies inside an allowed root."""
+    path = Path(directory).expanduser()
+    if not path.is_absolute():
+        raise field_error("directory", "directory must be an absolute path", "path_not_absolute")
+    resolved = path.resolve()
+    if not is_within(resolved, rt.settings.allowed_roots):
+        # Checked before existence, so the answer says nothing about paths outside the roots.
+        raise Forbidden(
+            f"{directory} is outside the allowed roots (SEMANTIK_ALLOWED_ROOTS)",
+            code="path_not_allowed",
+            details={"allowed_roots": [str(root) for root in rt.settings.allowed_roots]},
+        )
+    if not resolved.is_dir():
+        raise field_error("directory", f"{directory} is not an existing directory", "directory_not_found")
+    return resolved
+
+
+async def create_job(rt: Runtime, queue: ArqRedis, request: JobCreate) -> Job:
+    directory = resolve_job_directory(rt, request.directory)
+    for field, patterns in (("include", request.include), ("exclude", request.exclude)):
+        if patterns is not None and any(not pattern.strip() for pattern in patterns):
+            raise field_error(field, f"{field} patterns must not be empty", "empty_pattern")
+    job = await rt.jobs.create_job(
+        collection=request.collection,
+        directory=str(directory),
+        recursive=request.recursive,
+        include=request.include,
+        exclude=request.exclude,
+        name=request.name,
+        model=rt.model_name,
+        dim=rt.model_dim,
+    )
+    try:
+        await enqueue_embed_job(queue, job.id)
+    except Exception as exc:
+        await rt.jobs.fail_job(job.id, f"could not be queued: {exc}")
+        log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
+        raise
+    log.info("job_queued", job_id=job.id, collection=job.collection, directory=job.directory)
+    return job
+
+
+async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], float]:
+    """Best chunks first, and the milliseconds it took."""
+    started = time.perf_counter()
+    await rt.jobs.get_collection(request.collection)  # 404 for an unknown collection
+    embedder = await rt.embedder()
+    vector = (await embedder.encode([request.query]))[0]
+    hits = await rt.vectors.search(request.collection, vector, request.k)
+    results = [
+        SearchHit(
+            score=hit.score,
+            path=str(hit.payload.get("path", "")),
+            chunk_index=int(hit.payload.get("chunk_index", 0)),
+            text=str(hit.payload.get("text", "")),
+            job_id=hit.payload.get("job_id"),
+        )
+        for hit in hits
+    ]
+    return results, (time.perf_counter() - started) * 1000

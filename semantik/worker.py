@@ -1,0 +1,77 @@
+"""arq worker functions and settings. ``workers/main.py`` exposes them to the plain arq CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import structlog
+
+from semantik.constants import EMBED_JOB_FUNCTION, PING_FUNCTION
+from semantik.logs import configure_logging
+from semantik.pipeline import run_embed_job, worker_identity
+from semantik.queue import redis_settings
+from semantik.runtime import Runtime
+from semantik.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# ctx keys: the typed dependencies object, and whether this worker built (and must close) it.
+RUNTIME_KEY = "runtime"
+OWNS_RUNTIME_KEY = "owns_runtime"
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    if RUNTIME_KEY not in ctx:  # launched by the arq CLI: build our own runtime
+        settings = Settings()
+        configure_logging(settings)
+        runtime = Runtime(settings)
+        await runtime.open()
+        ctx[RUNTIME_KEY], ctx[OWNS_RUNTIME_KEY] = runtime, True
+    runtime = ctx[RUNTIME_KEY]
+    ctx["worker_id"] = worker_identity()
+    embedder = await runtime.embedder()  # load the model now, not inside the first job
+    log.info("worker_started", worker_id=ctx["worker_id"], device=embedder.device, dtype=embedder.dtype)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get(OWNS_RUNTIME_KEY):
+        await ctx[RUNTIME_KEY].close()
+    log.info("worker_stopped", worker_id=ctx.get("worker_id"))
+
+
+async def embed_job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
+    with structlog.contextvars.bound_contextvars(job_id=job_id, worker_id=ctx["worker_id"]):
+        job = await run_embed_job(ctx[RUNTIME_KEY], job_id, ctx["worker_id"])
+    return {"job_id": job_id, "status": job.status if job else "not_runnable"}
+
+
+async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
+    runtime: Runtime = ctx[RUNTIME_KEY]
+    embedder = await runtime.embedder()
+    return {
+        "worker_id": ctx["worker_id"],
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": f"{embedder.device}/{embedder.dtype}",
+    }
+
+
+embed_job.__qualname__ = EMBED_JOB_FUNCTION
+ping.__qualname__ = PING_FUNCTION
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker``, shared by the arq CLI and ``semantik up``."""
+    return {
+        "functions": [embed_job, ping],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "queue_name": settings.queue_name,
+        "redis_settings": redis_settings(settings),
+        "max_jobs": settings.worker_max_jobs,
+        "job_timeout": settings.job_timeout_s,
+        "poll_delay": settings.worker_poll_delay_s,
+        "keep_result": 3600,
+    }
