@@ -15,6 +15,7 @@ HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".docx"}
 
 _BINARY_SNIFF_BYTES = 8192
+_CP1252_CHAOS_MARGIN = 0.2
 _BLANK_RUNS = re.compile(r"\n\s*\n\s*\n+")
 
 
@@ -42,9 +43,15 @@ def decode_text(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    best = charset_normalizer.from_bytes(data).best()
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
     if best is None:
         raise ExtractionError("undecodable text: not UTF-8 and no other encoding fits")
+    # Short Western text is ambiguous between the 125x code pages; Windows-1252 is by far the most
+    # common legacy encoding, so it wins whenever it reads about as cleanly as the best guess.
+    for match in matches:
+        if match.encoding == "cp1252" and match.chaos <= best.chaos + _CP1252_CHAOS_MARGIN:
+            return str(match)
     return str(best)
 
 

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
 from semantik.constants import QDRANT_COLLECTION_PREFIX
+from semantik.errors import Unavailable
 
 # uuid5 namespace for point ids: the same (collection, content, chunk) always maps to the same point.
 POINT_NAMESPACE = uuid.UUID("5c1e4f3a-7d2b-4c8e-9f60-2b1d8e7a9c11")
@@ -61,15 +62,30 @@ class VectorStore:
                 if self._url is not None:
                     self._async = AsyncQdrantClient(url=self._url, api_key=self._api_key, timeout=30)
                 else:
-                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-qdrant")
-                    self._path.mkdir(parents=True, exist_ok=True)
-                    loop = asyncio.get_running_loop()
-                    self._sync = await loop.run_in_executor(self._executor, partial(QdrantClient, path=str(self._path)))
+                    await self._open_embedded()
         if self._async is not None:
             return await getattr(self._async, method)(*args, **kwargs)
         assert self._sync is not None and self._executor is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(getattr(self._sync, method), *args, **kwargs))
+
+    async def _open_embedded(self) -> None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-qdrant")
+        self._path.mkdir(parents=True, exist_ok=True)
+        try:
+            client = await asyncio.get_running_loop().run_in_executor(
+                executor, partial(QdrantClient, path=str(self._path))
+            )
+        except RuntimeError as exc:
+            executor.shutdown(wait=False)
+            if "already accessed" in str(exc):
+                raise Unavailable(
+                    f"the embedded vector store {self._path} is held by another process; only one process can"
+                    " open it. Run `semantik up` alone, or share a Qdrant server via SEMANTIK_QDRANT_URL.",
+                    code="vector_store_busy",
+                ) from exc
+            raise
+        self._sync, self._executor = client, executor
 
     async def close(self) -> None:
         async with self._open_lock:
