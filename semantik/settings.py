@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     embed_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     embed_batch_size: int = Field(default=32, ge=1, le=4096)
 
+    # GPUs shared by all workers through Redis leases: "0,1", "auto" (every CUDA device), or "" (none).
+    gpu_devices: str = ""
+    gpu_slots_per_device: int = Field(default=1, ge=1, le=64)
+    gpu_lease_ttl_s: float = Field(default=60.0, ge=1)
+    gpu_wait_s: float = Field(default=300.0, ge=0)
+    gpu_fallback: Literal["cpu", "wait", "fail"] = "cpu"
+
     chunk_size_tokens: int = Field(default=256, ge=16)
     chunk_overlap_tokens: int = Field(default=32, ge=0)
     max_file_size_mb: float = Field(default=50.0, gt=0)
