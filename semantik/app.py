@@ -8,11 +8,13 @@ from pathlib import Path
 from aiohttp import web
 
 from semantik import views
-from semantik.keys import QUEUE, RUNTIME, SETTINGS
+from semantik.hub import EventHub
+from semantik.keys import HUB, QUEUE, RUNTIME, SETTINGS, SOCKETS
 from semantik.middlewares import auth, errors, request_context
 from semantik.queue import make_queue
 from semantik.runtime import Runtime
 from semantik.settings import Settings
+from semantik.ws import all_jobs_socket, close_all, job_socket, new_socket_set
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
@@ -40,6 +42,14 @@ async def _queue_ctx(app: web.Application) -> AsyncIterator[None]:
     await queue.aclose(close_connection_pool=True)
 
 
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = EventHub(app[SETTINGS].effective_redis_url)
+    await hub.start()
+    app[HUB] = hub
+    yield
+    await hub.stop()
+
+
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
@@ -47,7 +57,9 @@ async def _index(request: web.Request) -> web.FileResponse:
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.Application:
     app = web.Application(middlewares=[request_context, errors, auth], client_max_size=MAX_REQUEST_BODY_BYTES)
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_runtime_ctx(runtime), _queue_ctx])
+    app[SOCKETS] = new_socket_set()
+    app.cleanup_ctx.extend([_runtime_ctx(runtime), _queue_ctx, _hub_ctx])
+    app.on_shutdown.append(close_all)
     app.add_routes(
         [
             web.get("/api/health", views.health),
@@ -56,6 +68,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.App
             web.post("/api/jobs/ping", views.ping_worker),
             web.get("/api/jobs/{job_id}", views.get_job),
             web.get("/api/jobs/{job_id}/files", views.list_job_files),
+            web.get("/api/jobs/{job_id}/ws", job_socket),
+            web.get("/api/ws/jobs", all_jobs_socket),
             web.get("/api/collections", views.list_collections),
             web.post("/api/collections", views.create_collection),
             web.get("/api/collections/{name}", views.get_collection),

@@ -12,6 +12,15 @@ QDRANT_COLLECTION_PREFIX = "semantik_"
 # Pub/sub channel carrying one job's events, and the one carrying every job's events.
 JOB_EVENTS_CHANNEL = "semantik:events:job:{job_id}"
 ALL_JOBS_EVENTS_CHANNEL = "semantik:events:jobs"
+# The server's one pattern subscription: every per-job channel.
+JOB_EVENTS_PATTERN = "semantik:events:job:*"
+
+# Event types (worker → Redis pub/sub → server → WebSocket); ``snapshot`` is made by the server.
+JOB_QUEUED, JOB_STARTED, SCAN_COMPLETED = "job_queued", "job_started", "scan_completed"
+FILE_COMPLETED, FILE_FAILED, PROGRESS = "file_completed", "file_failed", "progress"
+JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED = "job_completed", "job_failed", "job_cancelled"
+SNAPSHOT = "snapshot"
+TERMINAL_EVENTS = frozenset({JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED})
 
 # Job states; the last four are terminal.
 QUEUED, RUNNING = "queued", "running"

@@ -75,6 +75,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX documents_path ON documents(collection, path);
     """,
+    # Events: the number of the job's last event, so a snapshot says where the stream continues.
+    """
+    ALTER TABLE jobs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

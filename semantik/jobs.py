@@ -17,6 +17,11 @@ from semantik.errors import Conflict, NotFound
 from semantik.models import Collection, FileInfo, Job
 
 FAILED_FILES_SHOWN = 100
+# What every event carries about its job, read back in the transaction that made the change.
+STATE_FIELDS = ("status", "files_total", "files_done", "files_failed", "files_skipped", "chunks", "current_file")
+STATE_COLUMNS = ", ".join(("seq", *STATE_FIELDS))
+
+JobState = dict[str, Any]
 
 
 def utcnow() -> str:
@@ -29,6 +34,11 @@ def _job_from_row(row: aiosqlite.Row, failed_files: list[FileInfo] | None = None
     data["include"] = json.loads(data["include"]) if data["include"] else None
     data["exclude"] = json.loads(data["exclude"]) if data["exclude"] else None
     return Job(**data, failed_files=failed_files)
+
+
+def job_state(job: Job) -> JobState:
+    """The counters an event carries, from a job read whole."""
+    return {field: getattr(job, field) for field in STATE_FIELDS}
 
 
 def _file_from_row(row: aiosqlite.Row) -> FileInfo:
@@ -51,6 +61,16 @@ class PendingFile:
     id: int
     path: str
     size: int
+
+
+async def _bump(conn: aiosqlite.Connection, job_id: str) -> JobState:
+    """Number the job's next event, inside the transaction of the change it announces."""
+    cursor = await conn.execute(f"UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING {STATE_COLUMNS}", (job_id,))
+    row = await cursor.fetchone()
+    await cursor.close()
+    if row is None:
+        raise NotFound(f"job {job_id!r} does not exist", code="job_not_found")
+    return dict(row)
 
 
 class JobStore:
@@ -102,7 +122,7 @@ class JobStore:
         model: str,
         dim: int,
     ) -> Job:
-        """Insert a queued job, creating its collection on first use, in one transaction."""
+        """Insert a queued job (its ``job_queued`` event is seq 1), creating its collection on first use."""
         job_id = str(uuid.uuid4())
         now = utcnow()
         async with self.db.transaction() as conn:
@@ -120,7 +140,7 @@ class JobStore:
                 )
             await conn.execute(
                 "INSERT INTO jobs (id, name, collection, directory, recursive, include, exclude, status,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 (
                     job_id,
                     name,
@@ -162,22 +182,28 @@ class JobStore:
         )
         return [_file_from_row(row) for row in rows]
 
-    async def start_job(self, job_id: str, *, worker_id: str, device: str) -> Job | None:
+    async def start_job(self, job_id: str, *, worker_id: str, device: str) -> JobState | None:
         """Mark a job running; None when it no longer should run (cancelled, finished or deleted)."""
-        changed = await self.db.execute(
-            "UPDATE jobs SET status = ?, worker_id = ?, device = ?, error = NULL, finished_at = NULL,"
-            " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN (?, ?)",
-            (c.RUNNING, worker_id, device, utcnow(), job_id, c.QUEUED, c.RUNNING),
-        )
-        return await self.get_job(job_id) if changed else None
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = ?, worker_id = ?, device = ?, error = NULL, finished_at = NULL,"
+                " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN (?, ?)",
+                (c.RUNNING, worker_id, device, utcnow(), job_id, c.QUEUED, c.RUNNING),
+            )
+            if cursor.rowcount == 0:
+                return None
+            return await _bump(conn, job_id)
 
-    async def fail_job(self, job_id: str, error: str) -> None:
-        await self.db.execute(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, current_file = NULL WHERE id = ?",
-            (c.FAILED, error, utcnow(), job_id),
-        )
+    async def fail_job(self, job_id: str, error: str) -> JobState:
+        async with self.db.transaction() as conn:
+            await self._recount(conn, job_id)
+            await conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, current_file = NULL WHERE id = ?",
+                (c.FAILED, error, utcnow(), job_id),
+            )
+            return await _bump(conn, job_id)
 
-    async def finish_job(self, job_id: str) -> Job:
+    async def finish_job(self, job_id: str) -> JobState:
         """Recount from the file rows and set the terminal status they imply."""
         async with self.db.transaction() as conn:
             await self._recount(conn, job_id)
@@ -186,7 +212,12 @@ class JobStore:
                 " finished_at = ?, current_file = NULL WHERE id = ?",
                 (c.COMPLETED_WITH_ERRORS, c.COMPLETED, utcnow(), job_id),
             )
-        return await self.get_job(job_id)
+            return await _bump(conn, job_id)
+
+    async def progress(self, job_id: str) -> JobState:
+        """Number a progress event and read the counters it carries."""
+        async with self.db.transaction() as conn:
+            return await _bump(conn, job_id)
 
     @staticmethod
     async def _recount(conn: aiosqlite.Connection, job_id: str) -> None:
@@ -203,7 +234,7 @@ class JobStore:
 
     # -- files -------------------------------------------------------------------------------
 
-    async def record_scan(self, job_id: str, files: Iterable[ScannedFile]) -> None:
+    async def record_scan(self, job_id: str, files: Iterable[ScannedFile]) -> JobState:
         """Add the scanned files (a resumed job keeps the rows, and the states, it already has)."""
         now = utcnow()
         async with self.db.transaction() as conn:
@@ -213,6 +244,7 @@ class JobStore:
                 [(job_id, f.path, f.size, f.mtime, f.status, f.error, now) for f in files],
             )
             await self._recount(conn, job_id)
+            return await _bump(conn, job_id)
 
     async def pending_files(self, job_id: str) -> list[PendingFile]:
         rows = await self.db.fetchall(
@@ -224,16 +256,21 @@ class JobStore:
     async def set_current_file(self, job_id: str, path: str) -> None:
         await self.db.execute("UPDATE jobs SET current_file = ? WHERE id = ?", (path, job_id))
 
-    async def settle_file(self, job_id: str, file_id: int, status: str, error: str | None, sha256: str | None) -> None:
-        """A file that ends without vectors: skipped (with why) or failed (with the reason)."""
+    async def settle_file(
+        self, job_id: str, file_id: int, status: str, error: str | None, sha256: str | None
+    ) -> JobState | None:
+        """A file that ends without vectors: skipped (with why) or failed (with the reason).
+        A failure is an event (its state comes back); a skip only moves the counters."""
         counter = "files_failed" if status == c.FILE_FAILED else "files_skipped"
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE files SET status = ?, error = ?, sha256 = ?, updated_at = ? WHERE id = ? AND status = ?",
                 (status, error, sha256, utcnow(), file_id, c.FILE_PENDING),
             )
-            if cursor.rowcount:
-                await conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
+            if not cursor.rowcount:
+                return None
+            await conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
+            return await _bump(conn, job_id) if status == c.FILE_FAILED else None
 
     async def indexed_path(self, collection: str, sha256: str) -> str | None:
         """The path this content was indexed from in the collection, or None if it is not there."""
@@ -260,7 +297,7 @@ class JobStore:
         sha256: str,
         chunks: int,
         stale: list[str],
-    ) -> None:
+    ) -> JobState:
         """After the file's points are upserted: mark it done and record what the collection holds."""
         now = utcnow()
         async with self.db.transaction() as conn:
@@ -282,3 +319,4 @@ class JobStore:
             await conn.executemany(
                 "DELETE FROM documents WHERE collection = ? AND sha256 = ?", [(collection, h) for h in stale]
             )
+            return await _bump(conn, job_id)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
+
 from aiohttp import web
 from arq.connections import ArqRedis
 
+from semantik.hub import EventHub
 from semantik.runtime import Runtime
 from semantik.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
 QUEUE = web.AppKey("queue", ArqRedis)
+HUB = web.AppKey("hub", EventHub)
+SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])

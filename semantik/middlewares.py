@@ -17,6 +17,7 @@ log = structlog.get_logger(__name__)
 
 # Paths that answer without a token: the health probe and the static UI shell.
 PUBLIC_PATHS = frozenset({"/api/health"})
+WS_TOKEN_PREFIX = "bearer."
 
 
 def error_response(error: SemantikError) -> web.Response:
@@ -68,13 +69,25 @@ def _safe_headers(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "www-authenticate"}}
 
 
+def presented_token(request: web.Request) -> str | None:
+    """The token from ``Authorization: Bearer``, or, for browsers' WebSockets (which cannot set
+    headers), from a ``bearer.<token>`` entry in ``Sec-WebSocket-Protocol``. Never from the URL."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return given.strip()
+    for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(WS_TOKEN_PREFIX):
+            return protocol[len(WS_TOKEN_PREFIX) :]
+    return None
+
+
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].api_token
     if token is None or not request.path.startswith("/api/") or request.path in PUBLIC_PATHS:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+    given = presented_token(request)
+    if given is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
         raise Unauthorized("missing or wrong API token (Authorization: Bearer <SEMANTIK_API_TOKEN>)")
     return await handler(request)

@@ -69,6 +69,7 @@ class Job(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    seq: int = 0
     failed_files: list[FileInfo] | None = None
 
 

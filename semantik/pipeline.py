@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ import structlog
 from semantik import constants as c
 from semantik.chunk import Chunker
 from semantik.embed import Embedder
+from semantik.events import EventPublisher, JobEvents
 from semantik.extract import ExtractionError, extract_text, read_file
-from semantik.jobs import PendingFile
+from semantik.jobs import JobState, PendingFile
 from semantik.models import Job
 from semantik.runtime import Runtime
 from semantik.scan import scan_directory
@@ -56,39 +58,47 @@ class _Prepared:
     started: bool = field(default=False)
 
 
-async def run_embed_job(rt: Runtime, job_id: str, worker_id: str | None = None) -> Job | None:
-    """Run (or resume) a job to a terminal state. None when the job should not run any more."""
+async def run_embed_job(
+    rt: Runtime, job_id: str, worker_id: str | None = None, publisher: EventPublisher | None = None
+) -> JobState | None:
+    """Run (or resume) a job to a terminal state; its final state, or None when it should not run."""
     embedder = await rt.embedder()
     device = f"{embedder.device}/{embedder.dtype}"
-    job = await rt.jobs.start_job(job_id, worker_id=worker_id or worker_identity(), device=device)
-    if job is None:
+    events = JobEvents(publisher or EventPublisher(None), job_id)
+    worker_id = worker_id or worker_identity()
+    started = await events.emit(
+        c.JOB_STARTED, rt.jobs.start_job(job_id, worker_id=worker_id, device=device), worker_id=worker_id, device=device
+    )
+    if started is None:
         log.info("job_not_runnable", job_id=job_id)
         return None
+    job = await rt.jobs.get_job(job_id)
     bound = log.bind(job_id=job_id, collection=job.collection)
     bound.info("job_started", directory=job.directory, device=device)
     try:
-        await _index(rt, job, embedder)
+        await _index(rt, job, embedder, events)
     except JobError as exc:
         bound.warning("job_failed", error=str(exc))
-        await rt.jobs.fail_job(job_id, str(exc))
-        return await rt.jobs.get_job(job_id)
+        return await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job_id, str(exc)), error=str(exc))
     except Exception as exc:
         bound.exception("job_failed")
-        await rt.jobs.fail_job(job_id, f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job_id, error), error=error)
         raise
-    done = await rt.jobs.finish_job(job_id)
+    done = await events.emit(c.JOB_COMPLETED, rt.jobs.finish_job(job_id))
+    assert done is not None
     bound.info(
         "job_finished",
-        status=done.status,
-        files_done=done.files_done,
-        files_failed=done.files_failed,
-        files_skipped=done.files_skipped,
-        chunks=done.chunks,
+        status=done["status"],
+        files_done=done["files_done"],
+        files_failed=done["files_failed"],
+        files_skipped=done["files_skipped"],
+        chunks=done["chunks"],
     )
     return done
 
 
-async def _index(rt: Runtime, job: Job, embedder: Embedder) -> None:
+async def _index(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents) -> None:
     s = rt.settings
     directory = Path(job.directory)
     if not await asyncio.to_thread(directory.is_dir):
@@ -102,18 +112,25 @@ async def _index(rt: Runtime, job: Job, embedder: Embedder) -> None:
         allowed_roots=s.allowed_roots,
         max_file_size_bytes=s.max_file_size_bytes,
     )
-    await rt.jobs.record_scan(job.id, scanned)
-    pending = await rt.jobs.pending_files(job.id)
-    log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending))
-    if not pending:
-        return
-    await rt.vectors.ensure_collection(job.collection, embedder.dim)
-    await _Pipeline(rt, job, embedder, await rt.chunker()).run(pending)
+    await events.emit(c.SCAN_COMPLETED, rt.jobs.record_scan(job.id, scanned))
+    pending_files = await rt.jobs.pending_files(job.id)
+    log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending_files))
+    pipeline = _Pipeline(rt, job, embedder, await rt.chunker(), events, len(pending_files))
+    if pending_files:
+        await rt.vectors.ensure_collection(job.collection, embedder.dim)
+        await pipeline.run(pending_files)
+    await pipeline.progress(force=True)
 
 
 class _Pipeline:
-    def __init__(self, rt: Runtime, job: Job, embedder: Embedder, chunker: Chunker) -> None:
-        self.rt, self.job, self.embedder, self.chunker = rt, job, embedder, chunker
+    def __init__(
+        self, rt: Runtime, job: Job, embedder: Embedder, chunker: Chunker, events: JobEvents, pending: int
+    ) -> None:
+        self.rt, self.job, self.embedder, self.chunker, self.events = rt, job, embedder, chunker, events
+        self.pending_at_start = pending
+        self.settled = 0  # files of this run that reached a final state
+        self.chunks_embedded = 0
+        self.started_s = time.monotonic()
         workers = rt.settings.extract_workers
         self.workers = workers
         self.ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=2 * workers)
@@ -159,18 +176,38 @@ class _Pipeline:
                 reason = (
                     "unchanged since last indexed" if indexed_from == file.path else f"same content as {indexed_from}"
                 )
-                await jobs.settle_file(self.job.id, file.id, c.FILE_SKIPPED, reason, sha256)
+                await self._settle(file, c.FILE_SKIPPED, reason, sha256)
                 return None
             chunks = await asyncio.to_thread(self._extract_and_chunk, data, path)
         except ExtractionError as exc:
             log.warning("file_failed", job_id=self.job.id, file=file.path, error=str(exc))
-            await jobs.settle_file(self.job.id, file.id, c.FILE_FAILED, str(exc), sha256)
+            await self._settle(file, c.FILE_FAILED, str(exc), sha256)
             return None
         if not chunks:
-            await jobs.settle_file(self.job.id, file.id, c.FILE_SKIPPED, "no text to index", sha256)
+            await self._settle(file, c.FILE_SKIPPED, "no text to index", sha256)
             return None
         stale = await jobs.stale_hashes(collection, file.path, sha256)
         return _Prepared(file, sha256, chunks, stale)
+
+    async def _settle(self, file: PendingFile, status: str, reason: str, sha256: str | None) -> None:
+        change = self.rt.jobs.settle_file(self.job.id, file.id, status, reason, sha256)
+        await self.events.emit(c.FILE_FAILED, change, path=file.path, error=reason)
+        self.settled += 1
+        await self.progress()
+
+    async def progress(self, *, force: bool = False) -> None:
+        """A throttled progress event (at most every PROGRESS_INTERVAL_S), with rate and ETA."""
+        if not (self.events.progress_due() or force):
+            return
+        elapsed_s = max(time.monotonic() - self.started_s, 1e-6)
+        remaining = max(self.pending_at_start - self.settled, 0)
+        eta_s = round(elapsed_s / self.settled * remaining, 1) if self.settled else None
+        await self.events.emit(
+            c.PROGRESS,
+            self.rt.jobs.progress(self.job.id),
+            rate_chunks_s=round(self.chunks_embedded / elapsed_s, 2),
+            eta_s=eta_s,
+        )
 
     def _extract_and_chunk(self, data: bytes, path: Path) -> list[str]:
         try:
@@ -220,6 +257,7 @@ class _Pipeline:
             first.started = True
             await self.rt.jobs.set_current_file(self.job.id, first.file.path)
         vectors = await self.embedder.encode([item.chunks[index] for item, index in batch])
+        self.chunks_embedded += len(batch)
         for row, (item, index) in enumerate(batch):
             if item.vectors is None:
                 item.vectors = np.empty((len(item.chunks), vectors.shape[1]), dtype=np.float32)
@@ -245,7 +283,7 @@ class _Pipeline:
                 vectors=item.vectors,
             )
             await rt.vectors.delete_contents(job.collection, item.stale)
-            await rt.jobs.commit_file(
+            change = rt.jobs.commit_file(
                 job_id=job.id,
                 file_id=item.file.id,
                 collection=job.collection,
@@ -254,7 +292,10 @@ class _Pipeline:
                 chunks=len(item.chunks),
                 stale=item.stale,
             )
+            await self.events.emit(c.FILE_COMPLETED, change, path=item.file.path, file_chunks=len(item.chunks))
+        self.settled += 1
         log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
+        await self.progress()
 
     def _commit_done(self, task: asyncio.Task[None]) -> None:
         self.upserts.discard(task)

@@ -8,7 +8,10 @@ from pathlib import Path
 import structlog
 from arq.connections import ArqRedis
 
+from semantik import constants as c
 from semantik.errors import Forbidden, ValidationFailed
+from semantik.events import EventPublisher, JobEvents, envelope
+from semantik.jobs import job_state
 from semantik.models import Job, JobCreate, SearchHit, SearchRequest
 from semantik.queue import enqueue_embed_job
 from semantik.runtime import Runtime
@@ -54,10 +57,13 @@ async def create_job(rt: Runtime, queue: ArqRedis, request: JobCreate) -> Job:
         model=rt.model_name,
         dim=rt.model_dim,
     )
+    events = JobEvents(EventPublisher(queue), job.id)
+    await events.publisher.publish(envelope(c.JOB_QUEUED, job.id, job.seq, job_state(job)))
     try:
         await enqueue_embed_job(queue, job.id)
     except Exception as exc:
-        await rt.jobs.fail_job(job.id, f"could not be queued: {exc}")
+        error = f"could not be queued: {exc}"
+        await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job.id, error), error=error)
         log.error("job_enqueue_failed", job_id=job.id, error=str(exc))
         raise
     log.info("job_queued", job_id=job.id, collection=job.collection, directory=job.directory)

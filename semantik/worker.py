@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from semantik.constants import EMBED_JOB_FUNCTION, PING_FUNCTION
+from semantik.events import EventPublisher
 from semantik.logs import configure_logging
 from semantik.pipeline import run_embed_job, worker_identity
 from semantik.queue import redis_settings
@@ -43,8 +44,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 async def embed_job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
     with structlog.contextvars.bound_contextvars(job_id=job_id, worker_id=ctx["worker_id"]):
-        job = await run_embed_job(ctx[RUNTIME_KEY], job_id, ctx["worker_id"])
-    return {"job_id": job_id, "status": job.status if job else "not_runnable"}
+        state = await run_embed_job(ctx[RUNTIME_KEY], job_id, ctx["worker_id"], EventPublisher(ctx["redis"]))
+    return {"job_id": job_id, "status": state["status"] if state else "not_runnable"}
 
 
 async def ping(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,174 @@
+"""The server's event relay: one Redis pattern subscription per process, fanned out to listeners.
+
+Each WebSocket owns a bounded ``Listener``; the relay only ever appends to it and never waits, so a
+slow or stuck client cannot delay the relay or any other client. When a listener falls behind, its
+queued ``progress`` events are coalesced (the latest wins); when it overflows anyway, or after the
+relay reconnects to Redis, it is told to resynchronise: its socket reads a fresh snapshot from the
+database, which supersedes everything it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from semantik import constants as c
+
+log = structlog.get_logger(__name__)
+
+LISTENER_MAX_EVENTS = 512
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+Event = tuple[dict[str, Any], str]  # parsed envelope, and the JSON text to forward as is
+
+
+class Listener:
+    """A bounded, coalescing queue of events for one socket."""
+
+    def __init__(self, job_id: str | None, max_events: int = LISTENER_MAX_EVENTS) -> None:
+        self.job_id = job_id  # None: every job
+        self.max_events = max_events
+        self._items: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._resync = False
+        self.coalesced = 0
+        self.overflows = 0
+
+    def offer(self, event: Event) -> None:
+        """Never blocks: append, coalesce progress, or fall back to a resync."""
+        parsed = event[0]
+        if parsed["type"] == c.PROGRESS:
+            # Drop the job's older queued progress; appending keeps the queue in seq order.
+            for index in range(len(self._items) - 1, -1, -1):
+                queued = self._items[index][0]
+                if queued["type"] == c.PROGRESS and queued["job_id"] == parsed["job_id"]:
+                    del self._items[index]
+                    self.coalesced += 1
+                    break
+        if len(self._items) >= self.max_events:
+            self._items.clear()
+            self._resync = True
+            self.overflows += 1
+        else:
+            self._items.append(event)
+        self._wakeup.set()
+
+    def request_resync(self) -> None:
+        self._items.clear()
+        self._resync = True
+        self._wakeup.set()
+
+    async def get(self) -> Event | None:
+        """The next event, or None when the socket must send a fresh snapshot first."""
+        while True:
+            if self._resync:
+                self._resync = False
+                return None
+            if self._items:
+                return self._items.popleft()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+class EventHub:
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self._by_job: dict[str, set[Listener]] = {}
+        self._everything: set[Listener] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.relayed = 0
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._everything) + sum(len(group) for group in self._by_job.values())
+
+    def listen(self, job_id: str | None) -> Listener:
+        listener = Listener(job_id)
+        if job_id is None:
+            self._everything.add(listener)
+        else:
+            self._by_job.setdefault(job_id, set()).add(listener)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        if listener.job_id is None:
+            self._everything.discard(listener)
+            return
+        group = self._by_job.get(listener.job_id)
+        if group is not None:
+            group.discard(listener)
+            if not group:
+                del self._by_job[listener.job_id]
+
+    def dispatch(self, raw: str | bytes) -> None:
+        try:
+            parsed = json.loads(raw)
+            job_id = parsed["job_id"]
+            parsed["seq"] = int(parsed["seq"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("event_malformed", raw=str(raw)[:200])
+            return
+        event = (parsed, raw if isinstance(raw, str) else raw.decode())
+        self.relayed += 1
+        for listener in self._by_job.get(job_id, ()):
+            listener.offer(event)
+        for listener in self._everything:
+            listener.offer(event)
+
+    def _resync_all(self) -> None:
+        for listener in self._everything:
+            listener.request_resync()
+        for group in self._by_job.values():
+            for listener in group:
+                listener.request_resync()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._relay(), name="semantik-event-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _relay(self) -> None:
+        delay_s = RECONNECT_MIN_S
+        first = True
+        while True:
+            # No silent retries inside redis-py: every reconnect must be seen here, to resync.
+            client = Redis.from_url(self.redis_url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(c.JOB_EVENTS_PATTERN)
+                self.connected.set()
+                if not first:
+                    log.info("event_relay_reconnected")
+                    self._resync_all()
+                first, delay_s = False, RECONNECT_MIN_S
+                async for message in pubsub.listen():
+                    if message["type"] == "pmessage":
+                        self.dispatch(message["data"])
+            except (RedisError, OSError) as exc:
+                if self.connected.is_set():
+                    log.warning("event_relay_disconnected", error=str(exc))
+                self.connected.clear()
+                first = False
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, RECONNECT_MAX_S)
