@@ -87,6 +87,7 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--no-recursive", is_flag=True, help="Only the top level of DIRECTORY.")
 @click.option("--name", help="A name for the job.")
 @click.option("--no-wait", is_flag=True, help="Print the job and return at once.")
+@click.option("--follow", "-f", is_flag=True, help="Live progress over the job's WebSocket (files, chunks, rate, ETA).")
 @click.option("--url", help="Server URL [SEMANTIK_URL, default http://SEMANTIK_HOST:SEMANTIK_PORT].")
 def index(
     directory: Path,
@@ -96,6 +97,7 @@ def index(
     no_recursive: bool,
     name: str | None,
     no_wait: bool,
+    follow: bool,
     url: str | None,
 ) -> None:
     """Index DIRECTORY into a collection through the API, and wait until the job ends."""
@@ -117,6 +119,11 @@ def index(
             click.echo(f"job {job['id']} queued", err=True)
             if no_wait:
                 return job
+            if follow:
+                from semantik.follow import follow_job
+
+                await follow_job(client.base_url, _token(settings), job["id"])
+                return dict(await client.request("GET", f"/api/jobs/{job['id']}"))
             return await _wait_with_progress(client, job["id"])
 
     try:
@@ -126,7 +133,7 @@ def index(
     except OSError as exc:
         raise click.ClickException(f"cannot reach the server: {exc}") from exc
     click.echo(json.dumps(job, indent=2))
-    if job["status"] == "failed":
+    if job["status"] in ("failed", "cancelled"):
         sys.exit(1)
 
 
@@ -189,3 +196,7 @@ def search(query: str, collection: str, k: int, as_json: bool, url: str | None) 
         text = " ".join(hit["text"].split())
         click.echo(f"{rank}. {hit['score']:.3f}  {hit['path']}  [chunk {hit['chunk_index']}]")
         click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+
+
+if __name__ == "__main__":
+    main()

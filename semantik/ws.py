@@ -20,6 +20,7 @@ from semantik.events import envelope
 from semantik.hub import Listener
 from semantik.keys import HUB, RUNTIME, SOCKETS
 from semantik.runtime import Runtime
+from semantik.services import field_error
 
 HEARTBEAT_S = 20.0
 SNAPSHOT_JOBS = 200
@@ -62,6 +63,10 @@ async def job_socket(request: web.Request) -> web.WebSocketResponse:
     rt, hub = request.app[RUNTIME], request.app[HUB]
     job_id = request.match_info["job_id"]
     await rt.jobs.get_job(job_id)  # 404 before the upgrade
+    # A reconnecting client passes the last seq it saw; the fresh snapshot covers everything up to now.
+    after_seq = request.query.get("after_seq", "0")
+    if not after_seq.isdigit():
+        raise field_error("after_seq", "after_seq must be a non-negative integer", "invalid_query")
     stay = _flag(request, "stay")
     ws = await _open(request)
     listener = hub.listen(job_id)
