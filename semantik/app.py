@@ -68,6 +68,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.App
             web.post("/api/jobs/ping", views.ping_worker),
             web.get("/api/jobs/{job_id}", views.get_job),
             web.get("/api/jobs/{job_id}/files", views.list_job_files),
+            web.post("/api/jobs/{job_id}/cancel", views.cancel_job),
+            web.post("/api/jobs/{job_id}/retry", views.retry_job),
             web.get("/api/jobs/{job_id}/ws", job_socket),
             web.get("/api/ws/jobs", all_jobs_socket),
             web.get("/api/collections", views.list_collections),

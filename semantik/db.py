@@ -79,6 +79,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
     """,
+    # Lifecycle: cancellation requests, retries (each run has its own arq job id), crash resume.
+    """
+    ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN arq_job_id TEXT;
+    CREATE INDEX jobs_finished ON jobs(finished_at);
+    """,
 ]
 
 

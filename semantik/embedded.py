@@ -28,14 +28,14 @@ log = structlog.get_logger(__name__)
 
 
 async def requeue_unfinished(runtime: Runtime, settings: Settings) -> int:
-    """Queue again every job the database says is queued or running (the private Redis keeps nothing)."""
+    """Queue again every job the database says is queued: the private Redis keeps nothing across
+    restarts. Jobs left ``running`` by a previous process are the sweeper's (no heartbeat)."""
     queue = make_queue(settings)
     count = 0
     try:
-        for status in (c.QUEUED, c.RUNNING):
-            for job in await runtime.jobs.list_jobs(status=status, limit=10_000):
-                await enqueue_embed_job(queue, job.id)
-                count += 1
+        for job in await runtime.jobs.list_jobs(status=c.QUEUED, limit=100_000):
+            await enqueue_embed_job(queue, job.id, await runtime.lifecycle.arq_job_id(job.id))
+            count += 1
     finally:
         await queue.aclose(close_connection_pool=True)
     return count

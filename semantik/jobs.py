@@ -30,6 +30,7 @@ def utcnow() -> str:
 
 def _job_from_row(row: aiosqlite.Row, failed_files: list[FileInfo] | None = None) -> Job:
     data = dict(row)
+    data.pop("arq_job_id", None)
     data["recursive"] = bool(data["recursive"])
     data["include"] = json.loads(data["include"]) if data["include"] else None
     data["exclude"] = json.loads(data["exclude"]) if data["exclude"] else None
@@ -63,7 +64,7 @@ class PendingFile:
     size: int
 
 
-async def _bump(conn: aiosqlite.Connection, job_id: str) -> JobState:
+async def bump(conn: aiosqlite.Connection, job_id: str) -> JobState:
     """Number the job's next event, inside the transaction of the change it announces."""
     cursor = await conn.execute(f"UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING {STATE_COLUMNS}", (job_id,))
     row = await cursor.fetchone()
@@ -71,6 +72,20 @@ async def _bump(conn: aiosqlite.Connection, job_id: str) -> JobState:
     if row is None:
         raise NotFound(f"job {job_id!r} does not exist", code="job_not_found")
     return dict(row)
+
+
+async def recount(conn: aiosqlite.Connection, job_id: str) -> None:
+    """Set the job's counters from its file rows."""
+    await conn.execute(
+        "UPDATE jobs SET"
+        " files_total = (SELECT COUNT(*) FROM files WHERE job_id = :id),"
+        " files_done = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'done'),"
+        " files_failed = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'failed'),"
+        " files_skipped = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'skipped'),"
+        " chunks = (SELECT COALESCE(SUM(chunks), 0) FROM files WHERE job_id = :id AND status = 'done')"
+        " WHERE id = :id",
+        {"id": job_id},
+    )
 
 
 class JobStore:
@@ -140,7 +155,7 @@ class JobStore:
                 )
             await conn.execute(
                 "INSERT INTO jobs (id, name, collection, directory, recursive, include, exclude, status,"
-                " created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                " created_at, seq, arq_job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
                 (
                     job_id,
                     name,
@@ -151,6 +166,7 @@ class JobStore:
                     json.dumps(exclude) if exclude is not None else None,
                     c.QUEUED,
                     now,
+                    job_id,
                 ),
             )
         return await self.get_job(job_id)
@@ -182,55 +198,46 @@ class JobStore:
         )
         return [_file_from_row(row) for row in rows]
 
-    async def start_job(self, job_id: str, *, worker_id: str, device: str) -> JobState | None:
-        """Mark a job running; None when it no longer should run (cancelled, finished or deleted)."""
+    async def start_job(
+        self, job_id: str, *, worker_id: str, device: str, arq_job_id: str | None = None
+    ) -> JobState | None:
+        """Mark a queued job running. None when it should not run: cancelled, finished, deleted,
+        already running elsewhere, or queued again under a newer arq job id (a stale queue entry)."""
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE jobs SET status = ?, worker_id = ?, device = ?, error = NULL, finished_at = NULL,"
-                " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN (?, ?)",
-                (c.RUNNING, worker_id, device, utcnow(), job_id, c.QUEUED, c.RUNNING),
+                " started_at = COALESCE(started_at, ?) WHERE id = ? AND status = ?"
+                " AND (? IS NULL OR arq_job_id = ?)",
+                (c.RUNNING, worker_id, device, utcnow(), job_id, c.QUEUED, arq_job_id, arq_job_id),
             )
             if cursor.rowcount == 0:
                 return None
-            return await _bump(conn, job_id)
+            return await bump(conn, job_id)
 
     async def fail_job(self, job_id: str, error: str) -> JobState:
         async with self.db.transaction() as conn:
-            await self._recount(conn, job_id)
+            await recount(conn, job_id)
             await conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, finished_at = ?, current_file = NULL WHERE id = ?",
                 (c.FAILED, error, utcnow(), job_id),
             )
-            return await _bump(conn, job_id)
+            return await bump(conn, job_id)
 
     async def finish_job(self, job_id: str) -> JobState:
         """Recount from the file rows and set the terminal status they imply."""
         async with self.db.transaction() as conn:
-            await self._recount(conn, job_id)
+            await recount(conn, job_id)
             await conn.execute(
                 "UPDATE jobs SET status = CASE WHEN files_failed > 0 THEN ? ELSE ? END,"
                 " finished_at = ?, current_file = NULL WHERE id = ?",
                 (c.COMPLETED_WITH_ERRORS, c.COMPLETED, utcnow(), job_id),
             )
-            return await _bump(conn, job_id)
+            return await bump(conn, job_id)
 
     async def progress(self, job_id: str) -> JobState:
         """Number a progress event and read the counters it carries."""
         async with self.db.transaction() as conn:
-            return await _bump(conn, job_id)
-
-    @staticmethod
-    async def _recount(conn: aiosqlite.Connection, job_id: str) -> None:
-        await conn.execute(
-            "UPDATE jobs SET"
-            " files_total = (SELECT COUNT(*) FROM files WHERE job_id = :id),"
-            " files_done = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'done'),"
-            " files_failed = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'failed'),"
-            " files_skipped = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'skipped'),"
-            " chunks = (SELECT COALESCE(SUM(chunks), 0) FROM files WHERE job_id = :id AND status = 'done')"
-            " WHERE id = :id",
-            {"id": job_id},
-        )
+            return await bump(conn, job_id)
 
     # -- files -------------------------------------------------------------------------------
 
@@ -243,8 +250,8 @@ class JobStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(job_id, f.path, f.size, f.mtime, f.status, f.error, now) for f in files],
             )
-            await self._recount(conn, job_id)
-            return await _bump(conn, job_id)
+            await recount(conn, job_id)
+            return await bump(conn, job_id)
 
     async def pending_files(self, job_id: str) -> list[PendingFile]:
         rows = await self.db.fetchall(
@@ -270,7 +277,7 @@ class JobStore:
             if not cursor.rowcount:
                 return None
             await conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
-            return await _bump(conn, job_id) if status == c.FILE_FAILED else None
+            return await bump(conn, job_id) if status == c.FILE_FAILED else None
 
     async def indexed_path(self, collection: str, sha256: str) -> str | None:
         """The path this content was indexed from in the collection, or None if it is not there."""
@@ -319,4 +326,4 @@ class JobStore:
             await conn.executemany(
                 "DELETE FROM documents WHERE collection = ? AND sha256 = ?", [(collection, h) for h in stale]
             )
-            return await _bump(conn, job_id)
+            return await bump(conn, job_id)

@@ -70,6 +70,8 @@ class Job(BaseModel):
     started_at: str | None
     finished_at: str | None
     seq: int = 0
+    attempts: int = 1
+    cancel_requested_at: str | None = None
     failed_files: list[FileInfo] | None = None
 
 

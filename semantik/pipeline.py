@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +25,9 @@ import structlog
 from semantik import constants as c
 from semantik.chunk import Chunker
 from semantik.embed import Embedder
-from semantik.events import EventPublisher, JobEvents
+from semantik.events import JobEvents
 from semantik.extract import ExtractionError, extract_text, read_file
-from semantik.jobs import JobState, PendingFile
+from semantik.jobs import PendingFile
 from semantik.models import Job
 from semantik.runtime import Runtime
 from semantik.scan import scan_directory
@@ -38,12 +37,16 @@ log = structlog.get_logger(__name__)
 UPSERTS_IN_FLIGHT = 2
 
 
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class JobError(Exception):
     """The whole job cannot go on; the message is stored as the job's error."""
+
+
+class JobCancelled(Exception):
+    """A user asked the job to stop; it stopped between batches."""
+
+
+StopCheck = Callable[[], Awaitable[bool]]
+STOP_CHECK_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -58,47 +61,8 @@ class _Prepared:
     started: bool = field(default=False)
 
 
-async def run_embed_job(
-    rt: Runtime, job_id: str, worker_id: str | None = None, publisher: EventPublisher | None = None
-) -> JobState | None:
-    """Run (or resume) a job to a terminal state; its final state, or None when it should not run."""
-    embedder = await rt.embedder()
-    device = f"{embedder.device}/{embedder.dtype}"
-    events = JobEvents(publisher or EventPublisher(None), job_id)
-    worker_id = worker_id or worker_identity()
-    started = await events.emit(
-        c.JOB_STARTED, rt.jobs.start_job(job_id, worker_id=worker_id, device=device), worker_id=worker_id, device=device
-    )
-    if started is None:
-        log.info("job_not_runnable", job_id=job_id)
-        return None
-    job = await rt.jobs.get_job(job_id)
-    bound = log.bind(job_id=job_id, collection=job.collection)
-    bound.info("job_started", directory=job.directory, device=device)
-    try:
-        await _index(rt, job, embedder, events)
-    except JobError as exc:
-        bound.warning("job_failed", error=str(exc))
-        return await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job_id, str(exc)), error=str(exc))
-    except Exception as exc:
-        bound.exception("job_failed")
-        error = f"{type(exc).__name__}: {exc}"
-        await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job_id, error), error=error)
-        raise
-    done = await events.emit(c.JOB_COMPLETED, rt.jobs.finish_job(job_id))
-    assert done is not None
-    bound.info(
-        "job_finished",
-        status=done["status"],
-        files_done=done["files_done"],
-        files_failed=done["files_failed"],
-        files_skipped=done["files_skipped"],
-        chunks=done["chunks"],
-    )
-    return done
-
-
-async def _index(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents) -> None:
+async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents, should_stop: StopCheck) -> None:
+    """Scan the job's folder and index every pending file; raises JobCancelled when asked to stop."""
     s = rt.settings
     directory = Path(job.directory)
     if not await asyncio.to_thread(directory.is_dir):
@@ -115,7 +79,7 @@ async def _index(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents) -
     await events.emit(c.SCAN_COMPLETED, rt.jobs.record_scan(job.id, scanned))
     pending_files = await rt.jobs.pending_files(job.id)
     log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending_files))
-    pipeline = _Pipeline(rt, job, embedder, await rt.chunker(), events, len(pending_files))
+    pipeline = _Pipeline(rt, job, embedder, await rt.chunker(), events, len(pending_files), should_stop)
     if pending_files:
         await rt.vectors.ensure_collection(job.collection, embedder.dim)
         await pipeline.run(pending_files)
@@ -124,8 +88,17 @@ async def _index(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents) -
 
 class _Pipeline:
     def __init__(
-        self, rt: Runtime, job: Job, embedder: Embedder, chunker: Chunker, events: JobEvents, pending: int
+        self,
+        rt: Runtime,
+        job: Job,
+        embedder: Embedder,
+        chunker: Chunker,
+        events: JobEvents,
+        pending: int,
+        should_stop: StopCheck,
     ) -> None:
+        self.should_stop = should_stop
+        self.next_stop_check_s = 0.0
         self.rt, self.job, self.embedder, self.chunker, self.events = rt, job, embedder, chunker, events
         self.pending_at_start = pending
         self.settled = 0  # files of this run that reached a final state
@@ -143,11 +116,20 @@ class _Pipeline:
         try:
             await self._consume()
             await producer
-            await self._drain_upserts()
         finally:
             producer.cancel()
-            for task in self.upserts:
-                task.cancel()
+            # Files whose vectors are embedded still get written and committed, even when the job
+            # stops: that work is done, and a file is only ever marked done after its upsert.
+            while self.upserts:
+                await asyncio.wait(set(self.upserts))
+        self._raise_commit_failure()
+
+    async def _check_stop(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_stop_check_s:
+            self.next_stop_check_s = now + STOP_CHECK_INTERVAL_S
+            if await self.should_stop():
+                raise JobCancelled()
 
     # -- preparation -------------------------------------------------------------------------
 
@@ -156,6 +138,7 @@ class _Pipeline:
 
         async def prepare_next() -> None:
             for pending_file in files:  # the iterator is shared: each file is taken once
+                await self._check_stop()
                 prepared = await self._prepare(pending_file)
                 if prepared is not None:
                     await self.ready.put(prepared)
@@ -230,6 +213,7 @@ class _Pipeline:
 
         while True:
             self._raise_commit_failure()
+            await self._check_stop()
             # Take what is ready; block on preparation only when the model has nothing to do.
             while not produced_all and waiting_chunks() < batch_size:
                 if waiting_chunks() and self.ready.empty():
@@ -305,8 +289,3 @@ class _Pipeline:
     def _raise_commit_failure(self) -> None:
         if self.failure is not None:
             raise self.failure
-
-    async def _drain_upserts(self) -> None:
-        while self.upserts:
-            await asyncio.wait(set(self.upserts))
-        self._raise_commit_failure()

@@ -10,6 +10,7 @@ from semantik.chunk import Chunker
 from semantik.db import Database
 from semantik.embed import Embedder, default_model_path, model_dimension
 from semantik.jobs import JobStore
+from semantik.lifecycle import Lifecycle
 from semantik.settings import Settings
 from semantik.vectors import VectorStore
 
@@ -23,6 +24,7 @@ class Runtime:
         self.settings = settings
         self.db = Database(settings.db_path)
         self.jobs = JobStore(self.db)
+        self.lifecycle = Lifecycle(self.db)
         self.vectors = VectorStore(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,

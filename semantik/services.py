@@ -9,11 +9,11 @@ import structlog
 from arq.connections import ArqRedis
 
 from semantik import constants as c
-from semantik.errors import Forbidden, ValidationFailed
+from semantik.errors import Conflict, Forbidden, ValidationFailed
 from semantik.events import EventPublisher, JobEvents, envelope
 from semantik.jobs import job_state
 from semantik.models import Job, JobCreate, SearchHit, SearchRequest
-from semantik.queue import enqueue_embed_job
+from semantik.queue import abort_arq_job, enqueue_embed_job
 from semantik.runtime import Runtime
 from semantik.scan import is_within
 
@@ -68,6 +68,44 @@ async def create_job(rt: Runtime, queue: ArqRedis, request: JobCreate) -> Job:
         raise
     log.info("job_queued", job_id=job.id, collection=job.collection, directory=job.directory)
     return job
+
+
+async def cancel_job(rt: Runtime, queue: ArqRedis, job_id: str) -> tuple[Job, bool]:
+    """Cancel a queued job now, or tell a running one to stop (its worker confirms within a batch).
+    Returns the job and whether it is already cancelled. A finished job is 409."""
+    previous, state = await rt.lifecycle.request_cancel(job_id)
+    publisher = EventPublisher(queue)
+    if state is not None:
+        data = {key: value for key, value in state.items() if key != "seq"}
+        await publisher.publish(envelope(c.JOB_CANCELLED, job_id, int(state["seq"]), data))
+    else:
+        arq_job_id = await rt.lifecycle.arq_job_id(job_id)
+        if arq_job_id:
+            await abort_arq_job(queue, arq_job_id)
+    log.info("job_cancel_requested", job_id=job_id, was=previous)
+    return await rt.jobs.get_job(job_id), state is not None
+
+
+async def retry_job(rt: Runtime, queue: ArqRedis, job_id: str) -> Job:
+    """Run a failed or cancelled job again: files already done are kept, the rest (failed ones
+    included) are processed. Anything else is 409."""
+    job = await rt.jobs.get_job(job_id)
+    if job.status not in (c.FAILED, c.CANCELLED):
+        raise Conflict(
+            f"only failed or cancelled jobs can be retried; job {job_id} is {job.status}", code="not_retryable"
+        )
+    events = JobEvents(EventPublisher(queue), job_id)
+    change = rt.lifecycle.requeue(job_id, reason=None, new_run=True, from_status=job.status)
+    if await events.emit(c.JOB_QUEUED, change) is None:
+        raise Conflict(f"job {job_id} changed state meanwhile; try again", code="not_retryable")
+    try:
+        await enqueue_embed_job(queue, job_id, await rt.lifecycle.arq_job_id(job_id))
+    except Exception as exc:
+        error = f"could not be queued: {exc}"
+        await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job_id, error), error=error)
+        raise
+    log.info("job_retried", job_id=job_id)
+    return await rt.jobs.get_job(job_id)
 
 
 async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], float]:

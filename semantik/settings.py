@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=4, ge=1)
     worker_poll_delay_s: float = Field(default=0.1, gt=0)
     job_timeout_s: int = Field(default=7 * 24 * 3600, ge=1)
+    # A running job's worker renews its heartbeat every third of this; the sweeper re-queues a job
+    # whose heartbeat is older (worker killed, machine gone).
+    job_heartbeat_ttl_s: float = Field(default=15.0, ge=1)
+    job_max_tries: int = Field(default=5, ge=1)
+    job_retention_days: float = Field(default=7.0, gt=0)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -62,6 +62,16 @@ async def get_job(request: web.Request) -> web.Response:
     return json_out(await request.app[RUNTIME].jobs.get_job(request.match_info["job_id"], with_failed_files=True))
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    job, cancelled = await services.cancel_job(request.app[RUNTIME], request.app[QUEUE], request.match_info["job_id"])
+    return json_out(job, status=200 if cancelled else 202)
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    job = await services.retry_job(request.app[RUNTIME], request.app[QUEUE], request.match_info["job_id"])
+    return json_out(job, status=202)
+
+
 async def list_job_files(request: web.Request) -> web.Response:
     store = request.app[RUNTIME].jobs
     job = await store.get_job(request.match_info["job_id"])

@@ -7,12 +7,13 @@ import socket
 from typing import Any
 
 import structlog
+from arq import cron
 
+from semantik import maintenance
 from semantik.constants import EMBED_JOB_FUNCTION, PING_FUNCTION
-from semantik.events import EventPublisher
 from semantik.logs import configure_logging
-from semantik.pipeline import run_embed_job, worker_identity
 from semantik.queue import redis_settings
+from semantik.runner import run_embed_job, worker_identity
 from semantik.runtime import Runtime
 from semantik.settings import Settings
 
@@ -44,8 +45,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 async def embed_job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
     with structlog.contextvars.bound_contextvars(job_id=job_id, worker_id=ctx["worker_id"]):
-        state = await run_embed_job(ctx[RUNTIME_KEY], job_id, ctx["worker_id"], EventPublisher(ctx["redis"]))
+        state = await run_embed_job(
+            ctx[RUNTIME_KEY],
+            job_id,
+            worker_id=ctx["worker_id"],
+            redis=ctx["redis"],
+            arq_job_id=ctx.get("job_id"),
+            job_try=int(ctx.get("job_try", 1)),
+        )
     return {"job_id": job_id, "status": state["status"] if state else "not_runnable"}
+
+
+async def sweep_orphans(ctx: dict[str, Any]) -> list[str]:
+    return await maintenance.sweep_orphans(ctx[RUNTIME_KEY], ctx["redis"])
+
+
+async def cleanup_jobs(ctx: dict[str, Any]) -> list[str]:
+    return await maintenance.cleanup_finished_jobs(ctx[RUNTIME_KEY], ctx["redis"])
 
 
 async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -75,4 +91,12 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_timeout": settings.job_timeout_s,
         "poll_delay": settings.worker_poll_delay_s,
         "keep_result": 3600,
+        "max_tries": settings.job_max_tries,
+        "allow_abort_jobs": True,  # POST /api/jobs/{id}/cancel interrupts a running job at once
+        "health_check_interval": 30,  # `arq --check` sees a dead worker within a minute
+        "cron_jobs": [
+            # Every 10 s; unique, so one worker runs each tick however many there are.
+            cron(sweep_orphans, second=set(range(0, 60, 10)), run_at_startup=True, unique=True, timeout=60),
+            cron(cleanup_jobs, hour={3}, minute={17}, second={0}, unique=True, timeout=600),
+        ],
     }

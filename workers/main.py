@@ -23,3 +23,7 @@ class WorkerSettings:
     job_timeout: int = _options["job_timeout"]
     poll_delay: float = _options["poll_delay"]
     keep_result: int = _options["keep_result"]
+    max_tries: int = _options["max_tries"]
+    allow_abort_jobs: bool = _options["allow_abort_jobs"]
+    health_check_interval: int = _options["health_check_interval"]
+    cron_jobs: list[Any] = _options["cron_jobs"]
