@@ -14,10 +14,11 @@ from semantik.jobs import JobState, bump, recount, utcnow
 
 
 @dataclass(frozen=True)
-class RunningJob:
+class JobRun:
     id: str
     arq_job_id: str | None
     worker_id: str | None
+    created_at: str
     started_at: str | None
 
 
@@ -95,11 +96,17 @@ class Lifecycle:
         value = await self.db.fetchval("SELECT arq_job_id FROM jobs WHERE id = ?", (job_id,))
         return str(value) if value is not None else None
 
-    async def running_jobs(self) -> list[RunningJob]:
+    async def _runs(self, status: str) -> list[JobRun]:
         rows = await self.db.fetchall(
-            "SELECT id, arq_job_id, worker_id, started_at FROM jobs WHERE status = ?", (c.RUNNING,)
+            "SELECT id, arq_job_id, worker_id, created_at, started_at FROM jobs WHERE status = ?", (status,)
         )
-        return [RunningJob(row["id"], row["arq_job_id"], row["worker_id"], row["started_at"]) for row in rows]
+        return [JobRun(r["id"], r["arq_job_id"], r["worker_id"], r["created_at"], r["started_at"]) for r in rows]
+
+    async def running_jobs(self) -> list[JobRun]:
+        return await self._runs(c.RUNNING)
+
+    async def queued_jobs(self) -> list[JobRun]:
+        return await self._runs(c.QUEUED)
 
     async def delete_finished_before(self, cutoff_iso: str) -> list[tuple[str, str | None]]:
         """Remove jobs that ended before ``cutoff_iso`` (their file rows go with them); returns

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import result_key_prefix
+from arq.constants import in_progress_key_prefix, result_key_prefix
 
 from semantik import constants as c
 from semantik.events import EventPublisher, JobEvents
@@ -17,6 +17,8 @@ from semantik.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
+# Set when a job first looks orphaned (value: Redis time, seconds); expires by itself.
+ORPHAN_SUSPECT_KEY = "semantik:orphan-suspect:{job_id}"
 ORPHAN_REASON = "its worker stopped answering (no heartbeat); resumed on another worker"
 
 
@@ -26,19 +28,36 @@ def _age_s(iso: str | None) -> float:
     return (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
 
 
+async def _suspect_long_enough(redis: ArqRedis, job_id: str, grace_s: float) -> bool:
+    """True once ``job_id`` has looked orphaned for ``grace_s``. A single missing heartbeat is not
+    enough: right after a Redis restart every key is gone until the next beat (ttl/3 away)."""
+    key = ORPHAN_SUSPECT_KEY.format(job_id=job_id)
+    now_s = (await redis.time())[0]
+    await redis.set(key, now_s, nx=True, ex=int(grace_s * 4) + 1)
+    first_seen = await redis.get(key)
+    return first_seen is not None and now_s - int(first_seen) >= grace_s
+
+
 async def sweep_orphans(rt: Runtime, redis: ArqRedis) -> list[str]:
-    """Re-queue running jobs whose worker is gone: their heartbeat key has lapsed. The dead run's arq
-    records go too, so the job does not wait for arq's in-progress lock (the job timeout) to expire.
+    """Re-queue jobs that would otherwise never finish:
+
+    - ``running`` jobs whose worker is gone (heartbeat lapsed for a heartbeat TTL): a new run with a
+      new arq id; the dead run's arq records go, so nothing waits for arq's in-progress lock (which
+      lasts the job timeout);
+    - ``queued`` jobs that Redis lost (restarted without persistence): queued again as they were.
+
     Returns the ids re-queued."""
     requeued: list[str] = []
-    ttl_s = rt.settings.job_heartbeat_ttl_s
+    grace_s = rt.settings.job_heartbeat_ttl_s
     for job in await rt.lifecycle.running_jobs():
-        if _age_s(job.started_at) < ttl_s or await redis.exists(heartbeat_key(job.id)):
+        if _age_s(job.started_at) < grace_s or await redis.exists(heartbeat_key(job.id)):
+            await redis.delete(ORPHAN_SUSPECT_KEY.format(job_id=job.id))
             continue  # just started (first beat may be on its way), or alive
+        if not await _suspect_long_enough(redis, job.id, grace_s):
+            continue
         events = JobEvents(EventPublisher(redis), job.id)
         change = rt.lifecycle.requeue(job.id, reason=ORPHAN_REASON, new_run=True, from_status=c.RUNNING)
-        state = await events.emit(c.JOB_QUEUED, change, error=ORPHAN_REASON)
-        if state is None:
+        if await events.emit(c.JOB_QUEUED, change, error=ORPHAN_REASON) is None:
             continue  # it finished or moved meanwhile
         if job.arq_job_id:
             await forget_arq_job(redis, job.arq_job_id)
@@ -46,6 +65,16 @@ async def sweep_orphans(rt: Runtime, redis: ArqRedis) -> list[str]:
         await enqueue_embed_job(redis, job.id, new_arq_id)
         log.warning("job_orphan_requeued", job_id=job.id, dead_worker=job.worker_id, arq_job_id=new_arq_id)
         requeued.append(job.id)
+    for queued in await rt.lifecycle.queued_jobs():
+        arq_id = queued.arq_job_id or queued.id
+        known = await redis.zscore(redis.default_queue_name, arq_id) is not None
+        if known or await redis.exists(in_progress_key_prefix + arq_id):
+            continue
+        if _age_s(queued.created_at) < grace_s or not await _suspect_long_enough(redis, queued.id, grace_s):
+            continue
+        await enqueue_embed_job(redis, queued.id, arq_id)
+        log.warning("job_lost_requeued", job_id=queued.id, arq_job_id=arq_id)
+        requeued.append(queued.id)
     return requeued
 
 

@@ -78,7 +78,8 @@ def scan_directory(
         elif not _matches(relative, include):
             continue
         if target is None:
-            found.append(ScannedFile(str(path), 0, 0.0, c.FILE_SKIPPED, "symlink leads outside the allowed roots"))
+            reason = "broken symlink" if not path.exists() else "symlink leads outside the allowed roots"
+            found.append(ScannedFile(str(path), 0, 0.0, c.FILE_SKIPPED, reason))
             continue
         try:
             stat = target.stat()

@@ -1,0 +1,253 @@
+"""Faults injected into real worker processes (the plain arq CLI) and a real Redis we can kill.
+
+For each fault the job must still end ``completed`` with exactly the vectors a clean run makes.
+The API runs in this process; the workers hold the embedded Qdrant store, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from qdrant_client import QdrantClient
+
+from semantik.app import create_app
+from semantik.chunk import Chunker
+from semantik.embed import Embedder, default_model_path
+from semantik.redis_server import RedisServer
+from semantik.runtime import Runtime
+from semantik.settings import Settings
+from semantik.vectors import qdrant_name
+from tests.conftest import ClientFactory, write
+
+REPO = Path(__file__).resolve().parents[1]
+ARQ = Path(sys.executable).parent / "arq"
+FILES = 36
+
+
+def corpus(docs: Path) -> list[str]:
+    texts = [f"Chapter {i}. A slow and detailed account of event {i} and what followed. " * 110 for i in range(FILES)]
+    for i, text in enumerate(texts):
+        write(docs / f"chapter{i:03}.txt", text)
+    return texts
+
+
+def clean_run_chunks(texts: list[str]) -> int:
+    """What a clean run stores: the chunker's output for every file."""
+    embedder = Embedder(default_model_path(), device="cpu", dtype="fp32", batch_size=8)
+    chunker = Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=256, overlap=32)
+    return sum(len(chunker.chunk(text)) for text in texts)
+
+
+class Workers:
+    """arq CLI worker processes sharing the test's settings through the environment."""
+
+    def __init__(self, settings: Settings, docs: Path, log_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "SEMANTIK_DATA_DIR": str(settings.data_dir),
+            "SEMANTIK_ALLOWED_ROOTS": str(docs),
+            "SEMANTIK_REDIS_URL": str(settings.redis_url),
+            "SEMANTIK_WORKER_POLL_DELAY_S": "0.05",
+            "SEMANTIK_JOB_HEARTBEAT_TTL_S": "2",
+            "SEMANTIK_LOG_FORMAT": "json",
+        }
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"worker{len(self.processes)}.log").open("wb")
+        process = subprocess.Popen(
+            [str(ARQ), "workers.main.WorkerSettings"], cwd=REPO, env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("worker*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(settings: Settings, docs: Path, tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(settings, docs, tmp_path)
+    yield group
+    group.stop_all()
+
+
+async def job_of(api: TestClient[Any, Any], job_id: str) -> dict[str, Any]:
+    return dict(await (await api.get(f"/api/jobs/{job_id}")).json())
+
+
+async def until(
+    api: TestClient[Any, Any], job_id: str, predicate: Any, workers: Workers, timeout_s: float = 180
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = await job_of(api, job_id)
+        if predicate(job):
+            return job
+        assert time.monotonic() < deadline, f"{job}\n{workers.logs()}"
+        await asyncio.sleep(0.1)
+
+
+def stored_points(settings: Settings, collection: str) -> tuple[int, int]:
+    """(points, distinct ids) in the embedded store, read after every worker has let it go."""
+    client = QdrantClient(path=str(settings.qdrant_path))
+    try:
+        points, offset = [], None
+        while True:
+            page, offset = client.scroll(qdrant_name(collection), limit=1000, offset=offset, with_payload=False)
+            points.extend(page)
+            if offset is None:
+                break
+        return len(points), len({p.id for p in points})
+    finally:
+        client.close()
+
+
+async def start_job(api: TestClient[Any, Any], docs: Path) -> str:
+    response = await api.post("/api/jobs", json={"collection": "chaos", "directory": str(docs)})
+    assert response.status == 201
+    return str((await response.json())["id"])
+
+
+async def test_worker_killed_mid_job_is_resumed_by_another(
+    api: TestClient[Any, Any], settings: Settings, docs: Path, workers: Workers
+) -> None:
+    texts = corpus(docs)
+    first = workers.start()
+    job_id = await start_job(api, docs)
+    before = await until(api, job_id, lambda j: j["files_done"] >= 3, workers)
+    first.send_signal(signal.SIGKILL)  # no cleanup, no goodbye
+    first.wait()
+    killed_at = time.monotonic()
+    workers.start()
+    done = await until(api, job_id, lambda j: j["status"] in ("completed", "failed"), workers)
+    assert done["status"] == "completed", workers.logs()
+    assert done["attempts"] == 2 and done["files_done"] == FILES
+    assert "heartbeat" not in (done["error"] or "")
+    resumed_s = time.monotonic() - killed_at
+    workers.stop_all()
+    expected = clean_run_chunks(texts)
+    assert done["chunks"] == expected
+    assert stored_points(settings, "chaos") == (expected, expected)  # nothing lost, nothing twice
+    assert before["files_done"] >= 3 and resumed_s < 120
+
+
+async def test_sigterm_checkpoints_and_the_job_resumes(
+    api: TestClient[Any, Any], settings: Settings, docs: Path, workers: Workers
+) -> None:
+    texts = corpus(docs)
+    first = workers.start()
+    job_id = await start_job(api, docs)
+    await until(api, job_id, lambda j: j["files_done"] >= 3, workers)
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=30)
+    paused = await job_of(api, job_id)
+    assert paused["status"] == "queued", workers.logs()  # handed back, not failed
+    assert 3 <= paused["files_done"] < FILES
+    workers.start()
+    done = await until(api, job_id, lambda j: j["status"] in ("completed", "failed"), workers)
+    assert done["status"] == "completed", workers.logs()
+    workers.stop_all()
+    expected = clean_run_chunks(texts)
+    assert stored_points(settings, "chaos") == (expected, expected)
+
+
+async def test_redis_restart_mid_job(aiohttp_client: ClientFactory, tmp_path: Path, docs: Path) -> None:
+    texts = corpus(docs)
+    redis = RedisServer(tmp_path / "chaos-redis")
+    redis.start()
+    settings = Settings(data_dir=tmp_path / "data", allowed_roots=[docs], redis_url=redis.url)
+    runtime = Runtime(settings)
+    await runtime.open()
+    group = Workers(settings, docs, tmp_path)
+    try:
+        api = await aiohttp_client(create_app(settings, runtime=runtime))
+        group.start()
+        job_id = await start_job(api, docs)
+        await until(api, job_id, lambda j: j["files_done"] >= 2, group)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redis.start)  # same port, empty: nothing was persisted
+        done = await until(api, job_id, lambda j: j["status"] in ("completed", "failed"), group)
+        assert done["status"] == "completed", group.logs()
+        assert group.processes[0].poll() is None, "the worker survived the restart"
+        group.stop_all()
+        expected = clean_run_chunks(texts)
+        assert done["chunks"] == expected
+        assert stored_points(settings, "chaos") == (expected, expected)
+    finally:
+        group.stop_all()
+        await runtime.close()
+        redis.stop()
+
+
+async def test_bad_files_are_each_accounted_for(
+    api: TestClient[Any, Any], docs: Path, run_worker: Any, settings: Settings
+) -> None:
+    good = write(docs / "good.md", "# Fine\n\nA perfectly ordinary document.")
+    (docs / "corrupt.pdf").write_bytes(b"%PDF-1.5\n1 0 obj << /Type /Catalog >>\ntrailer\n%%EOF")
+    (docs / "corrupt.docx").write_bytes(b"PK\x03\x04\x14\x00garbage")
+    (docs / "empty.txt").write_bytes(b"")
+    (docs / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (docs / "huge.txt").write_bytes(b"word " * (2 * 1024 * 1024 // 5 + 10))
+    (docs / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (docs / "escape.txt").symlink_to("/etc/hostname")
+    (docs / "dangling.txt").symlink_to(docs / "nowhere.txt")
+    small = settings.model_copy(update={"max_file_size_mb": 1.0})
+    runtime = Runtime(small)
+    await runtime.open()
+    try:
+        response = await api.post("/api/jobs", json={"collection": "bad", "directory": str(docs), "include": ["*"]})
+        job_id = (await response.json())["id"]
+        from arq.worker import Worker
+
+        from semantik.worker import worker_options
+
+        worker = Worker(**worker_options(small), ctx={"runtime": runtime}, burst=True, handle_signals=False)
+        await asyncio.wait_for(worker.async_run(), 120)
+        await worker.close()
+    finally:
+        await runtime.close()
+    job = await job_of(api, job_id)
+    files = {Path(f["path"]).name: f for f in (await (await api.get(f"/api/jobs/{job_id}/files")).json())["files"]}
+    assert job["files_total"] == len(files) == 9
+    assert job["files_done"] + job["files_failed"] + job["files_skipped"] == 9
+    assert job["status"] == "completed_with_errors"
+    expected = {
+        good.name: ("done", None),
+        "corrupt.pdf": ("failed", "PDF"),
+        "corrupt.docx": ("failed", "DOCX"),
+        "binary.txt": ("failed", "binary"),
+        "empty.txt": ("skipped", "no text"),
+        "huge.txt": ("skipped", "larger than"),
+        "photo.png": ("skipped", "unsupported"),
+        "escape.txt": ("skipped", "outside the allowed roots"),
+        "dangling.txt": ("skipped", "broken symlink"),
+    }
+    for name, (status, reason) in expected.items():
+        assert files[name]["status"] == status, (name, files[name])
+        if reason:
+            assert reason in (files[name]["error"] or ""), (name, files[name])
