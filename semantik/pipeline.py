@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 UPSERTS_IN_FLIGHT = 2
 ENCODE_GROUP = 4
+READY_FILES = 64
 
 
 class JobError(Exception):
@@ -107,7 +108,8 @@ class _Pipeline:
         self.started_s = time.monotonic()
         workers = rt.settings.extract_workers
         self.workers = workers
-        self.ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=2 * workers)
+        # Prepared files waiting for the model: deep enough to fill full encode groups from small files.
+        self.ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=READY_FILES)
         self.upserts: set[asyncio.Task[None]] = set()
         self.upsert_slots = asyncio.Semaphore(UPSERTS_IN_FLIGHT)
         self.failure: BaseException | None = None
