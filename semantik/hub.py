@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -29,7 +29,29 @@ LISTENER_MAX_EVENTS = 512
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 
-Event = tuple[dict[str, Any], str]  # parsed envelope, and the JSON text to forward as is
+# An idle socket is written to directly (one prepared frame, no task switch) while its transport
+# buffer holds less than this; above it, events queue and the slow-client rules apply.
+DIRECT_WRITE_LIMIT_BYTES = 64 * 1024
+
+Event = tuple[dict[str, Any], str, bytes]  # parsed envelope, its JSON text, the WebSocket frame
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed, final text frame: what a server sends, identical for every client."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+class DirectWriter(Protocol):
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+    def write(self, data: bytes) -> None: ...
 
 
 class Listener:
@@ -43,10 +65,29 @@ class Listener:
         self._resync = False
         self.coalesced = 0
         self.overflows = 0
+        # Set by the socket while it idles: the relay may then write events straight to it.
+        self.transport: DirectWriter | None = None
+        self.last_seq: dict[str, int] = {}  # per job: the last seq this socket has sent
+        self.finished = False  # a terminal event went out directly
 
     def offer(self, event: Event) -> None:
-        """Never blocks: append, coalesce progress, or fall back to a resync."""
+        """Never blocks: write directly to an idle socket, or append, coalesce progress, or resync."""
         parsed = event[0]
+        transport = self.transport
+        if (
+            transport is not None
+            and not self._items
+            and not self._resync
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT_BYTES
+        ):
+            if parsed["seq"] > self.last_seq.get(parsed["job_id"], 0):
+                transport.write(event[2])
+                self.last_seq[parsed["job_id"]] = parsed["seq"]
+                if self.job_id is not None and parsed["type"] in c.TERMINAL_EVENTS:
+                    self.finished = True
+                    self._wakeup.set()
+            return
         if parsed["type"] == c.PROGRESS:
             # Drop the job's older queued progress; appending keeps the queue in seq order.
             for index in range(len(self._items) - 1, -1, -1):
@@ -69,8 +110,11 @@ class Listener:
         self._wakeup.set()
 
     async def get(self) -> Event | None:
-        """The next event, or None when the socket must send a fresh snapshot first."""
+        """The next event, or None when the socket must send a fresh snapshot first (or, with
+        ``finished`` set, when a terminal event already went out directly)."""
         while True:
+            if self.finished:
+                return None
             if self._resync:
                 self._resync = False
                 return None
@@ -119,7 +163,8 @@ class EventHub:
         except (ValueError, KeyError, TypeError):
             log.warning("event_malformed", raw=str(raw)[:200])
             return
-        event = (parsed, raw if isinstance(raw, str) else raw.decode())
+        text = raw if isinstance(raw, str) else raw.decode()
+        event = (parsed, text, text_frame(text.encode()))
         self.relayed += 1
         for listener in self._by_job.get(job_id, ()):
             listener.offer(event)

@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, web
 from semantik import constants as c
 from semantik.errors import Forbidden
 from semantik.events import envelope
-from semantik.hub import Listener
+from semantik.hub import Event, Listener
 from semantik.keys import HUB, RUNTIME, SOCKETS
 from semantik.runtime import Runtime
 from semantik.services import field_error
@@ -42,7 +42,8 @@ def _flag(request: web.Request, name: str) -> bool:
 
 async def _open(request: web.Request) -> web.WebSocketResponse:
     check_origin(request)
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, protocols=(PROTOCOL,), max_msg_size=64 * 1024)
+    # No per-message compression: every client then gets byte-identical frames (hub.text_frame).
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, protocols=(PROTOCOL,), max_msg_size=64 * 1024, compress=False)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     return ws
@@ -83,18 +84,31 @@ async def _job_snapshot(ws: web.WebSocketResponse, rt: Runtime, job_id: str) -> 
     return job.seq, job.status in c.TERMINAL_STATES
 
 
+async def _next(ws: web.WebSocketResponse, listener: Listener) -> Event | None:
+    """Wait for the next queued event, letting the relay write straight to the socket meanwhile."""
+    writer = ws._writer  # the relay writes prepared frames to the transport while we idle
+    listener.transport = writer.transport if writer is not None else None
+    try:
+        return await listener.get()
+    finally:
+        listener.transport = None
+
+
 async def _send_job_events(ws: web.WebSocketResponse, rt: Runtime, listener: Listener, job_id: str, stay: bool) -> None:
     last_seq, finished = await _job_snapshot(ws, rt, job_id)
+    listener.last_seq[job_id] = last_seq
     while not (finished and not stay):
-        event = await listener.get()
+        event = await _next(ws, listener)
+        if listener.finished:
+            break  # the terminal event went out directly
         if event is None:  # fell behind, or the relay reconnected: start again from the database
-            last_seq, finished = await _job_snapshot(ws, rt, job_id)
+            listener.last_seq[job_id], finished = await _job_snapshot(ws, rt, job_id)
             continue
-        parsed, raw = event
-        if parsed["seq"] <= last_seq:
+        parsed, raw, _ = event
+        if parsed["seq"] <= listener.last_seq[job_id]:
             continue  # already part of the snapshot
         await ws.send_str(raw)
-        last_seq = parsed["seq"]
+        listener.last_seq[job_id] = parsed["seq"]
         finished = parsed["type"] in c.TERMINAL_EVENTS
     await ws.close(code=WSCloseCode.OK, message=b"job finished")
 
@@ -110,24 +124,25 @@ async def all_jobs_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _jobs_snapshot(ws: web.WebSocketResponse, rt: Runtime) -> dict[str, int]:
+async def _jobs_snapshot(ws: web.WebSocketResponse, rt: Runtime, listener: Listener) -> None:
     jobs = await rt.jobs.list_jobs(limit=SNAPSHOT_JOBS)
     data: dict[str, Any] = {"jobs": [job.model_dump(mode="json") for job in jobs]}
     await ws.send_json(envelope(c.SNAPSHOT, "*", 0, data))
-    return {job.id: job.seq for job in jobs}
+    listener.last_seq.clear()
+    listener.last_seq.update({job.id: job.seq for job in jobs})
 
 
 async def _send_all_events(ws: web.WebSocketResponse, rt: Runtime, listener: Listener) -> None:
-    seen = await _jobs_snapshot(ws, rt)
+    await _jobs_snapshot(ws, rt, listener)
     while True:
-        event = await listener.get()
+        event = await _next(ws, listener)
         if event is None:
-            seen = await _jobs_snapshot(ws, rt)
+            await _jobs_snapshot(ws, rt, listener)
             continue
-        parsed, raw = event
-        if parsed["seq"] <= seen.get(parsed["job_id"], 0):
+        parsed, raw, _ = event
+        if parsed["seq"] <= listener.last_seq.get(parsed["job_id"], 0):
             continue
-        seen[parsed["job_id"]] = parsed["seq"]
+        listener.last_seq[parsed["job_id"]] = parsed["seq"]
         await ws.send_str(raw)
 
 
