@@ -7,9 +7,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from semantik import views
+from semantik import openapi, views
 from semantik.hub import EventHub
-from semantik.keys import HUB, QUEUE, RUNTIME, SETTINGS, SOCKETS
+from semantik.keys import HUB, METRICS, QUEUE, RUNTIME, SETTINGS, SOCKETS
+from semantik.metrics import Metrics
 from semantik.middlewares import auth, errors, request_context
 from semantik.queue import make_queue
 from semantik.runtime import Runtime
@@ -50,6 +51,10 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.stop()
 
 
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi.spec())
+
+
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
@@ -58,6 +63,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.App
     app = web.Application(middlewares=[request_context, errors, auth], client_max_size=MAX_REQUEST_BODY_BYTES)
     app[SETTINGS] = settings
     app[SOCKETS] = new_socket_set()
+    app[METRICS] = Metrics()
     app.cleanup_ctx.extend([_runtime_ctx(runtime), _queue_ctx, _hub_ctx])
     app.on_shutdown.append(close_all)
     app.add_routes(
@@ -76,6 +82,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.App
             web.post("/api/collections", views.create_collection),
             web.get("/api/collections/{name}", views.get_collection),
             web.post("/api/search", views.search),
+            web.get("/api/monitor", views.monitor_view),
+            web.get("/metrics", views.metrics),
+            web.get("/api/openapi.json", _openapi),
             web.get("/", _index),
             web.static("/static", STATIC_DIR),
         ]

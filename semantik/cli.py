@@ -14,6 +14,8 @@ import click
 
 from semantik.settings import Settings
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 def _settings(**overrides: Any) -> Settings:
     try:
@@ -70,13 +72,13 @@ def serve(host: str | None, port: int | None) -> None:
     from aiohttp import web
 
     from semantik.app import create_app
-    from semantik.logs import configure_logging
+    from semantik.logs import AccessLogger, configure_logging
 
     settings = _settings(host=host, port=port)
     _check_exposure(settings)
     configure_logging(settings)
     click.echo(f"Semantik API on http://{settings.host}:{settings.port}", err=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger)
 
 
 @main.command()
@@ -196,6 +198,82 @@ def search(query: str, collection: str, k: int, as_json: bool, url: str | None) 
         text = " ".join(hit["text"].split())
         click.echo(f"{rank}. {hit['score']:.3f}  {hit['path']}  [chunk {hit['chunk_index']}]")
         click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
+@click.option("--job", help="Only lines of this job id.")
+@click.option(
+    "--level", type=click.Choice(["debug", "info", "warning", "error", "critical"]), help="At least this level."
+)
+@click.option("--event", help="Only this event name.")
+@click.option("--since", help="Only lines newer than this: 10m, 2h, 1d or an ISO time.")
+@click.option("--follow", "-f", is_flag=True, help="Keep reading as the files grow.")
+@click.option("--json", "as_json", is_flag=True, help="Print matching lines as JSON, not pretty.")
+def logs(
+    files: tuple[str, ...], job: str | None, level: str | None, event: str | None, since: str | None,
+    follow: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Filter and pretty-print JSON log lines from FILES (or standard input)."""
+    from semantik.logview import Filter, lines_of, parse_since, show
+
+    flt = Filter(job=job, level=level, event=event, since=parse_since(since) if since else None)
+    handles = [sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace") for name in files]  # noqa: SIM115
+    try:
+        show(lines_of(handles or [sys.stdin], follow), flt, as_json)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for handle in handles:
+            if handle is not sys.stdin:
+                handle.close()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of GET /api/monitor.")
+@click.option("--url", help="Server URL [SEMANTIK_URL].")
+def workers(as_json: bool, url: str | None) -> None:
+    """Live workers, the queue, running jobs and recent failures (what GET /api/monitor shows)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from semantik.client import ApiError, Client
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            return dict(await client.request("GET", "/api/monitor"))
+
+    try:
+        data = asyncio.run(run())
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    table = Table(title="workers")
+    for column in ("worker", "device", "current job", "done", "failed", "since"):
+        table.add_column(column)
+    for w in data.get("workers") or []:
+        table.add_row(w["worker_id"], w["device"], w["current_job"] or "-", str(w["jobs_done"]),
+                      str(w["jobs_failed"]), w["started_at"])  # fmt: skip
+    console.print(table)
+    queue = data.get("queue") or {}
+    console.print(f"queue: {queue.get('depth', '?')} waiting, oldest {queue.get('oldest_age_s') or 0} s;"
+                  f" jobs: {data['jobs_by_status']}")  # fmt: skip
+    for job in data["running_jobs"]:
+        console.print(f"running {job['id']} [{job['collection']}] {job['files_done']}/{job['files_total']} files"
+                      f" on {job['worker_id']}: {job['current_file'] or ''}")  # fmt: skip
+    throughput = data.get("throughput") or {}
+    console.print(f"throughput: {throughput.get('chunks_last_5_min', 0)} chunks in the last 5 minutes")
+    for failure in data["recent_failures"]:
+        console.print(
+            f"[red]failed {failure['kind']}[/red] {failure.get('path') or failure.get('id')}: {failure['error']}"
+        )
 
 
 if __name__ == "__main__":

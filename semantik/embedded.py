@@ -17,7 +17,7 @@ from arq.worker import Worker
 
 from semantik import constants as c
 from semantik.app import create_app
-from semantik.logs import configure_logging
+from semantik.logs import AccessLogger, configure_logging
 from semantik.queue import enqueue_embed_job, make_queue
 from semantik.redis_server import RedisServer
 from semantik.runtime import Runtime
@@ -51,7 +51,7 @@ async def run_embedded(settings: Settings) -> None:
         log.info("redis_started", url=redis_server.url)
     runtime = Runtime(settings)
     await runtime.open()
-    runner = web.AppRunner(create_app(settings, runtime=runtime))
+    runner = web.AppRunner(create_app(settings, runtime=runtime), access_log_class=AccessLogger)
     worker: Worker | None = None
     try:
         await runner.setup()

@@ -8,6 +8,7 @@ from aiohttp import web
 from arq.connections import ArqRedis
 
 from semantik.hub import EventHub
+from semantik.metrics import Metrics
 from semantik.runtime import Runtime
 from semantik.settings import Settings
 
@@ -16,3 +17,4 @@ RUNTIME = web.AppKey("runtime", Runtime)
 QUEUE = web.AppKey("queue", ArqRedis)
 HUB = web.AppKey("hub", EventHub)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+METRICS = web.AppKey("metrics", Metrics)

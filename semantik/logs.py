@@ -11,6 +11,9 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from semantik.settings import Settings
 
@@ -52,3 +55,20 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logging.getLogger(name).propagate = True
     for noisy in ("httpx", "httpcore", "sentence_transformers", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request: method, path, status, duration, remote, request id."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "http_request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 2),
+                "remote": request.remote,
+                "request_id": response.headers.get("X-Request-ID"),
+            },
+        )

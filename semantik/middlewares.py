@@ -85,7 +85,8 @@ def presented_token(request: web.Request) -> str | None:
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].api_token
-    if token is None or not request.path.startswith("/api/") or request.path in PUBLIC_PATHS:
+    protected = request.path.startswith("/api/") or request.path == "/metrics"
+    if token is None or not protected or request.path in PUBLIC_PATHS:
         return await handler(request)
     given = presented_token(request)
     if given is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):

@@ -29,6 +29,7 @@ from semantik.events import JobEvents
 from semantik.extract import ExtractionError, extract_text, read_file
 from semantik.jobs import PendingFile
 from semantik.models import Job
+from semantik.monitor import Stats
 from semantik.runtime import Runtime
 from semantik.scan import scan_directory
 
@@ -100,6 +101,7 @@ class _Pipeline:
         should_stop: StopCheck,
     ) -> None:
         self.should_stop = should_stop
+        self.stats = Stats(events.publisher.redis)
         self.next_stop_check_s = 0.0
         self.rt, self.job, self.embedder, self.chunker, self.events = rt, job, embedder, chunker, events
         self.pending_at_start = pending
@@ -245,8 +247,10 @@ class _Pipeline:
         if not first.started:
             first.started = True
             await self.rt.jobs.set_current_file(self.job.id, first.file.path)
+        began_s = time.perf_counter()
         vectors = await self.embedder.encode([item.chunks[index] for item, index in batch])
         self.chunks_embedded += len(batch)
+        await self.stats.embedded(len(batch), time.perf_counter() - began_s)
         for row, (item, index) in enumerate(batch):
             if item.vectors is None:
                 item.vectors = np.empty((len(item.chunks), vectors.shape[1]), dtype=np.float32)

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from semantik import services
+from semantik import monitor, services
 from semantik.constants import PING_FUNCTION
 from semantik.errors import BadRequest, Unavailable
-from semantik.keys import QUEUE, RUNTIME
+from semantik.keys import HUB, METRICS, QUEUE, RUNTIME
 from semantik.models import CollectionCreate, JobCreate, SearchRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,7 +101,23 @@ async def get_collection(request: web.Request) -> web.Response:
 
 async def search(request: web.Request) -> web.Response:
     results, took_ms = await services.search(request.app[RUNTIME], await parse(request, SearchRequest))
+    request.app[METRICS].search_seconds.observe(took_ms / 1000)
     return json_out({"results": [hit.model_dump(mode="json") for hit in results], "took_ms": round(took_ms, 2)})
+
+
+async def _monitor(request: web.Request) -> dict[str, Any]:
+    data = await monitor.snapshot(request.app[RUNTIME], request.app[QUEUE])
+    data["ws_clients"] = request.app[HUB].listener_count
+    return data
+
+
+async def monitor_view(request: web.Request) -> web.Response:
+    return web.json_response(await _monitor(request))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render(await _monitor(request))
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def health(request: web.Request) -> web.Response:

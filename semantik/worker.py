@@ -12,6 +12,7 @@ from arq import cron
 from semantik import maintenance
 from semantik.constants import EMBED_JOB_FUNCTION, PING_FUNCTION
 from semantik.logs import configure_logging
+from semantik.monitor import WorkerPresence
 from semantik.queue import redis_settings
 from semantik.runner import run_embed_job, worker_identity
 from semantik.runtime import Runtime
@@ -22,6 +23,7 @@ log = structlog.get_logger(__name__)
 # ctx keys: the typed dependencies object, and whether this worker built (and must close) it.
 RUNTIME_KEY = "runtime"
 OWNS_RUNTIME_KEY = "owns_runtime"
+PRESENCE_KEY = "presence"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -34,25 +36,35 @@ async def startup(ctx: dict[str, Any]) -> None:
     runtime = ctx[RUNTIME_KEY]
     ctx["worker_id"] = worker_identity()
     embedder = await runtime.embedder()  # load the model now, not inside the first job
+    ctx[PRESENCE_KEY] = WorkerPresence(ctx["redis"], ctx["worker_id"], f"{embedder.device}/{embedder.dtype}")
+    await ctx[PRESENCE_KEY].start()
     log.info("worker_started", worker_id=ctx["worker_id"], device=embedder.device, dtype=embedder.dtype)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if PRESENCE_KEY in ctx:
+        await ctx[PRESENCE_KEY].stop()
     if ctx.get(OWNS_RUNTIME_KEY):
         await ctx[RUNTIME_KEY].close()
     log.info("worker_stopped", worker_id=ctx.get("worker_id"))
 
 
 async def embed_job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
-    with structlog.contextvars.bound_contextvars(job_id=job_id, worker_id=ctx["worker_id"]):
-        state = await run_embed_job(
-            ctx[RUNTIME_KEY],
-            job_id,
-            worker_id=ctx["worker_id"],
-            redis=ctx["redis"],
-            arq_job_id=ctx.get("job_id"),
-            job_try=int(ctx.get("job_try", 1)),
-        )
+    presence: WorkerPresence = ctx[PRESENCE_KEY]
+    await presence.job_started(job_id)
+    state = None
+    try:
+        with structlog.contextvars.bound_contextvars(job_id=job_id, worker_id=ctx["worker_id"]):
+            state = await run_embed_job(
+                ctx[RUNTIME_KEY],
+                job_id,
+                worker_id=ctx["worker_id"],
+                redis=ctx["redis"],
+                arq_job_id=ctx.get("job_id"),
+                job_try=int(ctx.get("job_try", 1)),
+            )
+    finally:
+        await presence.job_ended(job_id, ok=state is not None and state["status"] != "failed")
     return {"job_id": job_id, "status": state["status"] if state else "not_runnable"}
 
 
