@@ -1,0 +1,252 @@
+// Semantik's web UI: plain ES modules, no build step. Pages: #/jobs, #/jobs/ID, #/search, #/monitor.
+const view = document.getElementById("view");
+const TERMINAL = new Set(["completed", "completed_with_errors", "failed", "cancelled"]);
+let cleanup = () => {};
+
+// ---- API --------------------------------------------------------------------------------------
+const token = () => sessionStorage.getItem("semantik-token");
+
+function askToken() {
+  const dialog = document.getElementById("token-dialog");
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      const value = document.getElementById("token-input").value.trim();
+      if (value) sessionStorage.setItem("semantik-token", value);
+      resolve(Boolean(value));
+    }, { once: true });
+    dialog.showModal();
+  });
+}
+
+class ApiError extends Error {
+  constructor(status, error) { super(error.message || `HTTP ${status}`); this.status = status; this.code = error.code; this.details = error.details; }
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (response.status === 401 && await askToken()) return api(path, { method, body });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, data.error || {});
+  return data;
+}
+
+function socket(path, onMessage) {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+  const protocols = token() ? ["semantik", `bearer.${token()}`] : ["semantik"];
+  let ws, closed = false, delay = 500;
+  const open = () => {
+    ws = new WebSocket(url, protocols);
+    ws.onmessage = (event) => { delay = 500; onMessage(JSON.parse(event.data)); };
+    ws.onclose = () => { if (!closed) setTimeout(open, delay = Math.min(delay * 2, 8000)); };
+  };
+  open();
+  return () => { closed = true; ws.close(); };
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[ch]));
+const finished = (job) => job.files_done + job.files_failed + job.files_skipped;
+const percent = (job) => (job.files_total ? Math.round((100 * finished(job)) / job.files_total) : (TERMINAL.has(job.status) ? 100 : 0));
+const bar = (job) => `<div class="bar" role="progressbar" aria-label="progress" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${percent(job)}"><span style="width:${percent(job)}%"></span></div>`;
+const status = (value) => `<span class="status ${esc(value)}">${esc(value).replaceAll("_", " ")}</span>`;
+const seconds = (value) => (value == null ? "–" : value < 90 ? `${Math.round(value)} s` : `${Math.round(value / 60)} min`);
+
+function showError(target, error) {
+  target.innerHTML = `<p class="error" role="alert">${esc(error.message)}</p>`;
+}
+
+// ---- jobs -------------------------------------------------------------------------------------
+function jobRow(job) {
+  return `<tr data-job="${esc(job.id)}">
+    <td><a href="#/jobs/${esc(job.id)}">${esc(job.name || job.id.slice(0, 8))}</a></td>
+    <td>${esc(job.collection)}</td><td>${status(job.status)}</td>
+    <td>${bar(job)}</td><td>${finished(job)}/${job.files_total}</td>
+    <td class="hide-narrow">${job.chunks}</td><td class="hide-narrow">${job.files_failed}</td></tr>`;
+}
+
+async function jobsPage() {
+  view.innerHTML = `<h1>Jobs</h1>
+    <section class="card" aria-labelledby="new-job"><h2 id="new-job" style="margin-top:0">New job</h2>
+    <form class="grid" id="job-form" novalidate>
+      <div class="field"><label for="f-collection">Collection</label><input id="f-collection" name="collection" required placeholder="notes"><span class="error" id="e-collection"></span></div>
+      <div class="field"><label for="f-directory">Directory</label><input id="f-directory" name="directory" required placeholder="/srv/docs/team"><span class="error" id="e-directory"></span></div>
+      <div class="field"><label for="f-include">Include globs</label><input id="f-include" name="include" placeholder="*.pdf, *.md"><span class="error" id="e-include"></span></div>
+      <div class="field"><label for="f-exclude">Exclude globs</label><input id="f-exclude" name="exclude" placeholder="drafts/*"><span class="error" id="e-exclude"></span></div>
+      <div class="actions"><button class="primary" type="submit">Start job</button></div>
+    </form><p class="error" id="e-form" role="alert"></p></section>
+    <div class="table-wrap"><table><thead><tr><th>Job</th><th>Collection</th><th>Status</th><th>Progress</th><th>Files</th>
+    <th class="hide-narrow">Chunks</th><th class="hide-narrow">Failed</th></tr></thead><tbody id="jobs"></tbody></table></div>
+    <p class="muted" id="jobs-empty" hidden>No jobs yet: start one above.</p>`;
+  const rows = new Map();
+  const render = () => {
+    const tbody = document.getElementById("jobs");
+    if (!tbody) return; // navigated away while a message was in flight
+    const jobs = [...rows.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
+    tbody.innerHTML = jobs.map(jobRow).join("");
+    document.getElementById("jobs-empty").hidden = jobs.length > 0;
+  };
+  document.getElementById("job-form").addEventListener("submit", submitJob);
+  cleanup = socket("/api/ws/jobs", async (event) => {
+    if (event.type === "snapshot") { rows.clear(); event.data.jobs.forEach((job) => rows.set(job.id, job)); }
+    else if (!rows.has(event.job_id)) { try { rows.set(event.job_id, await api(`/api/jobs/${event.job_id}`)); } catch { return; } }
+    else Object.assign(rows.get(event.job_id), event.data);
+    render();
+  });
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const form = event.target;
+  for (const el of form.querySelectorAll(".error")) el.textContent = "";
+  for (const el of form.querySelectorAll("input")) el.removeAttribute("aria-invalid");
+  document.getElementById("e-form").textContent = "";
+  const list = (value) => (value.trim() ? value.split(",").map((s) => s.trim()).filter(Boolean) : undefined);
+  const body = { collection: form.collection.value.trim(), directory: form.directory.value.trim(),
+    include: list(form.include.value), exclude: list(form.exclude.value) };
+  try {
+    const job = await api("/api/jobs", { method: "POST", body });
+    location.hash = `#/jobs/${job.id}`;
+  } catch (error) {
+    const fieldErrors = Array.isArray(error.details) ? error.details : [];
+    if (error.code === "path_not_allowed") fieldErrors.push({ loc: ["directory"], msg: error.message });
+    let placed = false;
+    for (const detail of fieldErrors) {
+      const name = detail.loc && detail.loc[0];
+      const slot = document.getElementById(`e-${name}`);
+      const message = detail.type === "string_pattern_mismatch" && name === "collection"
+        ? "Use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit." : detail.msg;
+      if (slot) { slot.textContent = message; form[name].setAttribute("aria-invalid", "true"); placed = true; }
+    }
+    if (!placed) document.getElementById("e-form").textContent = error.message;
+    const first = form.querySelector('[aria-invalid="true"]');
+    if (first) first.focus();
+  }
+}
+
+async function jobPage(id) {
+  view.innerHTML = `<p><a href="#/jobs">← All jobs</a></p><div id="job"><p class="muted">Loading…</p></div>`;
+  const failures = new Map();
+  let job = null;
+  const render = () => {
+    const target = document.getElementById("job");
+    if (!target || !job) return;
+    target.innerHTML = `<h1>${esc(job.name || "Job")} <span class="muted" style="font-size:.9rem">${esc(job.id)}</span></h1>
+      <div class="card"><p>${status(job.status)} <span class="muted">${esc(job.collection)} ← ${esc(job.directory)}</span></p>
+      ${bar(job)}
+      <div class="stats" style="margin-top:.75rem">
+        <div class="stat"><span class="muted">Files</span><b id="files">${finished(job)}/${job.files_total}</b></div>
+        <div class="stat"><span class="muted">Chunks</span><b>${job.chunks}</b></div>
+        <div class="stat"><span class="muted">Rate</span><b>${job.rate_chunks_s != null ? `${job.rate_chunks_s} chunks/s` : "–"}</b></div>
+        <div class="stat"><span class="muted">ETA</span><b>${TERMINAL.has(job.status) ? "done" : seconds(job.eta_s)}</b></div>
+        <div class="stat"><span class="muted">Failed / skipped</span><b>${job.files_failed} / ${job.files_skipped}</b></div>
+      </div>
+      <p class="muted">Current file: <span id="current">${esc(job.current_file || "–")}</span></p>
+      ${job.error ? `<p class="error">${esc(job.error)}</p>` : ""}
+      <div class="actions">
+        <button class="danger" id="cancel" ${TERMINAL.has(job.status) ? "disabled" : ""}>Cancel</button>
+        <button id="retry" ${["failed", "cancelled"].includes(job.status) ? "" : "disabled"}>Retry</button>
+      </div><p class="error" id="action-error" role="alert"></p></div>
+      <h2>Failed files</h2>${failures.size ? `<ul class="failures">${[...failures].map(([path, error]) => `<li><b>${esc(path)}</b>: ${esc(error)}</li>`).join("")}</ul>` : '<p class="muted">None.</p>'}`;
+    document.getElementById("cancel").onclick = () => act("cancel");
+    document.getElementById("retry").onclick = () => act("retry");
+  };
+  const act = async (what) => {
+    try { Object.assign(job, await api(`/api/jobs/${id}/${what}`, { method: "POST" })); render(); }
+    catch (error) { document.getElementById("action-error").textContent = error.message; }
+  };
+  cleanup = socket(`/api/jobs/${id}/ws?stay=1`, (event) => {
+    if (event.type === "snapshot") {
+      job = event.data;
+      for (const file of job.failed_files || []) failures.set(file.path, file.error);
+    } else {
+      if (!job) return;
+      Object.assign(job, event.data);
+      if (event.type === "file_failed") failures.set(event.data.path, event.data.error);
+      if (event.type === "job_queued") failures.clear();
+    }
+    render();
+  });
+  try { job = job || await api(`/api/jobs/${id}`); render(); } catch (error) { showError(document.getElementById("job"), error); }
+}
+
+// ---- search -----------------------------------------------------------------------------------
+function highlight(text, query) {
+  const words = query.split(/[^\p{L}\p{N}]+/u).filter((w) => w.length > 2).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  const safe = esc(text);
+  return words.length ? safe.replace(new RegExp(`(${words.join("|")})`, "giu"), "<mark>$1</mark>") : safe;
+}
+
+async function searchPage() {
+  view.innerHTML = `<h1>Search</h1><form class="grid card" id="search-form">
+      <div class="field"><label for="s-collection">Collection</label><select id="s-collection" required></select></div>
+      <div class="field" style="grid-column: span 2"><label for="s-query">Query</label><input id="s-query" type="search" required placeholder="Ask by meaning…"></div>
+      <div class="actions"><button class="primary" type="submit">Search</button></div>
+    </form><p id="s-status" class="muted" role="status"></p><div id="results"></div>`;
+  const select = document.getElementById("s-collection");
+  try {
+    const { collections } = await api("/api/collections");
+    select.innerHTML = collections.map((c) => `<option value="${esc(c.name)}">${esc(c.name)} (${c.documents} documents)</option>`).join("");
+    if (!collections.length) document.getElementById("s-status").textContent = "No collections yet: create a job on the Jobs page first.";
+  } catch (error) { showError(document.getElementById("results"), error); }
+  document.getElementById("search-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const query = document.getElementById("s-query").value.trim();
+    const info = document.getElementById("s-status"), results = document.getElementById("results");
+    if (!query || !select.value) return;
+    info.textContent = "Searching…"; results.innerHTML = "";
+    try {
+      const data = await api("/api/search", { method: "POST", body: { query, collection: select.value, k: 10 } });
+      info.textContent = data.results.length ? `${data.results.length} results in ${data.took_ms} ms`
+        : "No results. If the collection is still indexing, try again when its job has finished.";
+      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${hit.score.toFixed(3)}</b> · ${esc(hit.path)} · chunk ${hit.chunk_index}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
+    } catch (error) { info.textContent = ""; showError(results, error); }
+  });
+}
+
+// ---- monitor ----------------------------------------------------------------------------------
+async function monitorPage() {
+  view.innerHTML = `<h1>Monitor</h1><div id="monitor"><p class="muted">Loading…</p></div>`;
+  const refresh = async () => {
+    const target = document.getElementById("monitor");
+    if (!target) return;
+    try {
+      const m = await api("/api/monitor");
+      const workers = m.workers || [];
+      const gpus = m.gpus && m.gpus.slots ? m.gpus.slots : [];
+      target.innerHTML = `<div class="stats card">
+          <div class="stat"><span class="muted">Workers alive</span><b>${workers.length}</b></div>
+          <div class="stat"><span class="muted">Queue depth</span><b>${m.queue ? m.queue.depth : "?"}</b></div>
+          <div class="stat"><span class="muted">Oldest queued</span><b>${seconds(m.queue && m.queue.oldest_age_s)}</b></div>
+          <div class="stat"><span class="muted">Running jobs</span><b>${m.running_jobs.length}</b></div>
+          <div class="stat"><span class="muted">Chunks, last 5 min</span><b>${m.throughput ? m.throughput.chunks_last_5_min : "?"}</b></div>
+        </div>${m.redis !== "ok" ? `<p class="error">Redis: ${esc(m.redis)}</p>` : ""}
+        <h2>Workers</h2>${workers.length ? `<div class="table-wrap"><table><thead><tr><th>Worker</th><th>Device</th><th>Current job</th><th>Done</th><th>Failed</th></tr></thead><tbody>
+        ${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.device)}</td><td>${w.current_job ? `<a href="#/jobs/${esc(w.current_job)}">${esc(w.current_job.slice(0, 8))}</a>` : "idle"}</td><td>${w.jobs_done}</td><td>${w.jobs_failed}</td></tr>`).join("")}
+        </tbody></table></div>` : '<p class="muted">No worker is alive. Start one: <code>arq workers.main.WorkerSettings</code>.</p>'}
+        <h2>GPU slots</h2>${gpus.length ? `<ul>${gpus.map((s) => `<li>${esc(s.slot)}: ${s.held ? `held by ${esc(s.owner)} (job ${esc(s.job_id)})` : "free"}</li>`).join("")}</ul>` : '<p class="muted">No GPUs configured.</p>'}
+        <h2>Recent failures</h2>${m.recent_failures.length ? `<ul class="failures">${m.recent_failures.map((f) => `<li>${esc(f.kind)} <b>${esc(f.path || f.id)}</b>: ${esc(f.error)}</li>`).join("")}</ul>` : '<p class="muted">None.</p>'}`;
+    } catch (error) { showError(target, error); }
+  };
+  await refresh();
+  const timer = setInterval(refresh, 2000);
+  cleanup = () => clearInterval(timer);
+}
+
+// ---- routing ----------------------------------------------------------------------------------
+async function route() {
+  cleanup(); cleanup = () => {};
+  const [, page = "jobs", id] = location.hash.split("/");
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.nav === page);
+  if (page === "jobs" && id) await jobPage(decodeURIComponent(id));
+  else if (page === "search") await searchPage();
+  else if (page === "monitor") await monitorPage();
+  else await jobsPage();
+  view.focus();
+}
+
+window.addEventListener("hashchange", route);
+// Ask for the token (if the server wants one) before any WebSocket needs it.
+api("/api/jobs?limit=1").catch(() => {}).finally(route);

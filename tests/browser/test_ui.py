@@ -1,0 +1,156 @@
+"""The web UI in a real browser: Debian's headless Chromium driven by Playwright (no browser download).
+
+Screenshots of every page go to `.screenshots/` at the repository root (git-ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq.worker import Worker
+from playwright.async_api import Browser, Page, async_playwright, expect
+from pydantic import SecretStr
+
+from semantik.app import create_app
+from semantik.runtime import Runtime
+from semantik.settings import Settings
+from semantik.worker import worker_options
+from tests.conftest import write
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]  # fmt: skip
+SHOTS = Path(__file__).resolve().parents[2] / ".screenshots"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def server(aiohttp_server: Any, settings: Settings, runtime: Runtime) -> AsyncIterator[str]:
+    worker = Worker(**worker_options(settings), ctx={"runtime": runtime}, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    srv = await aiohttp_server(create_app(settings, runtime=runtime))
+    yield str(srv.make_url("")).rstrip("/")
+    await worker.close()
+    task.cancel()
+
+
+async def open_page(browser: Browser, url: str, width: int = 1280) -> tuple[Page, list[str]]:
+    page = await browser.new_page(viewport={"width": width, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(url)
+    return page, errors
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def create_from_form(page: Page, collection: str, directory: str) -> None:
+    await page.get_by_label("Collection").fill(collection)
+    await page.get_by_label("Directory").fill(directory)
+    await page.get_by_role("button", name="Start job").click()
+
+
+def corpus(docs: Path) -> None:
+    write(docs / "volcanoes.md", "# Volcanoes\n\nMagma rises through the crust and erupts as lava and ash.")
+    write(docs / "baking.txt", "Sourdough bread needs flour, water, salt and a lively starter.")
+    write(docs / "finance.txt", "Compound interest makes savings grow exponentially over decades.")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+
+
+async def test_create_watch_search_and_monitor(browser: Browser, server: str, docs: Path) -> None:
+    corpus(docs)
+    page, errors = await open_page(browser, server + "/#/jobs")
+    await expect(page.get_by_text("No jobs yet")).to_be_visible()
+    await shot(page, "jobs-empty")
+    await create_from_form(page, "ui", str(docs))
+    await expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f-]{36}$"))
+    await expect(page.locator(".status")).to_have_text("completed with errors", timeout=60_000)
+    await expect(page.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+    await expect(page.locator("#files")).to_have_text("4/4")
+    await expect(page.locator("ul.failures")).to_contain_text("broken.pdf")
+    await shot(page, "job-detail")
+
+    await page.get_by_role("link", name="Jobs", exact=True).click()
+    await expect(page.locator("tbody tr")).to_have_count(1)
+    await expect(page.locator("tbody")).to_contain_text("ui")
+    await shot(page, "jobs-list")
+
+    await page.get_by_role("link", name="Search").click()
+    await expect(page.get_by_label("Collection")).to_have_value("ui")
+    await page.get_by_label("Query").fill("what happens when a volcano erupts")
+    await page.keyboard.press("Enter")  # keyboard works: the form submits on Enter
+    first = page.locator(".hit").first
+    await expect(first).to_contain_text("volcanoes.md")
+    await expect(first.locator("mark").first).to_be_visible()
+    await expect(page.locator("#s-status")).to_contain_text("results in")
+    await shot(page, "search")
+
+    await page.get_by_role("link", name="Monitor").click()
+    await expect(page.get_by_text("Workers alive")).to_be_visible()
+    await expect(page.locator("table")).to_contain_text("cpu/")
+    await expect(page.locator("ul.failures")).to_contain_text("broken.pdf")
+    await shot(page, "monitor")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.get_by_role("link", name="Jobs", exact=True).click()
+    await expect(page.locator("tbody tr")).to_have_count(1)
+    await shot(page, "jobs-phone")
+    assert errors == []
+
+
+async def test_validation_error_next_to_the_field(browser: Browser, server: str, docs: Path, tmp_path: Path) -> None:
+    page, errors = await open_page(browser, server + "/#/jobs")
+    await create_from_form(page, "ui", str(tmp_path / "elsewhere"))
+    await expect(page.locator("#e-directory")).to_contain_text("outside the allowed roots")
+    await expect(page.get_by_label("Directory")).to_have_attribute("aria-invalid", "true")
+    await create_from_form(page, "bad name!", str(docs))
+    await expect(page.locator("#e-collection")).to_contain_text("letters, digits")
+    await shot(page, "jobs-validation")
+    assert errors == [] or all("422" in e or "403" in e for e in errors)
+
+
+async def test_cancel_a_running_job(browser: Browser, server: str, docs: Path) -> None:
+    for i in range(80):
+        write(docs / f"long{i:03}.txt", f"Paragraph {i} about a long and winding history. " * 150)
+    page, _ = await open_page(browser, server + "/#/jobs")
+    await create_from_form(page, "slow", str(docs))
+    await expect(page.locator(".status")).to_have_text("running", timeout=60_000)
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page.locator(".status")).to_have_text("cancelled", timeout=30_000)
+    await expect(page.get_by_role("button", name="Retry")).to_be_enabled()
+    await shot(page, "job-cancelled")
+
+
+async def test_token_prompt(browser: Browser, aiohttp_server: Any, settings: Settings) -> None:
+    secured = settings.model_copy(update={"api_token": SecretStr("ui-token")})
+    runtime = Runtime(secured)
+    await runtime.open()
+    try:
+        srv = await aiohttp_server(create_app(secured, runtime=runtime))
+        page, _ = await open_page(browser, str(srv.make_url("/#/jobs")))
+        dialog = page.get_by_role("dialog")
+        await expect(dialog).to_be_visible()
+        await shot(page, "token-prompt")
+        await page.get_by_role("textbox", name="Token").fill("ui-token")
+        await page.get_by_role("button", name="Save").click()
+        await expect(page.get_by_text("No jobs yet")).to_be_visible()
+    finally:
+        await runtime.close()
