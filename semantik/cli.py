@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ def _check_exposure(settings: Settings) -> None:
 
 def _api_url(settings: Settings, url: str | None) -> str:
     return url or os.environ.get("SEMANTIK_URL") or f"http://{settings.host}:{settings.port}"
+
+
+def _run_client(call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run one API conversation; API and connection errors become one clear CLI error."""
+    from semantik.client import ApiError
+
+    try:
+        return asyncio.run(call)
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server: {exc}") from exc
 
 
 def _token(settings: Settings) -> str | None:
@@ -103,7 +116,7 @@ def index(
     url: str | None,
 ) -> None:
     """Index DIRECTORY into a collection through the API, and wait until the job ends."""
-    from semantik.client import ApiError, Client
+    from semantik.client import Client
 
     settings = _settings()
     absolute = str(directory.resolve())
@@ -128,12 +141,7 @@ def index(
                 return dict(await client.request("GET", f"/api/jobs/{job['id']}"))
             return await _wait_with_progress(client, job["id"])
 
-    try:
-        job = asyncio.run(run())
-    except ApiError as exc:
-        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+    job = _run_client(run())
     click.echo(json.dumps(job, indent=2))
     if job["status"] in ("failed", "cancelled"):
         sys.exit(1)
@@ -175,7 +183,7 @@ async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
 @click.option("--url", help="Server URL [SEMANTIK_URL].")
 def search(query: str, collection: str, k: int, as_json: bool, url: str | None) -> None:
     """Search a collection and print the best chunks."""
-    from semantik.client import ApiError, Client
+    from semantik.client import Client
 
     settings = _settings()
 
@@ -183,12 +191,7 @@ def search(query: str, collection: str, k: int, as_json: bool, url: str | None) 
         async with Client(_api_url(settings, url), _token(settings)) as client:
             return await client.search(query, collection, k)
 
-    try:
-        response = asyncio.run(run())
-    except ApiError as exc:
-        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+    response = _run_client(run())
     if as_json:
         click.echo(json.dumps(response, indent=2))
         return
@@ -237,7 +240,7 @@ def workers(as_json: bool, url: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from semantik.client import ApiError, Client
+    from semantik.client import Client
 
     settings = _settings()
 
@@ -245,12 +248,7 @@ def workers(as_json: bool, url: str | None) -> None:
         async with Client(_api_url(settings, url), _token(settings)) as client:
             return dict(await client.request("GET", "/api/monitor"))
 
-    try:
-        data = asyncio.run(run())
-    except ApiError as exc:
-        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+    data = _run_client(run())
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
