@@ -83,6 +83,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.App
             web.get("/api/collections/{name}", views.get_collection),
             web.post("/api/search", views.search),
             web.get("/api/monitor", views.monitor_view),
+            web.get("/api/gpus", views.gpus),
             web.get("/metrics", views.metrics),
             web.get("/api/openapi.json", _openapi),
             web.get("/", _index),

@@ -274,5 +274,38 @@ def workers(as_json: bool, url: str | None) -> None:
         )
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of GET /api/gpus.")
+@click.option("--url", help="Server URL [SEMANTIK_URL].")
+def gpus(as_json: bool, url: str | None) -> None:
+    """GPU lease slots: free or held (by which worker and job, since when, until when), and waiters."""
+    from semantik.client import Client
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            return dict(await client.request("GET", "/api/gpus"))
+
+    data = _run_client(run())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if not data["configured"]:
+        click.echo("no GPUs configured (SEMANTIK_GPU_DEVICES is empty): jobs run on the CPU")
+        return
+    now_ms = data["now_ms"]
+    for slot in data["slots"]:
+        if slot["state"] == "held":
+            held_s = (now_ms - slot["acquired_at_ms"]) / 1000
+            left_s = (slot["expires_at_ms"] - now_ms) / 1000
+            click.echo(f"{slot['slot']}  held by {slot['owner']}  job {slot['job_id']}  for {held_s:.0f} s,"
+                       f" lease expires in {left_s:.0f} s")  # fmt: skip
+        else:
+            click.echo(f"{slot['slot']}  free")
+    for waiter in data["waiters"]:
+        click.echo(f"waiting: {waiter['owner']}  job {waiter['job_id']}")
+
+
 if __name__ == "__main__":
     main()

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from semantik.gpu_backoff import AdaptiveBatch
+
 # Nothing may reach a model hub at run time: not here, not on an air-gapped box.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -89,20 +91,34 @@ class Embedder:
         self.max_seq_length = int(self.model.max_seq_length)
         self.name = model_path.name if model_path.name != "model" else model_path.parent.name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-encode")
+        # On a GPU, CUDA out-of-memory halves the batch (down to 1) and grows it back later.
+        self._adaptive = AdaptiveBatch(batch_size) if device.startswith("cuda") else None
 
     @property
     def tokenizer(self) -> Any:
         return self.model.tokenizer
 
-    def encode_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    def _encode_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         vectors = self.model.encode(
             texts,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if self._adaptive is None else len(texts) or 1,
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=False,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+    def encode_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        if self._adaptive is None:
+            return self._encode_batch(texts)
+        return self._adaptive.encode(self._encode_batch, texts, on_oom=self.release_memory)
+
+    def release_memory(self) -> None:
+        """Give cached GPU memory back (after an OOM, and after each job on a GPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
     async def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
         loop = asyncio.get_running_loop()

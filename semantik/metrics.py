@@ -41,9 +41,10 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "semantik_ws_clients", "Open WebSockets on this server", value=data.get("ws_clients", 0)
         )
-        gpus = data.get("gpus") or {}
-        yield GaugeMetricFamily("semantik_gpu_slots", "GPU lease slots", value=gpus.get("slots", 0))
-        yield GaugeMetricFamily("semantik_gpu_slots_in_use", "GPU lease slots held", value=gpus.get("held", 0))
+        slots = (data.get("gpus") or {}).get("slots") or []
+        held = sum(1 for slot in slots if slot.get("state") == "held")
+        yield GaugeMetricFamily("semantik_gpu_slots", "GPU lease slots", value=len(slots))
+        yield GaugeMetricFamily("semantik_gpu_slots_in_use", "GPU lease slots held", value=held)
 
 
 class Metrics:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from semantik import constants as c
+from semantik.gpu import gpu_leases
 from semantik.jobs import utcnow
 from semantik.runtime import Runtime
 
@@ -174,10 +175,19 @@ async def snapshot(rt: Runtime, redis: Redis) -> dict[str, Any]:
         result["workers"] = await workers(redis)
         result["queue"] = await queue_state(redis, rt.settings.queue_name)
         result["throughput"] = await throughput(redis)
+        result["gpus"] = await gpu_status(redis, rt)
         result["redis"] = "ok"
     except (RedisError, OSError) as exc:
         result.update(workers=None, queue=None, throughput=None, redis=f"unavailable: {exc}")
     return result
+
+
+async def gpu_status(redis: Redis, rt: Runtime) -> dict[str, Any]:
+    """Each GPU slot (free or held: by which worker and job, since, until) and the waiters."""
+    leases = gpu_leases(redis, rt.settings)
+    if leases is None:
+        return {"configured": False, "slots": [], "waiters": []}
+    return {"configured": True, **await leases.status()}
 
 
 def dumps(data: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ ROUTES: dict[tuple[str, str], tuple[str, type[BaseModel] | None, int, str | None
     ("get", "/api/collections/{name}"): ("One collection", None, 200, "Collection"),
     ("post", "/api/search"): ("Search a collection by meaning", SearchRequest, 200, None),
     ("get", "/api/monitor"): ("Workers, queue, running jobs, failures, throughput", None, 200, None),
+    ("get", "/api/gpus"): ("GPU lease slots (holder, job, since, expiry) and waiters", None, 200, None),
     ("get", "/api/openapi.json"): ("This description", None, 200, None),
     ("get", "/metrics"): ("Prometheus metrics (text format)", None, 200, None),
 }

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from semantik import constants as c
 from semantik.errors import Unavailable
 from semantik.events import EventPublisher, JobEvents
+from semantik.gpu import GpuUnavailable, acquire_device, gpu_leases, hold
 from semantik.jobs import JobState
 from semantik.pipeline import JobCancelled, JobError, index_job
 from semantik.runtime import Runtime
@@ -108,11 +109,49 @@ async def run_embed_job(
     arq_job_id: str | None = None,
     job_try: int = 1,
 ) -> JobState | None:
-    """Run (or resume) a job; returns its final state, or None when it should not run (any more)."""
-    embedder = await rt.embedder()
-    device = f"{embedder.device}/{embedder.dtype}"
-    events = JobEvents(EventPublisher(redis), job_id)
+    """Run (or resume) a job; returns its final state, or None when it should not run (any more).
+    With GPUs configured it first takes a GPU lease (or falls back per SEMANTIK_GPU_FALLBACK)."""
     worker_id = worker_id or worker_identity()
+    events = JobEvents(EventPublisher(redis), job_id)
+    s = rt.settings
+    leases = gpu_leases(redis, s) if redis is not None else None
+    try:
+        lease = await acquire_device(leases, worker_id, job_id, s.gpu_wait_s, s.gpu_fallback)
+    except GpuUnavailable as exc:
+        if (await rt.jobs.get_job(job_id)).status != c.QUEUED:
+            return None
+        return await events.emit(c.JOB_FAILED, rt.jobs.fail_job(job_id, str(exc)), error=str(exc))
+    if leases is None or lease is None:
+        return await _run(rt, job_id, events, worker_id, redis, arq_job_id, job_try, None)
+    log.info("gpu_leased", job_id=job_id, slot=lease.slot, device=lease.device)
+    async with hold(leases, lease) as lost:
+        try:
+            return await _run(rt, job_id, events, worker_id, redis, arq_job_id, job_try, (lease.device, lost))
+        finally:
+            with contextlib.suppress(Exception):
+                (await rt.embedder(rt.device_for(lease.device))).release_memory()
+
+
+async def _run(
+    rt: Runtime,
+    job_id: str,
+    events: JobEvents,
+    worker_id: str,
+    redis: Redis | None,
+    arq_job_id: str | None,
+    job_try: int,
+    gpu: tuple[int, asyncio.Event] | None,
+) -> JobState | None:
+    embedder = await rt.embedder(rt.device_for(gpu[0] if gpu else None))
+    device = f"{embedder.device}/{embedder.dtype}"
+
+    async def should_stop() -> bool:
+        if gpu is not None and gpu[1].is_set():
+            # The lease could not be renewed: the slot may be someone else's now. Stop using the
+            # GPU; the job goes back to the queue and resumes where it stopped.
+            raise Unavailable("lost the GPU lease (renewal refused or Redis unreachable)", code="gpu_lease_lost")
+        return await rt.lifecycle.cancel_requested(job_id)
+
     starting = rt.jobs.start_job(job_id, worker_id=worker_id, device=device, arq_job_id=arq_job_id)
     if await events.emit(c.JOB_STARTED, starting, worker_id=worker_id, device=device) is None:
         log.info("job_not_runnable", job_id=job_id, arq_job_id=arq_job_id)
@@ -123,7 +162,7 @@ async def run_embed_job(
     heartbeat = Heartbeat(redis, job_id, worker_id, rt.settings.job_heartbeat_ttl_s)
     await heartbeat.start()
     try:
-        await index_job(rt, job, embedder, events, lambda: rt.lifecycle.cancel_requested(job_id))
+        await index_job(rt, job, embedder, events, should_stop)
     except JobCancelled:
         bound.info("job_cancelled")
         return await events.emit(c.JOB_CANCELLED, rt.lifecycle.acknowledge_cancel(job_id))

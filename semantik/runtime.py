@@ -33,7 +33,7 @@ class Runtime:
         self.model_path = settings.model_path or default_model_path()
         self.model_dim = model_dimension(self.model_path)
         self.model_name = "all-MiniLM-L6-v2" if settings.model_path is None else self.model_path.name
-        self._embedder: Embedder | None = None
+        self._embedders: dict[str, Embedder] = {}
         self._chunker: Chunker | None = None
         self._model_lock = asyncio.Lock()
 
@@ -44,22 +44,25 @@ class Runtime:
     async def close(self) -> None:
         await self.vectors.close()
         await self.db.close()
-        if self._embedder is not None:
-            self._embedder.close()
+        for embedder in self._embedders.values():
+            embedder.close()
 
-    async def embedder(self) -> Embedder:
-        """The model, loaded in a thread on first use (seconds), then shared."""
+    async def embedder(self, device: str | None = None) -> Embedder:
+        """The model on ``device`` (default SEMANTIK_EMBED_DEVICE), loaded in a thread on first use
+        (seconds), then shared."""
+        device = device or self.settings.embed_device
         async with self._model_lock:
-            if self._embedder is None:
+            if device not in self._embedders:
                 s = self.settings
-                self._embedder = await asyncio.to_thread(
-                    Embedder,
-                    self.model_path,
-                    device=s.embed_device,
-                    dtype=s.embed_dtype,
-                    batch_size=s.embed_batch_size,
+                self._embedders[device] = await asyncio.to_thread(
+                    Embedder, self.model_path, device=device, dtype=s.embed_dtype, batch_size=s.embed_batch_size
                 )
-        return self._embedder
+        return self._embedders[device]
+
+    def device_for(self, gpu_index: int | None) -> str:
+        """The torch device for a leased GPU (``cuda:N``; never via CUDA_VISIBLE_DEVICES, which is
+        read once when CUDA starts), or the CPU default without a lease."""
+        return self.settings.embed_device if gpu_index is None else f"cuda:{gpu_index}"
 
     async def chunker(self) -> Chunker:
         embedder = await self.embedder()

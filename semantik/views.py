@@ -115,6 +115,10 @@ async def monitor_view(request: web.Request) -> web.Response:
     return web.json_response(await _monitor(request))
 
 
+async def gpus(request: web.Request) -> web.Response:
+    return web.json_response(await monitor.gpu_status(request.app[QUEUE], request.app[RUNTIME]))
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render(await _monitor(request))
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

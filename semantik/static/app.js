@@ -216,6 +216,7 @@ async function monitorPage() {
       const m = await api("/api/monitor");
       const workers = m.workers || [];
       const gpus = m.gpus && m.gpus.slots ? m.gpus.slots : [];
+      const waiting = m.gpus && m.gpus.waiters ? m.gpus.waiters.length : 0;
       target.innerHTML = `<div class="stats card">
           <div class="stat"><span class="muted">Workers alive</span><b>${workers.length}</b></div>
           <div class="stat"><span class="muted">Queue depth</span><b>${m.queue ? m.queue.depth : "?"}</b></div>
@@ -226,7 +227,7 @@ async function monitorPage() {
         <h2>Workers</h2>${workers.length ? `<div class="table-wrap"><table><thead><tr><th>Worker</th><th>Device</th><th>Current job</th><th>Done</th><th>Failed</th></tr></thead><tbody>
         ${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.device)}</td><td>${w.current_job ? `<a href="#/jobs/${esc(w.current_job)}">${esc(w.current_job.slice(0, 8))}</a>` : "idle"}</td><td>${w.jobs_done}</td><td>${w.jobs_failed}</td></tr>`).join("")}
         </tbody></table></div>` : '<p class="muted">No worker is alive. Start one: <code>arq workers.main.WorkerSettings</code>.</p>'}
-        <h2>GPU slots</h2>${gpus.length ? `<ul>${gpus.map((s) => `<li>${esc(s.slot)}: ${s.held ? `held by ${esc(s.owner)} (job ${esc(s.job_id)})` : "free"}</li>`).join("")}</ul>` : '<p class="muted">No GPUs configured.</p>'}
+        <h2>GPU slots</h2>${gpus.length ? `<p class="muted">${waiting} waiting</p><ul>${gpus.map((s) => `<li>${esc(s.slot)}: ${s.state === "held" ? `held by ${esc(s.owner)} (job ${esc(s.job_id)}), expires ${new Date(s.expires_at_ms).toLocaleTimeString()}` : "free"}</li>`).join("")}</ul>` : '<p class="muted">No GPUs configured.</p>'}
         <h2>Recent failures</h2>${m.recent_failures.length ? `<ul class="failures">${m.recent_failures.map((f) => `<li>${esc(f.kind)} <b>${esc(f.path || f.id)}</b>: ${esc(f.error)}</li>`).join("")}</ul>` : '<p class="muted">None.</p>'}`;
     } catch (error) { showError(target, error); }
   };

@@ -1,0 +1,384 @@
+"""GPU leases: a counting semaphore in Redis shared by every worker on every machine.
+
+One slot per configured device (times ``SEMANTIK_GPU_SLOTS_PER_DEVICE``). A job acquires a slot
+before it touches the GPU, renews it every ttl/3 while it runs (:func:`hold`) and releases it at
+the end; a crashed worker's slot lapses after the TTL and the next acquirer reclaims it.
+
+- Every mutation is one Lua script, and every timestamp comes from Redis ``TIME`` inside it, so
+  the clocks of the worker machines never matter.
+- Waiters queue FIFO: a slot goes to a waiter only when every live waiter ahead of it is served
+  too. A waiter refreshes its place on each poll; one that stops polling (dead process) drops
+  out after ``waiter_ttl_s`` and blocks nobody.
+- With no GPU configured there is nothing to lease: :func:`acquire_device` answers "CPU" at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from semantik.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Sorted set of held slots: member = slot name ("0:1" = device 0, slot 1), score = lease expiry in
+# ms (Redis clock). A slot whose score is in the past is free to reclaim.
+HOLDERS_KEY = "semantik:gpu:holders"
+# Hash slot → JSON {token, owner, job_id, acquired_at_ms} describing the current holder.
+HOLDER_INFO_KEY = "semantik:gpu:holder-info"
+# Sorted set of queued acquirers: member = waiter token, score = arrival number (FIFO order).
+WAITERS_KEY = "semantik:gpu:waiters"
+# Sorted set waiter token → expiry in ms (Redis clock); refreshed on every poll.
+WAITER_EXPIRY_KEY = "semantik:gpu:waiter-expiry"
+# Hash waiter token → JSON {owner, job_id, since_ms}, for status.
+WAITER_INFO_KEY = "semantik:gpu:waiter-info"
+# Counter handing out arrival numbers; strictly increasing even within one microsecond.
+WAITER_SEQ_KEY = "semantik:gpu:waiter-seq"
+
+POLL_INTERVAL_S = 0.05
+# A waiter not seen for this long is dropped from the queue; far above the poll interval so a
+# briefly busy event loop does not lose its place.
+WAITER_TTL_S = 3.0
+
+Fallback = Literal["cpu", "wait", "fail"]
+
+# Milliseconds on the Redis clock; the only clock any script trusts.
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Drop lapsed holders and waiters that stopped polling. KEYS: holders, holder-info, waiters,
+# waiter-expiry, waiter-info.
+_RECLAIM = """
+for _, slot in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], slot)
+  redis.call('HDEL', KEYS[2], slot)
+end
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
+  redis.call('ZREM', KEYS[3], w)
+  redis.call('ZREM', KEYS[4], w)
+  redis.call('HDEL', KEYS[5], w)
+end
+"""
+
+# KEYS: holders, holder-info, waiters, waiter-expiry, waiter-info, waiter-seq.
+# ARGV: token, owner, job_id, lease_ttl_ms, waiter_ttl_ms, slot...
+# Returns {slot, expires_at_ms} when granted, else {false, place in queue}.
+_ACQUIRE = (
+    _NOW_MS
+    + _RECLAIM
+    + """
+local token = ARGV[1]
+if not redis.call('ZSCORE', KEYS[3], token) then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[6]), token)
+  redis.call('HSET', KEYS[5], token, cjson.encode({owner = ARGV[2], job_id = ARGV[3], since_ms = now}))
+end
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), token)
+local free = {}
+for i = 6, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then table.insert(free, ARGV[i]) end
+end
+-- Everyone ahead of us fits in the free slots too, so taking one now jumps nobody.
+local place = redis.call('ZRANK', KEYS[3], token)
+if place >= #free then return {false, place} end
+local slot = free[1]
+local expires = now + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], expires, slot)
+redis.call('HSET', KEYS[2], slot,
+  cjson.encode({token = token, owner = ARGV[2], job_id = ARGV[3], acquired_at_ms = now}))
+redis.call('ZREM', KEYS[3], token)
+redis.call('ZREM', KEYS[4], token)
+redis.call('HDEL', KEYS[5], token)
+return {slot, expires}
+"""
+)
+
+# KEYS: holders, holder-info. ARGV: slot, token, lease_ttl_ms. Returns the new expiry, or 0.
+_RENEW = (
+    _NOW_MS
+    + """
+local info = redis.call('HGET', KEYS[2], ARGV[1])
+if not info or cjson.decode(info).token ~= ARGV[2] then return 0 end
+local expires = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if not expires or expires <= now then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 0
+end
+expires = now + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+return expires
+"""
+)
+
+# KEYS: holders, holder-info. ARGV: slot, token. Returns 1 when this token's entry was removed.
+_RELEASE = """
+local info = redis.call('HGET', KEYS[2], ARGV[1])
+if not info or cjson.decode(info).token ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+# A waiter giving up (timeout, cancellation). Also frees a slot granted to it whose reply was lost
+# to the cancellation, so that slot need not wait out its TTL.
+# KEYS: holders, holder-info, waiters, waiter-expiry, waiter-info. ARGV: token, slot...
+_LEAVE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+for i = 2, #ARGV do
+  local info = redis.call('HGET', KEYS[2], ARGV[i])
+  if info and cjson.decode(info).token == ARGV[1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+return 0
+"""
+
+_KEYS = [HOLDERS_KEY, HOLDER_INFO_KEY, WAITERS_KEY, WAITER_EXPIRY_KEY, WAITER_INFO_KEY, WAITER_SEQ_KEY]
+
+
+class GpuUnavailable(Exception):
+    """No GPU slot came free in time and ``SEMANTIK_GPU_FALLBACK=fail`` forbids the CPU."""
+
+
+def parse_devices(spec: str) -> list[int]:
+    """``SEMANTIK_GPU_DEVICES``: "" (no GPU), "0,1" (those CUDA indexes) or "auto" (every device torch sees)."""
+    spec = spec.strip()
+    if not spec:
+        return []
+    if spec.lower() == "auto":
+        import torch  # only here: the server and CPU-only workers never pay for it
+
+        return list(range(torch.cuda.device_count()))
+    devices: list[int] = []
+    for part in spec.split(","):
+        item = part.strip()
+        if not item.isdigit():
+            raise ValueError(
+                f"SEMANTIK_GPU_DEVICES={spec!r}: {item!r} is not a device index; "
+                'use comma-separated CUDA indexes ("0,1"), "auto" or "" for none'
+            )
+        if int(item) in devices:
+            raise ValueError(f"SEMANTIK_GPU_DEVICES={spec!r}: device {int(item)} is listed twice")
+        devices.append(int(item))
+    return devices
+
+
+def slot_names(devices: list[int], per_device: int) -> list[str]:
+    """``slot_names([0, 1], 2) == ["0:0", "0:1", "1:0", "1:1"]``: "device:slot"."""
+    if per_device < 1:
+        raise ValueError(f"slots per device must be at least 1, not {per_device}")
+    return [f"{device}:{index}" for device in devices for index in range(per_device)]
+
+
+def device_of(slot: str) -> int:
+    return int(slot.split(":", 1)[0])
+
+
+@dataclass
+class Lease:
+    """A held slot. ``expires_at_ms`` is on the Redis clock and moves forward on each renewal."""
+
+    slot: str
+    device: int
+    token: str
+    owner: str
+    job_id: str
+    expires_at_ms: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _finish(step: Awaitable[Any]) -> Any:
+    """Run a clean-up step to the end even while our task is being cancelled."""
+    future = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        return await future
+
+
+class GpuLeases:
+    """Slots ``slots`` ("device:index") leased for ``ttl_s`` seconds at a time."""
+
+    def __init__(self, redis: Redis, slots: list[str], ttl_s: float, *, waiter_ttl_s: float = WAITER_TTL_S) -> None:
+        if not slots:
+            raise ValueError("GpuLeases needs at least one slot")
+        self.redis, self.slots, self.ttl_s, self.waiter_ttl_s = redis, list(slots), ttl_s, waiter_ttl_s
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._leave = redis.register_script(_LEAVE)
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.ttl_s * 1000))
+
+    async def acquire(self, owner: str, job_id: str, wait_s: float) -> Lease | None:
+        """Wait (FIFO) up to ``wait_s`` seconds (``math.inf``: for ever) for a slot; None when none came free."""
+        token = uuid.uuid4().hex
+        args: list[str | int] = [token, owner, job_id, self._ttl_ms, max(1, int(self.waiter_ttl_s * 1000)), *self.slots]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        lease: Lease | None = None
+        try:
+            while True:
+                granted, expires_or_place = await self._acquire(keys=_KEYS, args=args)
+                if granted:
+                    slot = _text(granted)
+                    lease = Lease(slot, device_of(slot), token, owner, job_id, int(expires_or_place))
+                    return lease
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
+        finally:
+            if lease is None:
+                await _finish(self._leave_queue(token))
+
+    async def _leave_queue(self, token: str) -> None:
+        try:
+            await self._leave(keys=_KEYS[:5], args=[token, *self.slots])
+        except (RedisError, OSError) as exc:
+            # The waiter entry lapses by itself after waiter_ttl_s.
+            log.warning("gpu_leave_queue_failed", error=str(exc))
+
+    async def renew(self, lease: Lease) -> bool:
+        """Extend the lease by a full TTL; False when it lapsed or another token holds the slot now."""
+        expires = await self._renew(keys=_KEYS[:2], args=[lease.slot, lease.token, self._ttl_ms])
+        if not expires:
+            return False
+        lease.expires_at_ms = int(expires)
+        return True
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the slot back. True when this call removed the lease; releasing twice, or a lease
+        that another token holds now, returns False and changes nothing."""
+        return bool(await self._release(keys=_KEYS[:2], args=[lease.slot, lease.token]))
+
+    async def status(self) -> dict[str, Any]:
+        """Every configured slot (free or held, with holder and expiry) and the live waiters in order."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.zrange(HOLDERS_KEY, 0, -1, withscores=True)
+            pipe.hgetall(HOLDER_INFO_KEY)
+            pipe.zrange(WAITERS_KEY, 0, -1)
+            pipe.zrange(WAITER_EXPIRY_KEY, 0, -1, withscores=True)
+            pipe.hgetall(WAITER_INFO_KEY)
+            (seconds, micros), held, holder_info, waiters, waiter_expiry, waiter_info = await pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        expiry = {_text(slot): int(score) for slot, score in held}
+        holders = {_text(slot): json.loads(raw) for slot, raw in holder_info.items()}
+        slots: list[dict[str, Any]] = []
+        for slot in self.slots:
+            info = holders.get(slot)
+            if info is None or expiry.get(slot, 0) <= now_ms:
+                slots.append({"slot": slot, "device": device_of(slot), "state": "free"})
+                continue
+            slots.append(
+                {
+                    "slot": slot,
+                    "device": device_of(slot),
+                    "state": "held",
+                    "owner": info["owner"],
+                    "job_id": info["job_id"],
+                    "acquired_at_ms": int(info["acquired_at_ms"]),
+                    "expires_at_ms": expiry[slot],
+                }
+            )
+        live = {_text(token): int(score) for token, score in waiter_expiry if score > now_ms}
+        queue: list[dict[str, Any]] = []
+        for raw_token in waiters:
+            token = _text(raw_token)
+            raw_info = waiter_info.get(raw_token)
+            if token in live and raw_info is not None:
+                info = json.loads(raw_info)
+                queue.append({"owner": info["owner"], "job_id": info["job_id"], "since_ms": int(info["since_ms"])})
+        return {"now_ms": now_ms, "ttl_s": self.ttl_s, "slots": slots, "waiters": queue}
+
+
+def gpu_leases(redis: Redis, settings: Settings) -> GpuLeases | None:
+    """The leases for ``SEMANTIK_GPU_*``; None when no GPU is configured (every job runs on the CPU)."""
+    devices = parse_devices(settings.gpu_devices)
+    if not devices:
+        return None
+    return GpuLeases(redis, slot_names(devices, settings.gpu_slots_per_device), settings.gpu_lease_ttl_s)
+
+
+async def acquire_device(
+    leases: GpuLeases | None, owner: str, job_id: str, wait_s: float, fallback: Fallback
+) -> Lease | None:
+    """A GPU lease for the job, or None for "use the CPU".
+
+    Waits up to ``wait_s`` seconds; then ``fallback`` decides: "cpu" gives None, "wait" waits on
+    (keeping its place in the queue) and "fail" raises :class:`GpuUnavailable`.
+    """
+    if leases is None:
+        return None
+    lease = await leases.acquire(owner, job_id, math.inf if fallback == "wait" else wait_s)
+    if lease is None and fallback == "fail":
+        raise GpuUnavailable(
+            f"no GPU slot came free within {wait_s:g} s (SEMANTIK_GPU_WAIT_S) and SEMANTIK_GPU_FALLBACK=fail "
+            'forbids the CPU; raise the wait, add slots or set SEMANTIK_GPU_FALLBACK to "cpu" or "wait"'
+        )
+    if lease is None:
+        log.info("gpu_busy_using_cpu", owner=owner, job_id=job_id, wait_s=wait_s)
+    return lease
+
+
+async def _keep_renewing(leases: GpuLeases, lease: Lease, lost: asyncio.Event) -> None:
+    while True:
+        await asyncio.sleep(leases.ttl_s / 3)
+        try:
+            renewed = await leases.renew(lease)
+        except Exception as exc:
+            # We cannot prove we still hold the slot, so another job may be given it.
+            log.warning("gpu_lease_renew_failed", slot=lease.slot, job_id=lease.job_id, error=str(exc))
+            lost.set()
+            return
+        if not renewed:
+            log.warning("gpu_lease_lost", slot=lease.slot, job_id=lease.job_id)
+            lost.set()
+            return
+
+
+@contextlib.asynccontextmanager
+async def hold(leases: GpuLeases, lease: Lease) -> AsyncIterator[asyncio.Event]:
+    """Keep ``lease`` renewed (every ttl/3) for the block and release it after.
+
+    The event is set when a renewal is refused or fails: the slot may be someone else's now, so
+    the job must stop using the GPU (fall back to the CPU, or stop and retry).
+    """
+    lost = asyncio.Event()
+    renewing = asyncio.create_task(_keep_renewing(leases, lease, lost))
+    try:
+        yield lost
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        await _finish(_release_quietly(leases, lease))
+
+
+async def _release_quietly(leases: GpuLeases, lease: Lease) -> None:
+    try:
+        await leases.release(lease)
+    except (RedisError, OSError) as exc:
+        # The slot lapses after its TTL.
+        log.warning("gpu_lease_release_failed", slot=lease.slot, job_id=lease.job_id, error=str(exc))
