@@ -83,6 +83,7 @@ async def test_cancel_running_job_stops_fast_and_keeps_what_it_indexed(
     assert (await response.json())["cancel_requested_at"]
     job = await wait_for(api, job_id, lambda j: j["status"] == "cancelled", timeout_s=30)
     stopped_s = time.monotonic() - asked
+    print(f"cancel_latency_s={stopped_s:.2f}")
     assert stopped_s < 5, stopped_s  # the issue asks for 2 s; allow for a loaded CI machine
     assert 2 <= job["files_done"] < 60 and job["finished_at"]
     # What was indexed stays, exactly: every done file's chunks are points, nothing more.
@@ -204,3 +205,28 @@ async def test_cleanup_removes_exactly_the_old_finished_jobs(
         await queue.aclose()
     assert (await api.get(f"/api/jobs/{ids[0]}")).status == 404
     assert "jobs_cleaned_up" in capsys.readouterr().out
+
+
+async def test_qdrant_outage_inside_a_job_retries_with_backoff_and_completes(
+    api: TestClient[Any, Any], docs: Path, runtime: Runtime, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected: the vector store refuses the first two upserts (as an unreachable Qdrant does)."""
+    from semantik.errors import Unavailable
+
+    long_corpus(docs, files=6)
+    real_upsert = runtime.vectors.upsert_file
+    refusals = {"left": 2}
+
+    async def flaky_upsert(*args: Any, **kwargs: Any) -> None:
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise Unavailable("Qdrant is unreachable (injected)")
+        await real_upsert(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.vectors, "upsert_file", flaky_upsert)
+    job_id = await create(api, docs)
+    requeued = await wait_for(api, job_id, lambda j: j["status"] == "queued" and j["error"], timeout_s=60)
+    assert "retrying in" in requeued["error"] and "injected" in requeued["error"]
+    done = await wait_for(api, job_id, lambda j: j["status"] == "completed", timeout_s=120)
+    assert done["files_done"] == 6 and done["error"] is None
+    assert await runtime.vectors.count("life") == done["chunks"]  # nothing lost, nothing twice
