@@ -62,7 +62,7 @@ function showError(target, error) {
 function jobRow(job) {
   return `<tr data-job="${esc(job.id)}">
     <td><a href="#/jobs/${esc(job.id)}">${esc(job.name || job.id.slice(0, 8))}</a></td>
-    <td>${esc(job.collection)}</td><td>${status(job.status)}</td>
+    <td class="hide-narrow">${esc(job.collection)}</td><td>${status(job.status)}</td>
     <td>${bar(job)}</td><td>${finished(job)}/${job.files_total}</td>
     <td class="hide-narrow">${job.chunks}</td><td class="hide-narrow">${job.files_failed}</td></tr>`;
 }
@@ -77,7 +77,7 @@ async function jobsPage() {
       <div class="field"><label for="f-exclude">Exclude globs</label><input id="f-exclude" name="exclude" placeholder="drafts/*"><span class="error" id="e-exclude"></span></div>
       <div class="actions"><button class="primary" type="submit">Start job</button></div>
     </form><p class="error" id="e-form" role="alert"></p></section>
-    <div class="table-wrap"><table><thead><tr><th>Job</th><th>Collection</th><th>Status</th><th>Progress</th><th>Files</th>
+    <div class="table-wrap"><table><thead><tr><th>Job</th><th class="hide-narrow">Collection</th><th>Status</th><th>Progress</th><th>Files</th>
     <th class="hide-narrow">Chunks</th><th class="hide-narrow">Failed</th></tr></thead><tbody id="jobs"></tbody></table></div>
     <p class="muted" id="jobs-empty" hidden>No jobs yet: start one above.</p>`;
   const rows = new Map();

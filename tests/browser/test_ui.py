@@ -91,7 +91,7 @@ async def test_create_watch_search_and_monitor(browser: Browser, server: str, do
 
     await page.get_by_role("link", name="Jobs", exact=True).click()
     await expect(page.locator("tbody tr")).to_have_count(1)
-    await expect(page.locator("tbody")).to_contain_text("ui")
+    await expect(page.locator("tbody")).to_contain_text("completed with errors")
     await shot(page, "jobs-list")
 
     await page.get_by_role("link", name="Search").click()
