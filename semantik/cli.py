@@ -54,6 +54,23 @@ def _run_client(call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         raise click.ClickException(f"cannot reach the server: {exc}") from exc
 
 
+def _get(url: str | None, path: str, as_json: bool) -> dict[str, Any] | None:
+    """GET an API path; with ``as_json`` print the raw JSON and return None (nothing left to do)."""
+    from semantik.client import Client
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            return dict(await client.request("GET", path))
+
+    data = _run_client(run())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return None
+    return data
+
+
 def _token(settings: Settings) -> str | None:
     return settings.api_token.get_secret_value() if settings.api_token else None
 
@@ -240,17 +257,8 @@ def workers(as_json: bool, url: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from semantik.client import Client
-
-    settings = _settings()
-
-    async def run() -> dict[str, Any]:
-        async with Client(_api_url(settings, url), _token(settings)) as client:
-            return dict(await client.request("GET", "/api/monitor"))
-
-    data = _run_client(run())
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    data = _get(url, "/api/monitor", as_json)
+    if data is None:
         return
     console = Console()
     table = Table(title="workers")
@@ -279,17 +287,8 @@ def workers(as_json: bool, url: str | None) -> None:
 @click.option("--url", help="Server URL [SEMANTIK_URL].")
 def gpus(as_json: bool, url: str | None) -> None:
     """GPU lease slots: free or held (by which worker and job, since when, until when), and waiters."""
-    from semantik.client import Client
-
-    settings = _settings()
-
-    async def run() -> dict[str, Any]:
-        async with Client(_api_url(settings, url), _token(settings)) as client:
-            return dict(await client.request("GET", "/api/gpus"))
-
-    data = _run_client(run())
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    data = _get(url, "/api/gpus", as_json)
+    if data is None:
         return
     if not data["configured"]:
         click.echo("no GPUs configured (SEMANTIK_GPU_DEVICES is empty): jobs run on the CPU")

@@ -88,6 +88,13 @@ async def test_job_logs_across_server_and_worker_and_worker_presence(
             assert done["status"] == "completed"
             workers = await worker_listed()
             assert workers[0]["jobs_done"] == 1
+            cli_env = {**env, "SEMANTIK_URL": f"http://127.0.0.1:{port}", "COLUMNS": "200"}
+            shown = subprocess.run([str(BIN / "semantik"), "workers"], env=cli_env, capture_output=True, text=True)
+            assert shown.returncode == 0 and f":{worker.pid}" in shown.stdout and "cpu/" in shown.stdout
+            raw = subprocess.run([str(BIN / "semantik"), "workers", "--json"], env=cli_env, capture_output=True)
+            assert json.loads(raw.stdout)["jobs_by_status"]["completed"] == 1
+            no_gpus = subprocess.run([str(BIN / "semantik"), "gpus"], env=cli_env, capture_output=True, text=True)
+            assert "no GPUs configured" in no_gpus.stdout
 
             worker.send_signal(signal.SIGKILL)
             worker.wait()
