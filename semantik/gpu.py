@@ -20,8 +20,8 @@ import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -49,6 +49,9 @@ POLL_INTERVAL_S = 0.05
 # A waiter not seen for this long is dropped from the queue; far above the poll interval so a
 # briefly busy event loop does not lose its place.
 WAITER_TTL_S = 3.0
+# After a failed renewal (Redis unreachable for a moment), try again this often (at most a tenth
+# of the TTL), for as long as the lease may still be valid.
+RENEW_RETRY_S = 1.0
 
 Fallback = Literal["cpu", "wait", "fail"]
 
@@ -74,7 +77,7 @@ end
 
 # KEYS: holders, holder-info, waiters, waiter-expiry, waiter-info, waiter-seq.
 # ARGV: token, owner, job_id, lease_ttl_ms, waiter_ttl_ms, slot...
-# Returns {slot, expires_at_ms} when granted, else {false, place in queue}.
+# Returns {slot, expires_at_ms, acquired_at_ms} when granted, else {false, place in queue}.
 _ACQUIRE = (
     _NOW_MS
     + _RECLAIM
@@ -100,7 +103,7 @@ redis.call('HSET', KEYS[2], slot,
 redis.call('ZREM', KEYS[3], token)
 redis.call('ZREM', KEYS[4], token)
 redis.call('HDEL', KEYS[5], token)
-return {slot, expires}
+return {slot, expires, now}
 """
 )
 
@@ -191,27 +194,38 @@ def device_of(slot: str) -> int:
 
 @dataclass
 class Lease:
-    """A held slot. ``expires_at_ms`` is on the Redis clock and moves forward on each renewal."""
+    """A held slot. ``acquired_at_ms`` and ``expires_at_ms`` are on the Redis clock; the expiry
+    moves forward on each renewal."""
 
     slot: str
     device: int
     token: str
     owner: str
     job_id: str
+    acquired_at_ms: int
     expires_at_ms: int
+    # This process's own bound, on its event-loop clock: when the request that granted or last
+    # renewed the lease was sent, plus the TTL. Redis started the TTL later than that, so past this
+    # moment the slot may be someone else's. Only ever compared with loop.time(), never with Redis.
+    valid_until_local_s: float = field(default=-math.inf, compare=False)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _finish(step: Awaitable[Any]) -> Any:
-    """Run a clean-up step to the end even while our task is being cancelled."""
+T = TypeVar("T")
+
+
+async def _finish(step: Awaitable[T]) -> T:
+    """Run a clean-up step to the end even when our task is cancelled meanwhile, then stay
+    cancelled (a second cancellation interrupts the step)."""
     future = asyncio.ensure_future(step)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        return await future
+        await future
+        raise
 
 
 class GpuLeases:
@@ -239,10 +253,12 @@ class GpuLeases:
         lease: Lease | None = None
         try:
             while True:
-                granted, expires_or_place = await self._acquire(keys=_KEYS, args=args)
-                if granted:
-                    slot = _text(granted)
-                    lease = Lease(slot, device_of(slot), token, owner, job_id, int(expires_or_place))
+                sent = loop.time()
+                reply = await self._acquire(keys=_KEYS, args=args)
+                if reply[0]:
+                    slot = _text(reply[0])
+                    lease = Lease(slot, device_of(slot), token, owner, job_id, int(reply[2]), int(reply[1]))
+                    lease.valid_until_local_s = sent + self.ttl_s
                     return lease
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -261,10 +277,12 @@ class GpuLeases:
 
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease by a full TTL; False when it lapsed or another token holds the slot now."""
+        sent = asyncio.get_running_loop().time()
         expires = await self._renew(keys=_KEYS[:2], args=[lease.slot, lease.token, self._ttl_ms])
         if not expires:
             return False
         lease.expires_at_ms = int(expires)
+        lease.valid_until_local_s = sent + self.ttl_s
         return True
 
     async def release(self, lease: Lease) -> bool:
@@ -343,27 +361,37 @@ async def acquire_device(
 
 
 async def _keep_renewing(leases: GpuLeases, lease: Lease, lost: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(leases.ttl_s / 3)
     while True:
-        await asyncio.sleep(leases.ttl_s / 3)
-        try:
-            renewed = await leases.renew(lease)
-        except Exception as exc:
-            # We cannot prove we still hold the slot, so another job may be given it.
-            log.warning("gpu_lease_renew_failed", slot=lease.slot, job_id=lease.job_id, error=str(exc))
+        remaining_s = lease.valid_until_local_s - loop.time()
+        if remaining_s <= 0:
+            # No renewal confirmed in time (Redis unreachable or hung): another job may hold the slot now.
+            log.warning("gpu_lease_lapsed", slot=lease.slot, job_id=lease.job_id)
             lost.set()
             return
+        try:
+            # A renewal that hangs past the lease's validity is as good as refused.
+            async with asyncio.timeout(remaining_s):
+                renewed = await leases.renew(lease)
+        except Exception as exc:
+            log.warning("gpu_lease_renew_failed", slot=lease.slot, job_id=lease.job_id, error=repr(exc))
+            await asyncio.sleep(min(RENEW_RETRY_S, leases.ttl_s / 10))
+            continue
         if not renewed:
             log.warning("gpu_lease_lost", slot=lease.slot, job_id=lease.job_id)
             lost.set()
             return
+        await asyncio.sleep(leases.ttl_s / 3)
 
 
 @contextlib.asynccontextmanager
 async def hold(leases: GpuLeases, lease: Lease) -> AsyncIterator[asyncio.Event]:
     """Keep ``lease`` renewed (every ttl/3) for the block and release it after.
 
-    The event is set when a renewal is refused or fails: the slot may be someone else's now, so
-    the job must stop using the GPU (fall back to the CPU, or stop and retry).
+    The event is set when a renewal is refused, or when none succeeded while the lease was surely
+    valid (failed renewals are retried until then): the slot may be someone else's now, so the job
+    must stop using the GPU (fall back to the CPU, or stop and retry).
     """
     lost = asyncio.Event()
     renewing = asyncio.create_task(_keep_renewing(leases, lease, lost))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -58,6 +60,16 @@ def test_parse_devices_rejects_bad_input(spec: str) -> None:
         parse_devices(spec)
 
 
+def test_no_gpu_configured_never_imports_torch() -> None:
+    # A fresh interpreter: this test process has torch loaded already.
+    code = (
+        "import sys; from semantik import gpu, gpu_backoff;"
+        "assert gpu.parse_devices('') == [] and gpu.parse_devices('0,1') == [0, 1];"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_slot_names() -> None:
     assert slot_names([0, 1], 2) == ["0:0", "0:1", "1:0", "1:1"]
     assert slot_names([0, 1], 1) == ["0:0", "1:0"]
@@ -83,14 +95,17 @@ def test_redis_keys_are_namespaced() -> None:
 # --- leases ------------------------------------------------------------------------------------
 
 
-async def test_concurrent_acquirers_never_exceed_slots(redis: Redis) -> None:
-    leases = GpuLeases(redis, slot_names([0], 3), ttl_s=5)
+async def test_concurrent_acquirers_never_exceed_slots(redis_url: str) -> None:
+    # Four "workers", each with its own connection, as separate processes would have.
+    clients = [Redis.from_url(redis_url) for _ in range(4)]
+    workers = [GpuLeases(client, slot_names([0], 3), ttl_s=5) for client in clients]
+    leases = workers[0]
     holding = peak = done = 0
     devices_seen: set[str] = set()
 
     async def job(index: int) -> None:
         nonlocal holding, peak, done
-        lease = await leases.acquire(f"worker-{index % 4}", f"job-{index}", wait_s=60)
+        lease = await workers[index % 4].acquire(f"worker-{index % 4}", f"job-{index}", wait_s=60)
         assert lease is not None
         holding += 1
         peak = max(peak, holding)
@@ -99,10 +114,14 @@ async def test_concurrent_acquirers_never_exceed_slots(redis: Redis) -> None:
             await asyncio.sleep(random.uniform(0.01, 0.05))
         finally:
             holding -= 1
-            assert await leases.release(lease)
+            assert await workers[index % 4].release(lease)
         done += 1
 
-    await asyncio.wait_for(asyncio.gather(*(job(i) for i in range(20))), timeout=60)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(job(i) for i in range(20))), timeout=60)
+    finally:
+        for client in clients[1:]:
+            await client.aclose()
     assert done == 20
     assert 1 <= peak <= 3
     assert devices_seen <= {"0:0", "0:1", "0:2"}
@@ -192,7 +211,9 @@ async def test_release_by_a_stranger_is_refused(redis: Redis) -> None:
     leases = GpuLeases(redis, ["0:0"], ttl_s=5)
     lease = await leases.acquire("owner", "job", wait_s=0)
     assert lease is not None
-    stranger = Lease(lease.slot, lease.device, "not-the-token", "stranger", "job-x", lease.expires_at_ms)
+    stranger = Lease(
+        lease.slot, lease.device, "not-the-token", "stranger", "job-x", lease.acquired_at_ms, lease.expires_at_ms
+    )
     assert await leases.release(stranger) is False
     assert await leases.renew(stranger) is False
     slot = (await leases.status())["slots"][0]
@@ -222,10 +243,11 @@ async def test_expiry_comes_from_the_redis_clock(redis: Redis, monkeypatch: pyte
     assert lease is not None
     after = await redis_now_ms(redis)
     assert before + 1000 <= lease.expires_at_ms <= after + 1000
+    assert before <= lease.acquired_at_ms <= after
     status = await leases.status()
     held = status["slots"][0]
     assert held["expires_at_ms"] == lease.expires_at_ms
-    assert before <= held["acquired_at_ms"] <= after
+    assert held["acquired_at_ms"] == lease.acquired_at_ms
     assert abs(status["now_ms"] - after) < 1000
     assert await leases.renew(lease) is True
     monkeypatch.setattr(time, "time", lambda: 0.0)
@@ -374,6 +396,74 @@ async def test_hold_sets_lost_when_renewal_errors(redis: Redis, monkeypatch: pyt
     monkeypatch.setattr(leases, "renew", broken_renew)
     async with hold(leases, lease) as lost:
         await asyncio.wait_for(lost.wait(), timeout=5)
+    assert (await leases.status())["slots"][0]["state"] == "free"
+
+
+async def test_hold_sets_lost_when_renewal_hangs(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    leases = GpuLeases(redis, ["0:0"], ttl_s=0.3)
+    lease = await leases.acquire("w", "job", wait_s=0)
+    assert lease is not None
+
+    async def hung_renew(lease: Lease) -> bool:
+        await asyncio.Event().wait()  # a half-open connection: no reply, no error
+        return True
+
+    monkeypatch.setattr(leases, "renew", hung_renew)
+    async with hold(leases, lease) as lost:
+        await asyncio.wait_for(lost.wait(), timeout=5)
+
+
+async def test_hold_survives_a_brief_redis_error(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    leases = GpuLeases(redis, ["0:0"], ttl_s=1.5)
+    lease = await leases.acquire("w", "job", wait_s=0)
+    assert lease is not None
+    real_renew = leases.renew
+    attempts: list[bool] = []
+
+    async def flaky_renew(lease: Lease) -> bool:
+        attempts.append(True)
+        if len(attempts) == 1:
+            raise RedisConnectionError("connection reset")
+        return await real_renew(lease)
+
+    monkeypatch.setattr(leases, "renew", flaky_renew)
+    first_expiry = lease.expires_at_ms
+    async with hold(leases, lease) as lost:
+        async with asyncio.timeout(10):
+            while lease.expires_at_ms == first_expiry:  # the retry renewed it
+                await asyncio.sleep(0.02)
+        assert not lost.is_set()
+        assert (await leases.status())["slots"][0]["owner"] == "w"
+    assert len(attempts) >= 2
+
+
+async def test_cancelled_while_releasing_still_releases(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    leases = GpuLeases(redis, ["0:0"], ttl_s=5)
+    lease = await leases.acquire("w", "job", wait_s=0)
+    assert lease is not None
+    real_release = leases.release
+    releasing = asyncio.Event()
+
+    async def slow_release(lease: Lease) -> bool:
+        releasing.set()
+        await asyncio.sleep(0.2)
+        return await real_release(lease)
+
+    monkeypatch.setattr(leases, "release", slow_release)
+    after_block: list[bool] = []
+
+    async def job() -> None:
+        async with hold(leases, lease):
+            pass
+        after_block.append(True)
+
+    task = asyncio.create_task(job())
+    await asyncio.wait_for(releasing.wait(), timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The release ran to the end, and the cancellation was not swallowed on the way.
+    assert after_block == []
     assert (await leases.status())["slots"][0]["state"] == "free"
 
 
