@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(VENV)/bin/pip install -q -e '.[test,lint]'
+	$(VENV)/bin/pip install -q -e '.[test,lint,bench]'
 	touch $@
 
 test:
