@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from semantik import constants as c
 from semantik.app import create_app
 from semantik.events import EventPublisher, JobEvents
+from semantik.hub import FANOUT_SLICE
 from semantik.keys import HUB
 from semantik.redis_server import RedisServer
 from semantik.runtime import Runtime
@@ -205,6 +206,56 @@ async def test_a_client_that_never_reads_does_not_slow_another(
         assert seqs[-1] == total + 1  # the snapshot is current
 
 
+async def test_fan_out_to_hundreds_of_sockets_is_complete_in_order_and_lets_the_loop_run(
+    api: TestClient[Any, Any], runtime: Runtime, docs: Path, publisher: EventPublisher
+) -> None:
+    job_id = await new_job(api, docs)
+    hub = api.app[HUB]
+    await asyncio.wait_for(hub.connected.wait(), 10)
+    count = 2 * FANOUT_SLICE + 50
+    # Our own session: the test client's pool, like aiohttp's default, stops at 100 connections.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        url = api.make_url(f"/api/jobs/{job_id}/ws")
+        sockets = await asyncio.gather(*(session.ws_connect(url) for _ in range(count)))
+        firsts = await asyncio.gather(*(ws.receive_json(timeout=RECEIVE_TIMEOUT_S) for ws in sockets))
+        assert {m["type"] for m in firsts} == {c.SNAPSHOT}
+        listeners = list(hub._by_job[job_id])
+        assert len(listeners) == count
+        async with asyncio.timeout(10):  # every socket idles, so the relay writes to it directly
+            while not all(listener.transport is not None for listener in listeners):
+                await asyncio.sleep(0.01)
+
+        # While the relay fans one event out, other tasks get turns: this one sees it half done.
+        partial_counts: list[int] = []
+        stop = asyncio.Event()
+
+        async def watch_fan_out() -> None:
+            while not stop.is_set():
+                sent = sum(1 for listener in listeners if listener.last_seq.get(job_id, 0) >= 2)
+                if 0 < sent < count:
+                    partial_counts.append(sent)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch_fan_out())
+        events = JobEvents(publisher, job_id)
+        await events.emit(c.FILE_COMPLETED, runtime.jobs.progress(job_id), path="first")
+        async with asyncio.timeout(10):
+            while not all(listener.last_seq.get(job_id, 0) >= 2 for listener in listeners):
+                await asyncio.sleep(0)
+        stop.set()
+        await watcher
+        assert partial_counts and all(n % FANOUT_SLICE == 0 for n in partial_counts), partial_counts
+
+        for _ in range(20):
+            await events.emit(c.FILE_COMPLETED, runtime.jobs.progress(job_id), path="x")
+        await events.emit(c.JOB_COMPLETED, runtime.jobs.finish_job(job_id))
+        streams = await asyncio.gather(*(read_until_closed(ws) for ws in sockets))
+    for first, stream in zip(firsts, streams, strict=True):
+        messages = [first, *stream]
+        assert_contiguous(messages)
+        assert messages[-1]["type"] == c.JOB_COMPLETED and messages[-1]["seq"] == 23
+
+
 @pytest.fixture
 def restartable_redis(tmp_path: Path) -> Any:
     server = RedisServer(tmp_path / "own-redis")
@@ -290,6 +341,43 @@ async def test_socket_auth_and_origin(aiohttp_client: ClientFactory, settings: S
         assert refused_origin.value.status == 403
     finally:
         await runtime.close()
+
+
+async def test_shutdown_closes_every_socket_as_going_away(
+    aiohttp_server: Any, settings: Settings, runtime: Runtime, docs: Path
+) -> None:
+    server = await aiohttp_server(create_app(settings, runtime=runtime))
+    async with aiohttp.ClientSession() as session:
+        created = await session.post(server.make_url("/api/jobs"), json={"collection": "c", "directory": str(docs)})
+        job_id = (await created.json())["id"]
+        job_ws = await session.ws_connect(server.make_url(f"/api/jobs/{job_id}/ws"))
+        all_ws = await session.ws_connect(server.make_url("/api/ws/jobs"))
+        for ws in (job_ws, all_ws):
+            assert (await ws.receive_json(timeout=RECEIVE_TIMEOUT_S))["type"] == c.SNAPSHOT
+        await server.close()
+        for ws in (job_ws, all_ws):
+            message = await ws.receive(timeout=RECEIVE_TIMEOUT_S)
+            assert message.type == WSMsgType.CLOSE
+            assert (message.data, message.extra) == (aiohttp.WSCloseCode.GOING_AWAY, "server shutdown")
+
+
+async def test_sockets_are_pinged_and_a_silent_client_is_dropped(
+    api: TestClient[Any, Any], docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from semantik import ws as ws_module
+
+    monkeypatch.setattr(ws_module, "HEARTBEAT_S", 0.3)
+    job_id = await new_job(api, docs)
+    hub = api.app[HUB]
+    # autoping=False: this client sees the server's pings and, like a vanished peer, never answers.
+    async with api.ws_connect(f"/api/jobs/{job_id}/ws", autoping=False) as ws:
+        assert (await ws.receive_json(timeout=RECEIVE_TIMEOUT_S))["type"] == c.SNAPSHOT
+        assert hub.listener_count == 1
+        assert (await ws.receive(timeout=5)).type == WSMsgType.PING
+        async with asyncio.timeout(10):  # no pong: the server gives up on the socket and frees its listener
+            while hub.listener_count:
+                await asyncio.sleep(0.05)
+    assert hub.listener_count == 0
 
 
 async def test_cli_follow_shows_progress_and_failed_files(
