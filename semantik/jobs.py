@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ STATE_FIELDS = ("status", "files_total", "files_done", "files_failed", "files_sk
 STATE_COLUMNS = ", ".join(("seq", *STATE_FIELDS))
 
 JobState = dict[str, Any]
+
+
+def _not_found_reason(path: str) -> str:
+    """Why a row that an earlier scan found is not indexed now that a new scan did not find it."""
+    if path.endswith(os.sep):  # scan.folder_entry: a folder that could not be listed before
+        return "folder can be listed now: its files are indexed on their own"
+    return "no longer found: deleted or moved since an earlier run scanned it"
 
 
 def utcnow() -> str:
@@ -242,14 +250,27 @@ class JobStore:
     # -- files -------------------------------------------------------------------------------
 
     async def record_scan(self, job_id: str, files: Iterable[ScannedFile]) -> JobState:
-        """Add the scanned files (a resumed job keeps the rows, and the states, it already has)."""
+        """Add the scanned files. A resumed or retried job keeps the rows, and the states, it already
+        has, except rows still waiting to be indexed: those take this scan's verdict (skipped or
+        failed as found now), and are skipped when this scan no longer finds them."""
+        scanned = list(files)
         now = utcnow()
+        pending = c.FILE_PENDING
         async with self.db.transaction() as conn:
             await conn.executemany(
-                "INSERT OR IGNORE INTO files (job_id, path, size, mtime, status, error, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(job_id, f.path, f.size, f.mtime, f.status, f.error, now) for f in files],
+                "INSERT INTO files (job_id, path, size, mtime, status, error, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, path) DO UPDATE"
+                " SET status = excluded.status, error = excluded.error, updated_at = excluded.updated_at"
+                " WHERE files.status = ? AND excluded.status != ?",
+                [(job_id, f.path, f.size, f.mtime, f.status, f.error, now, pending, pending) for f in scanned],
             )
+            found = {f.path for f in scanned}
+            cursor = await conn.execute("SELECT id, path FROM files WHERE job_id = ? AND status = ?", (job_id, pending))
+            await conn.executemany(
+                "UPDATE files SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+                [(c.FILE_SKIPPED, _not_found_reason(path), now, file_id) for file_id, path in await cursor.fetchall()
+                 if path not in found],
+            )  # fmt: skip
             await recount(conn, job_id)
             return await bump(conn, job_id)
 

@@ -35,7 +35,7 @@ ROUTES: dict[tuple[str, str], tuple[str, type[BaseModel] | None, int, str | None
     ("get", "/api/jobs/{job_id}"): ("One job, with its failed files", None, 200, "Job"),
     ("get", "/api/jobs/{job_id}/files"): ("The files of a job (status, limit, offset)", None, 200, None),
     ("post", "/api/jobs/{job_id}/cancel"): ("Cancel a queued or running job", None, 202, "Job"),
-    ("post", "/api/jobs/{job_id}/retry"): ("Run a failed or cancelled job again", None, 202, "Job"),
+    ("post", "/api/jobs/{job_id}/retry"): ("Run a failed, cancelled or errored job again", None, 202, "Job"),
     ("get", "/api/jobs/{job_id}/ws"): ("WebSocket: snapshot, then the job's events", None, 101, None),
     ("get", "/api/ws/jobs"): ("WebSocket: snapshot, then every job's events", None, 101, None),
     ("get", "/api/collections"): ("List collections with document and chunk counts", None, 200, None),

@@ -70,15 +70,18 @@ async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents
     directory = Path(job.directory)
     if not await asyncio.to_thread(directory.is_dir):
         raise JobError(f"directory {job.directory} does not exist any more")
-    scanned = await asyncio.to_thread(
-        scan_directory,
-        directory,
-        recursive=job.recursive,
-        include=job.include,
-        exclude=job.exclude,
-        allowed_roots=s.allowed_roots,
-        max_file_size_bytes=s.max_file_size_bytes,
-    )
+    try:
+        scanned = await asyncio.to_thread(
+            scan_directory,
+            directory,
+            recursive=job.recursive,
+            include=job.include,
+            exclude=job.exclude,
+            allowed_roots=s.allowed_roots,
+            max_file_size_bytes=s.max_file_size_bytes,
+        )
+    except OSError as exc:
+        raise JobError(f"cannot list {job.directory}: {exc.strerror or exc}") from exc
     await events.emit(c.SCAN_COMPLETED, rt.jobs.record_scan(job.id, scanned))
     pending_files = await rt.jobs.pending_files(job.id)
     log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending_files))

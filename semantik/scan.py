@@ -24,8 +24,17 @@ def _matches(relative: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[tuple[Path, Path | None]]:
-    """Yield (path as found, resolved target or None when it leaves the roots or is dangling)."""
+def folder_entry(path: Path) -> str:
+    """How a folder that cannot be listed is named among the job's files: with a trailing separator."""
+    return str(path).rstrip(os.sep) + os.sep
+
+
+def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[tuple[Path, Path | None, str | None]]:
+    """Yield (path as found, resolved target or None when it leaves the roots or is dangling, None)
+    for files, and (folder, None, why) for a folder below ``directory`` that cannot be listed.
+
+    Raises OSError when ``directory`` itself cannot be listed.
+    """
     seen_dirs: set[Path] = set()
     stack = [directory]
     while stack:
@@ -36,23 +45,27 @@ def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[t
         seen_dirs.add(real_dir)
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            if current == directory:
+                raise
+            # Its files are unknown, so the folder itself is accounted for, as one failed entry.
+            yield current, None, f"cannot list folder: {exc.strerror or exc}"
             continue
         for entry in entries:
             path = Path(entry.path)
             try:
                 target = path.resolve(strict=True) if entry.is_symlink() else path
             except (OSError, RuntimeError):
-                yield path, None
+                yield path, None, None
                 continue
             if not is_within(target, roots):
-                yield path, None
+                yield path, None, None
                 continue
             if target.is_dir():
                 if recursive:
                     stack.append(path)
             elif target.is_file():
-                yield path, target
+                yield path, target, None
 
 
 def scan_directory(
@@ -64,12 +77,16 @@ def scan_directory(
     allowed_roots: Sequence[Path],
     max_file_size_bytes: int,
 ) -> list[ScannedFile]:
-    """Every candidate file under ``directory``, in path order; files that cannot be indexed come back
-    already ``skipped`` with the reason, so each one is accounted for."""
+    """Every candidate file under ``directory``; files that cannot be indexed come back already
+    ``skipped`` or ``failed`` with the reason, and so does a folder that cannot be listed (named by
+    ``folder_entry``), so each one is accounted for. Raises OSError when ``directory`` cannot be listed."""
     found: list[ScannedFile] = []
-    for path, target in _walk(directory, recursive, allowed_roots):
+    for path, target, problem in _walk(directory, recursive, allowed_roots):
         relative = path.relative_to(directory).as_posix()
         if exclude and _matches(relative, exclude):
+            continue
+        if problem is not None:  # whatever the include globs say: files in it may match them
+            found.append(ScannedFile(folder_entry(path), 0, 0.0, c.FILE_FAILED, problem))
             continue
         suffix = path.suffix.lower()
         if include is None:

@@ -86,13 +86,18 @@ async def cancel_job(rt: Runtime, queue: ArqRedis, job_id: str) -> tuple[Job, bo
     return await rt.jobs.get_job(job_id), state is not None
 
 
+# A retry runs what is left: failed and never-reached files. A completed job has nothing left.
+RETRYABLE_STATES = frozenset({c.FAILED, c.CANCELLED, c.COMPLETED_WITH_ERRORS})
+
+
 async def retry_job(rt: Runtime, queue: ArqRedis, job_id: str) -> Job:
-    """Run a failed or cancelled job again: files already done are kept, the rest (failed ones
-    included) are processed. Anything else is 409."""
+    """Run a job that failed, was cancelled or completed with errors again: files already done are
+    kept, the rest (failed ones included) are processed. Anything else is 409."""
     job = await rt.jobs.get_job(job_id)
-    if job.status not in (c.FAILED, c.CANCELLED):
+    if job.status not in RETRYABLE_STATES:
         raise Conflict(
-            f"only failed or cancelled jobs can be retried; job {job_id} is {job.status}", code="not_retryable"
+            f"only failed, cancelled or completed_with_errors jobs can be retried; job {job_id} is {job.status}",
+            code="not_retryable",
         )
     events = JobEvents(EventPublisher(queue), job_id)
     change = rt.lifecycle.requeue(job_id, reason=None, new_run=True, from_status=job.status)

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from semantik.chunk import Chunker
 from semantik.embed import Embedder, default_model_path
 from semantik.redis_server import RedisServer
 from semantik.runtime import Runtime
+from semantik.scan import folder_entry
 from semantik.settings import Settings
 from semantik.vectors import qdrant_name
 from tests.conftest import ClientFactory, write
@@ -64,10 +65,11 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """One more worker; ``prefix`` goes before the command (e.g. to drop privileges)."""
         log = (self.log_dir / f"worker{len(self.processes)}.log").open("wb")
         process = subprocess.Popen(
-            [str(ARQ), "workers.main.WorkerSettings"], cwd=REPO, env=self.env, stdout=log, stderr=log
+            [*prefix, str(ARQ), "workers.main.WorkerSettings"], cwd=REPO, env=self.env, stdout=log, stderr=log
         )
         log.close()
         self.processes.append(process)
@@ -251,3 +253,68 @@ async def test_bad_files_are_each_accounted_for(
         assert files[name]["status"] == status, (name, files[name])
         if reason:
             assert reason in (files[name]["error"] or ""), (name, files[name])
+
+
+def file_modes_apply() -> list[str]:
+    """A command prefix under which a worker is bound by file modes, as a service account is.
+
+    Root reads any file through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; the worker runs as root
+    without them (dropped from its bounding set), so a mode-000 file or folder is unreadable to it.
+    """
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    try:
+        subprocess.run([*prefix, "true"], check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("cannot drop root's read-anything capabilities here (setpriv missing or not permitted)")
+    return prefix
+
+
+async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
+    api: TestClient[Any, Any], docs: Path, workers: Workers
+) -> None:
+    prefix = file_modes_apply()
+    write(docs / "good.txt", "An ordinary note about the garden and its roses. " * 20)
+    secret = write(docs / "secret.txt", "Quarterly numbers for the board, not for everyone. " * 20)
+    private = docs / "private"
+    write(private / "inner.md", "# Inner\n\nNotes kept in a folder nobody could open. " * 20)
+    secret.chmod(0)
+    private.chmod(0)
+    try:
+        workers.start(prefix)
+        job_id = await start_job(api, docs)
+        job = await until(api, job_id, lambda j: j["status"] not in ("queued", "running"), workers)
+        files = await files_of(api, job_id)
+        assert job["status"] == "completed_with_errors", (job, files)
+        assert (job["files_done"], job["files_failed"]) == (1, 2)
+        assert files[str(docs / "good.txt")] == ("done", None)
+        assert files[str(secret)] == ("failed", "permission denied")
+        assert files[folder_entry(private)] == ("failed", "cannot list folder: Permission denied")
+
+        # A job on a folder the worker cannot list at all fails as a whole, and says why.
+        response = await api.post("/api/jobs", json={"collection": "chaos", "directory": str(private)})
+        locked_id = (await response.json())["id"]
+        locked = await until(api, locked_id, lambda j: j["status"] not in ("queued", "running"), workers)
+        assert locked["status"] == "failed"
+        assert f"cannot list {private}: Permission denied" in locked["error"]
+
+        # The owner fixes the modes and retries: what failed is indexed now, nothing else changes.
+        secret.chmod(0o644)
+        private.chmod(0o755)
+        assert (await api.post(f"/api/jobs/{job_id}/retry")).status == 202
+        job = await until(api, job_id, lambda j: j["status"] not in ("queued", "running"), workers)
+        files = await files_of(api, job_id)
+        assert job["status"] == "completed", (job, files)
+        assert (job["files_done"], job["files_failed"], job["files_skipped"]) == (3, 0, 1)
+        assert files[str(secret)] == ("done", None)
+        assert files[str(private / "inner.md")] == ("done", None)
+        assert files[folder_entry(private)][0] == "skipped"
+    finally:
+        secret.chmod(0o644)
+        private.chmod(0o755)
+
+
+async def files_of(api: TestClient[Any, Any], job_id: str) -> dict[str, tuple[str, str | None]]:
+    listing = await (await api.get(f"/api/jobs/{job_id}/files")).json()
+    return {f["path"]: (f["status"], f["error"]) for f in listing["files"]}

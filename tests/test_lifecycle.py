@@ -123,6 +123,35 @@ async def test_retry_a_failed_job(api: TestClient[Any, Any], docs: Path, run_wor
     assert (await api.post("/api/jobs/missing/retry")).status == 404
 
 
+async def test_retry_a_job_that_completed_with_errors(api: TestClient[Any, Any], docs: Path, run_worker: Any) -> None:
+    write(docs / "fine.txt", "A note that indexes without trouble. " * 10)
+    broken = docs / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4 truncated")
+    fixable = docs / "fixable.docx"
+    fixable.write_bytes(b"PK\x03\x04 not a docx yet")
+    job_id = await create(api, docs)
+    await run_worker()
+    first = await job_state(api, job_id)
+    assert (first["status"], first["files_done"], first["files_failed"]) == ("completed_with_errors", 1, 2)
+
+    # The user deletes one bad file, replaces the other with a good one, and retries.
+    broken.unlink()
+    fixable.unlink()
+    write(docs / "fixable.txt", "The fixed version, as plain text. " * 10)
+    assert (await api.post(f"/api/jobs/{job_id}/retry")).status == 202
+    await run_worker()
+    job = await job_state(api, job_id)
+    listing = await (await api.get(f"/api/jobs/{job_id}/files")).json()
+    files = {Path(f["path"]).name: (f["status"], f["error"]) for f in listing["files"]}
+    assert job["status"] == "completed", (job, files)
+    assert (job["files_done"], job["files_failed"], job["files_skipped"], job["attempts"]) == (2, 0, 2, 2)
+    assert files["fine.txt"] == files["fixable.txt"] == ("done", None)
+    for gone in ("broken.pdf", "fixable.docx"):
+        assert files[gone][0] == "skipped" and "no longer found" in files[gone][1]
+    refused = await api.post(f"/api/jobs/{job_id}/retry")  # nothing left to do
+    assert refused.status == 409
+
+
 async def test_sweeper_requeues_an_orphaned_job(
     api: TestClient[Any, Any], docs: Path, settings: Settings, run_worker: Any
 ) -> None:

@@ -147,7 +147,7 @@ async function jobPage(id) {
       ${job.error ? `<p class="error">${esc(job.error)}</p>` : ""}
       <div class="actions">
         <button class="danger" id="cancel" ${TERMINAL.has(job.status) ? "disabled" : ""}>Cancel</button>
-        <button id="retry" ${["failed", "cancelled"].includes(job.status) ? "" : "disabled"}>Retry</button>
+        <button id="retry" ${["failed", "cancelled", "completed_with_errors"].includes(job.status) ? "" : "disabled"}>Retry</button>
       </div><p class="error" id="action-error" role="alert"></p></div>
       <h2>Failed files</h2>${failures.size ? `<ul class="failures">${[...failures].map(([path, error]) => `<li><b>${esc(path)}</b>: ${esc(error)}</li>`).join("")}</ul>` : '<p class="muted">None.</p>'}`;
     document.getElementById("cancel").onclick = () => act("cancel");
