@@ -370,47 +370,26 @@ async def test_hold_sets_lost_when_the_slot_is_taken(redis: Redis) -> None:
     assert (await leases.status())["slots"][0]["owner"] == "thief"
 
 
-async def test_hold_sets_lost_when_renewal_is_late(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failure", ["late", "errors", "hangs"])
+async def test_hold_sets_lost_when_renewal_fails(redis: Redis, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
     leases = GpuLeases(redis, ["0:0"], ttl_s=0.3)
     lease = await leases.acquire("w", "job", wait_s=0)
     assert lease is not None
     real_renew = leases.renew
 
-    async def stalled_renew(lease: Lease) -> bool:
-        await asyncio.sleep(0.5)  # the TTL passes before the renewal reaches Redis
-        return await real_renew(lease)
-
-    monkeypatch.setattr(leases, "renew", stalled_renew)
-    async with hold(leases, lease) as lost:
-        await asyncio.wait_for(lost.wait(), timeout=5)
-
-
-async def test_hold_sets_lost_when_renewal_errors(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    leases = GpuLeases(redis, ["0:0"], ttl_s=0.3)
-    lease = await leases.acquire("w", "job", wait_s=0)
-    assert lease is not None
-
-    async def broken_renew(lease: Lease) -> bool:
-        raise RedisConnectionError("Redis went away")
-
-    monkeypatch.setattr(leases, "renew", broken_renew)
-    async with hold(leases, lease) as lost:
-        await asyncio.wait_for(lost.wait(), timeout=5)
-    assert (await leases.status())["slots"][0]["state"] == "free"
-
-
-async def test_hold_sets_lost_when_renewal_hangs(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    leases = GpuLeases(redis, ["0:0"], ttl_s=0.3)
-    lease = await leases.acquire("w", "job", wait_s=0)
-    assert lease is not None
-
-    async def hung_renew(lease: Lease) -> bool:
+    async def failing_renew(lease: Lease) -> bool:
+        if failure == "late":
+            await asyncio.sleep(0.5)  # the TTL passes before the renewal reaches Redis
+            return await real_renew(lease)
+        if failure == "errors":
+            raise RedisConnectionError("Redis went away")  # and stays away: retries fail too
         await asyncio.Event().wait()  # a half-open connection: no reply, no error
         return True
 
-    monkeypatch.setattr(leases, "renew", hung_renew)
+    monkeypatch.setattr(leases, "renew", failing_renew)
     async with hold(leases, lease) as lost:
         await asyncio.wait_for(lost.wait(), timeout=5)
+    assert (await leases.status())["slots"][0]["state"] == "free"
 
 
 async def test_hold_survives_a_brief_redis_error(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
