@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from qdrant_client import QdrantClient
 
+from semantik import constants as c
 from semantik.app import create_app
 from semantik.chunk import Chunker
 from semantik.embed import Embedder, default_model_path
@@ -284,7 +285,7 @@ async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
     try:
         workers.start(prefix)
         job_id = await start_job(api, docs)
-        job = await until(api, job_id, lambda j: j["status"] not in ("queued", "running"), workers)
+        job = await until(api, job_id, ended, workers)
         files = await files_of(api, job_id)
         assert job["status"] == "completed_with_errors", (job, files)
         assert (job["files_done"], job["files_failed"]) == (1, 2)
@@ -295,7 +296,7 @@ async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
         # A job on a folder the worker cannot list at all fails as a whole, and says why.
         response = await api.post("/api/jobs", json={"collection": "chaos", "directory": str(private)})
         locked_id = (await response.json())["id"]
-        locked = await until(api, locked_id, lambda j: j["status"] not in ("queued", "running"), workers)
+        locked = await until(api, locked_id, ended, workers)
         assert locked["status"] == "failed"
         assert f"cannot list {private}: Permission denied" in locked["error"]
 
@@ -303,7 +304,7 @@ async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
         secret.chmod(0o644)
         private.chmod(0o755)
         assert (await api.post(f"/api/jobs/{job_id}/retry")).status == 202
-        job = await until(api, job_id, lambda j: j["status"] not in ("queued", "running"), workers)
+        job = await until(api, job_id, ended, workers)
         files = await files_of(api, job_id)
         assert job["status"] == "completed", (job, files)
         assert (job["files_done"], job["files_failed"], job["files_skipped"]) == (3, 0, 1)
@@ -313,6 +314,10 @@ async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
     finally:
         secret.chmod(0o644)
         private.chmod(0o755)
+
+
+def ended(job: dict[str, Any]) -> bool:
+    return job["status"] in c.TERMINAL_STATES
 
 
 async def files_of(api: TestClient[Any, Any], job_id: str) -> dict[str, tuple[str, str | None]]:
