@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from arq.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semantik.app import create_app
-from semantik.client import Client
-from semantik.redis_server import RedisServer, free_port
+from semantik.cli.client import Client
+from semantik.cli.redis_server import RedisServer, free_port
+from semantik.indexing.worker import in_process_worker
 from semantik.runtime import Runtime
 from semantik.settings import Settings
-from semantik.worker import worker_options
+from semantik.web.app import create_app
 
 NFCORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "nfcorpus"
 
@@ -65,7 +64,7 @@ async def running_product(tmp: Path, docs: Path, **overrides: Any) -> AsyncItera
     runner = web.AppRunner(create_app(settings, runtime=runtime), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    worker = Worker(**worker_options(settings), ctx={"runtime": runtime}, handle_signals=False)
+    worker = in_process_worker(settings, runtime)
     task = asyncio.create_task(worker.async_run())
     await runtime.embedder()  # the model is loaded before anything is timed
     try:

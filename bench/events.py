@@ -36,9 +36,10 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semantik import constants as c
-from semantik.events import EventPublisher, envelope
-from semantik.redis_server import RedisServer, free_port
+from semantik.cli.redis_server import RedisServer, free_port
+from semantik.domain import EventType
+from semantik.events.publish import EventPublisher, envelope
+from semantik.redis_names import RedisNames
 
 CONNECT_BATCH = 100
 PROBE_INTERVAL_S = 0.02
@@ -68,7 +69,7 @@ class Tally:
     snapshot: asyncio.Event = field(default_factory=asyncio.Event)
 
     def take(self, event: dict[str, Any], received_at: float, latencies: list[float]) -> None:
-        if event["type"] == c.SNAPSHOT:
+        if event["type"] == EventType.SNAPSHOT:
             self.snapshot.set()
             return
         latencies.append((received_at - event["data"]["sent"]) * 1000)
@@ -193,11 +194,11 @@ async def run(args: argparse.Namespace, redis_url: str, base: str, docs: Path) -
         stop_probe = asyncio.Event()
         probe = asyncio.create_task(probe_rest(session, base, stop_probe))
         redis = Redis.from_url(redis_url)
-        publisher = EventPublisher(redis)
+        publisher = EventPublisher(redis, RedisNames())
         interval_s = 1 / args.rate
         begin = time.perf_counter()
         for seq in range(2, total + 2):
-            await publisher.publish(envelope(c.FILE_COMPLETED, job_id, seq, {"sent": time.time()}))
+            await publisher.publish(envelope(EventType.FILE_COMPLETED, job_id, seq, {"sent": time.time()}))
             await asyncio.sleep(max(0.0, begin + (seq - 1) * interval_s - time.perf_counter()))
         await asyncio.wait([asyncio.create_task(tally.done.wait()) for tally in tallies], timeout=30)
         elapsed_s = time.perf_counter() - begin

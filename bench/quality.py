@@ -83,7 +83,7 @@ async def product_path(args: argparse.Namespace, docs: list[dict[str, str]], que
 
 
 def exact_path(args: argparse.Namespace, docs: list[dict[str, str]], queries: dict[str, str]) -> None:
-    from semantik.embed import Embedder, default_model_path
+    from semantik.inference.embedder import Embedder, default_model_path
 
     embedder = Embedder(default_model_path(), device="cpu", dtype=args.dtype, batch_size=32)
     started = time.perf_counter()

@@ -58,3 +58,8 @@ class ValidationFailed(SemantikError):
 class Unavailable(SemantikError):
     status = 503
     code = "unavailable"
+
+
+def field_error(field: str, message: str, code: str) -> ValidationFailed:
+    """A 422 about one input field, shaped like pydantic's own validation details."""
+    return ValidationFailed(message, code=code, details=[{"loc": [field], "msg": message, "type": code}])

@@ -17,6 +17,22 @@ from aiohttp.web_response import StreamResponse
 
 from semantik.settings import Settings
 
+# arq logs every run of every function at INFO. Routine housekeeping (the orphan sweeper every 10 s,
+# the worker's health record every 30 s) would drown what matters, so those lines go to DEBUG.
+ROUTINE_ARQ_MARKERS = (":sweep_orphans", "recording health")
+
+
+class RoutineAtDebug(logging.Filter):
+    """Demote arq's lines about routine housekeeping to DEBUG (shown only with SEMANTIK_LOG_LEVEL=debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("arq") and record.levelno == logging.INFO:
+            message = record.getMessage()
+            if any(marker in message for marker in ROUTINE_ARQ_MARKERS):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
@@ -47,6 +63,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(RoutineAtDebug())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

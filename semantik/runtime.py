@@ -6,19 +6,18 @@ import asyncio
 
 import structlog
 
-from semantik.chunk import Chunker
-from semantik.db import Database
-from semantik.embed import Embedder, default_model_path, model_dimension
-from semantik.jobs import JobStore
-from semantik.lifecycle import Lifecycle
+from semantik.inference.embedder import Embedder, default_model_path, model_dimension
 from semantik.settings import Settings
-from semantik.vectors import VectorStore
+from semantik.store.db import Database
+from semantik.store.jobs import JobStore
+from semantik.store.lifecycle import Lifecycle
+from semantik.store.vectors import VectorStore
 
 log = structlog.get_logger(__name__)
 
 
 class Runtime:
-    """Database, job store, vector store and (loaded on first use) the model and its chunker."""
+    """Database, job store, vector store and (loaded on first use) the model."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -34,7 +33,6 @@ class Runtime:
         self.model_dim = model_dimension(self.model_path)
         self.model_name = "all-MiniLM-L6-v2" if settings.model_path is None else self.model_path.name
         self._embedders: dict[str, Embedder] = {}
-        self._chunker: Chunker | None = None
         self._model_lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -63,15 +61,3 @@ class Runtime:
         """The torch device for a leased GPU (``cuda:N``; never via CUDA_VISIBLE_DEVICES, which is
         read once when CUDA starts), or the CPU default without a lease."""
         return self.settings.embed_device if gpu_index is None else f"cuda:{gpu_index}"
-
-    async def chunker(self) -> Chunker:
-        embedder = await self.embedder()
-        if self._chunker is None:
-            s = self.settings
-            self._chunker = Chunker(
-                embedder.tokenizer,
-                max_seq_length=embedder.max_seq_length,
-                chunk_size=s.chunk_size_tokens,
-                overlap=s.chunk_overlap_tokens,
-            )
-        return self._chunker

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from semantik.redis_names import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, RedisNames
+
 DEFAULT_DATA_DIR = Path.home() / ".semantik"
 
 
@@ -28,7 +30,8 @@ class Settings(BaseSettings):
 
     # None: `semantik up` starts a private redis-server; serve/workers use redis://127.0.0.1:6379/0.
     redis_url: str | None = None
-    queue_name: str = "semantik:queue"
+    # Prefix of every Redis key, channel and arq name: two deployments can share one Redis.
+    namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=NAMESPACE_PATTERN)
 
     # None: embedded Qdrant under data_dir/qdrant (one process per path).
     qdrant_url: str | None = None
@@ -89,6 +92,10 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+    @property
+    def redis_names(self) -> RedisNames:
+        return RedisNames(self.namespace)
 
     @property
     def effective_redis_url(self) -> str:

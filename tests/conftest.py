@@ -1,22 +1,50 @@
-"""Shared fixtures: a real redis-server per test session, real SQLite files, embedded Qdrant, the real model."""
+"""Shared fixtures: a real redis-server per test session, real SQLite files, embedded Qdrant, the real model.
+
+Factories (``make_runtime``, ``make_api``, ``start_worker``) close what they made at teardown, in
+order: workers, then apps, then runtimes. The plain helpers are in ``tests/helpers.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
 from arq.worker import Worker
 
-from semantik.app import create_app
-from semantik.redis_server import RedisServer
+from semantik.cli.redis_server import RedisServer
+from semantik.indexing.worker import in_process_worker
 from semantik.runtime import Runtime
 from semantik.settings import Settings
-from semantik.worker import worker_options
+from semantik.web.app import create_app
+from tests.helpers import ClientFactory as ClientFactory
+from tests.helpers import run_burst
+from tests.helpers import write as write  # test files import it from here too
+
+
+class RuntimeFactory(Protocol):
+    async def __call__(self, base: Settings | None = None, *, cls: type[Runtime] = ..., **overrides: Any) -> Runtime:
+        """An opened runtime on ``base`` (default: the ``settings`` fixture) with ``overrides``."""
+        ...
+
+
+class ApiFactory(Protocol):
+    async def __call__(
+        self, base: Settings | None = None, *, cls: type[Runtime] = ..., **overrides: Any
+    ) -> tuple[TestClient[Any, Any], Runtime]:
+        """A test client for an app on its own runtime (see ``RuntimeFactory``), and that runtime."""
+        ...
+
+
+class WorkerStarter(Protocol):
+    def __call__(self, runtime: Runtime, **options: Any) -> Worker:
+        """An in-process arq worker on ``runtime``, running in the background until teardown."""
+        ...
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +61,17 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to stop, freeze or restart (same port, empty unless saved)."""
+    server = RedisServer(tmp_path / "private-redis")
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.process.send_signal(signal.SIGCONT)  # a test that failed while it was frozen
+    server.stop()
 
 
 @pytest.fixture
@@ -54,14 +93,35 @@ def settings(tmp_path: Path, docs: Path, redis_url: str) -> Settings:
 
 
 @pytest.fixture
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    rt = Runtime(settings)
-    await rt.open()
-    yield rt
-    await rt.close()
+async def make_runtime(settings: Settings) -> AsyncIterator[RuntimeFactory]:
+    opened: list[Runtime] = []
+
+    async def make(base: Settings | None = None, *, cls: type[Runtime] = Runtime, **overrides: Any) -> Runtime:
+        chosen = base or settings
+        runtime = cls(chosen.model_copy(update=overrides) if overrides else chosen)
+        await runtime.open()
+        opened.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in reversed(opened):
+        await runtime.close()
 
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+@pytest.fixture
+async def runtime(make_runtime: RuntimeFactory) -> Runtime:
+    return await make_runtime()
+
+
+@pytest.fixture
+def make_api(make_runtime: RuntimeFactory, aiohttp_client: ClientFactory) -> ApiFactory:
+    async def make(
+        base: Settings | None = None, *, cls: type[Runtime] = Runtime, **overrides: Any
+    ) -> tuple[TestClient[Any, Any], Runtime]:
+        runtime = await make_runtime(base, cls=cls, **overrides)
+        return await aiohttp_client(create_app(runtime.settings, runtime=runtime)), runtime
+
+    return make
 
 
 @pytest.fixture
@@ -71,24 +131,35 @@ async def api(aiohttp_client: ClientFactory, settings: Settings, runtime: Runtim
 
 
 @pytest.fixture
-def run_worker(settings: Settings, runtime: Runtime) -> Callable[[], Awaitable[Worker]]:
+async def start_worker(make_runtime: RuntimeFactory) -> AsyncIterator[WorkerStarter]:
+    # Depends on make_runtime so that it is torn down first: workers stop before their runtimes close.
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    def start(runtime: Runtime, **options: Any) -> Worker:
+        worker = in_process_worker(runtime.settings, runtime, **options)
+        running.append((worker, asyncio.create_task(worker.async_run())))
+        return worker
+
+    yield start
+    for worker, task in reversed(running):
+        await worker.close()
+        task.cancel()
+
+
+@pytest.fixture
+async def background_worker(start_worker: WorkerStarter, runtime: Runtime) -> Worker:
+    """A worker running for the whole test on the shared runtime, as in `semantik up`."""
+    return start_worker(runtime)
+
+
+@pytest.fixture
+def run_worker(runtime: Runtime) -> Callable[[], Awaitable[Worker]]:
     """Run an arq worker in burst mode until the queue is empty."""
 
     async def run() -> Worker:
-        worker = Worker(**worker_options(settings), ctx={"runtime": runtime}, burst=True, handle_signals=False)
-        try:
-            await asyncio.wait_for(worker.async_run(), timeout=300)
-        finally:
-            await worker.close()
-        return worker
+        return await run_burst(runtime)
 
     return run
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from semantik.settings import Settings
-from tests.conftest import write
+from tests.helpers import JobView, embedded_store_held, new_job, wait_for_job, write
 
 REPO = Path(__file__).resolve().parents[1]
 ARQ = Path(sys.executable).parent / "arq"
@@ -37,17 +35,13 @@ async def test_arq_cli_worker_processes_an_api_job(
     with log_path.open("wb") as log:
         worker = subprocess.Popen([str(ARQ), "workers.main.WorkerSettings"], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
-        response = await api.post("/api/jobs", json={"collection": "geo", "directory": str(docs)})
-        assert response.status == 201
-        job_id = (await response.json())["id"]
-        deadline = time.monotonic() + 180
-        while True:
-            job = await (await api.get(f"/api/jobs/{job_id}")).json()
-            if job["status"] not in ("queued", "running"):
-                break
+        job_id = await new_job(api, docs, "geo")
+
+        def ended_while_the_worker_lives(job: JobView) -> bool:
             assert worker.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, f"job did not finish: {job}\n{log_path.read_text()}"
-            await asyncio.sleep(0.2)
+            return job["status"] not in ("queued", "running")
+
+        job = await wait_for_job(api, job_id, ended_while_the_worker_lives, 180, describe=log_path.read_text)
         assert job["status"] == "completed", (job, log_path.read_text())
         assert job["files_done"] == 2 and job["chunks"] == 2
         assert job["worker_id"].endswith(f":{worker.pid}")
@@ -71,25 +65,12 @@ async def test_embedded_store_held_by_another_process_is_a_clear_503(
     api: TestClient[Any, Any], settings: Settings, docs: Path
 ) -> None:
     """With embedded Qdrant, a second process cannot open the store: the API says so instead of crashing."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from qdrant_client import QdrantClient;"
-            f" c = QdrantClient(path={str(settings.qdrant_path)!r}); print('ready', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+    with embedded_store_held(settings.qdrant_path):
         await api.post("/api/collections", json={"name": "busy"})
         response = await api.post("/api/search", json={"query": "anything", "collection": "busy"})
         assert response.status == 503
         error = (await response.json())["error"]
         assert error["code"] == "vector_store_busy"
         assert "SEMANTIK_QDRANT_URL" in error["message"]
-    finally:
-        holder.kill()
-        holder.wait()
     response = await api.post("/api/search", json={"query": "anything", "collection": "busy"})
     assert response.status == 200  # once the other process is gone, the server opens the store itself

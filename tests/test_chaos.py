@@ -12,24 +12,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from qdrant_client import QdrantClient
 
-from semantik import constants as c
-from semantik.app import create_app
-from semantik.chunk import Chunker
-from semantik.embed import Embedder, default_model_path
-from semantik.redis_server import RedisServer
-from semantik.runtime import Runtime
-from semantik.scan import folder_entry
+from semantik.cli.redis_server import RedisServer
+from semantik.indexing.chunk import Chunker
+from semantik.indexing.scan import folder_entry
+from semantik.inference.embedder import Embedder, default_model_path
 from semantik.settings import Settings
-from semantik.vectors import qdrant_name
-from tests.conftest import ClientFactory, write
+from tests.conftest import ApiFactory, RuntimeFactory
+from tests.helpers import JobView, ended, job_view, new_job, run_burst, stored_points, wait_for_job, write
 
 REPO = Path(__file__).resolve().parents[1]
 ARQ = Path(sys.executable).parent / "arq"
@@ -98,41 +94,15 @@ def workers(settings: Settings, docs: Path, tmp_path: Path) -> Iterator[Workers]
     group.stop_all()
 
 
-async def job_of(api: TestClient[Any, Any], job_id: str) -> dict[str, Any]:
-    return dict(await (await api.get(f"/api/jobs/{job_id}")).json())
-
-
 async def until(
-    api: TestClient[Any, Any], job_id: str, predicate: Any, workers: Workers, timeout_s: float = 180
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = await job_of(api, job_id)
-        if predicate(job):
-            return job
-        assert time.monotonic() < deadline, f"{job}\n{workers.logs()}"
-        await asyncio.sleep(0.1)
-
-
-def stored_points(settings: Settings, collection: str) -> tuple[int, int]:
-    """(points, distinct ids) in the embedded store, read after every worker has let it go."""
-    client = QdrantClient(path=str(settings.qdrant_path))
-    try:
-        points, offset = [], None
-        while True:
-            page, offset = client.scroll(qdrant_name(collection), limit=1000, offset=offset, with_payload=False)
-            points.extend(page)
-            if offset is None:
-                break
-        return len(points), len({p.id for p in points})
-    finally:
-        client.close()
+    api: TestClient[Any, Any], job_id: str, reached: Callable[[JobView], bool], workers: Workers
+) -> JobView:
+    """The job once ``reached(job)``; on timeout the failure shows the workers' logs too."""
+    return await wait_for_job(api, job_id, reached, timeout_s=180, describe=workers.logs)
 
 
 async def start_job(api: TestClient[Any, Any], docs: Path) -> str:
-    response = await api.post("/api/jobs", json={"collection": "chaos", "directory": str(docs)})
-    assert response.status == 201
-    return str((await response.json())["id"])
+    return await new_job(api, docs, "chaos")
 
 
 async def test_worker_killed_mid_job_is_resumed_by_another(
@@ -146,7 +116,7 @@ async def test_worker_killed_mid_job_is_resumed_by_another(
     first.wait()
     killed_at = time.monotonic()
     workers.start()
-    done = await until(api, job_id, lambda j: j["status"] in ("completed", "failed"), workers)
+    done = await until(api, job_id, ended, workers)
     assert done["status"] == "completed", workers.logs()
     assert done["attempts"] == 2 and done["files_done"] == FILES
     assert "heartbeat" not in (done["error"] or "")
@@ -167,48 +137,43 @@ async def test_sigterm_checkpoints_and_the_job_resumes(
     await until(api, job_id, lambda j: j["files_done"] >= 3, workers)
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=30)
-    paused = await job_of(api, job_id)
+    paused = await job_view(api, job_id)
     assert paused["status"] == "queued", workers.logs()  # handed back, not failed
     assert 3 <= paused["files_done"] < FILES
     workers.start()
-    done = await until(api, job_id, lambda j: j["status"] in ("completed", "failed"), workers)
+    done = await until(api, job_id, ended, workers)
     assert done["status"] == "completed", workers.logs()
     workers.stop_all()
     expected = clean_run_chunks(texts)
     assert stored_points(settings, "chaos") == (expected, expected)
 
 
-async def test_redis_restart_mid_job(aiohttp_client: ClientFactory, tmp_path: Path, docs: Path) -> None:
+async def test_redis_restart_mid_job(
+    make_api: ApiFactory, tmp_path: Path, docs: Path, private_redis: RedisServer
+) -> None:
     texts = corpus(docs)
-    redis = RedisServer(tmp_path / "chaos-redis")
-    redis.start()
-    settings = Settings(data_dir=tmp_path / "data", allowed_roots=[docs], redis_url=redis.url)
-    runtime = Runtime(settings)
-    await runtime.open()
-    group = Workers(settings, docs, tmp_path)
+    api, runtime = await make_api(redis_url=private_redis.url)
+    group = Workers(runtime.settings, docs, tmp_path)
     try:
-        api = await aiohttp_client(create_app(settings, runtime=runtime))
         group.start()
         job_id = await start_job(api, docs)
         await until(api, job_id, lambda j: j["files_done"] >= 2, group)
-        await asyncio.to_thread(redis.stop)
-        await asyncio.sleep(2)
-        await asyncio.to_thread(redis.start)  # same port, empty: nothing was persisted
-        done = await until(api, job_id, lambda j: j["status"] in ("completed", "failed"), group)
+        await asyncio.to_thread(private_redis.stop)
+        await asyncio.sleep(2)  # the outage: the worker's commands fail and retry meanwhile
+        await asyncio.to_thread(private_redis.start)  # same port, empty: nothing was persisted
+        done = await until(api, job_id, ended, group)
         assert done["status"] == "completed", group.logs()
         assert group.processes[0].poll() is None, "the worker survived the restart"
         group.stop_all()
         expected = clean_run_chunks(texts)
         assert done["chunks"] == expected
-        assert stored_points(settings, "chaos") == (expected, expected)
+        assert stored_points(runtime.settings, "chaos") == (expected, expected)
     finally:
         group.stop_all()
-        await runtime.close()
-        redis.stop()
 
 
 async def test_bad_files_are_each_accounted_for(
-    api: TestClient[Any, Any], docs: Path, run_worker: Any, settings: Settings
+    api: TestClient[Any, Any], docs: Path, make_runtime: RuntimeFactory
 ) -> None:
     good = write(docs / "good.md", "# Fine\n\nA perfectly ordinary document.")
     (docs / "corrupt.pdf").write_bytes(b"%PDF-1.5\n1 0 obj << /Type /Catalog >>\ntrailer\n%%EOF")
@@ -219,22 +184,9 @@ async def test_bad_files_are_each_accounted_for(
     (docs / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (docs / "escape.txt").symlink_to("/etc/hostname")
     (docs / "dangling.txt").symlink_to(docs / "nowhere.txt")
-    small = settings.model_copy(update={"max_file_size_mb": 1.0})
-    runtime = Runtime(small)
-    await runtime.open()
-    try:
-        response = await api.post("/api/jobs", json={"collection": "bad", "directory": str(docs), "include": ["*"]})
-        job_id = (await response.json())["id"]
-        from arq.worker import Worker
-
-        from semantik.worker import worker_options
-
-        worker = Worker(**worker_options(small), ctx={"runtime": runtime}, burst=True, handle_signals=False)
-        await asyncio.wait_for(worker.async_run(), 120)
-        await worker.close()
-    finally:
-        await runtime.close()
-    job = await job_of(api, job_id)
+    job_id = await new_job(api, docs, "bad", include=["*"])
+    await run_burst(await make_runtime(max_file_size_mb=1.0), timeout_s=120)  # a worker with a 1 MB limit
+    job = await job_view(api, job_id)
     files = {Path(f["path"]).name: f for f in (await (await api.get(f"/api/jobs/{job_id}/files")).json())["files"]}
     assert job["files_total"] == len(files) == 9
     assert job["files_done"] + job["files_failed"] + job["files_skipped"] == 9
@@ -314,10 +266,6 @@ async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
     finally:
         secret.chmod(0o644)
         private.chmod(0o755)
-
-
-def ended(job: dict[str, Any]) -> bool:
-    return job["status"] in c.TERMINAL_STATES
 
 
 async def files_of(api: TestClient[Any, Any], job_id: str) -> dict[str, tuple[str, str | None]]:

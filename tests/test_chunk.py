@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from semantik.chunk import Chunker
-from semantik.embed import Embedder, default_model_path
+from semantik.indexing.chunk import Chunker
+from semantik.inference.embedder import Embedder, default_model_path
 
 
 @pytest.fixture(scope="module")

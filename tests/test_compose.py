@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from semantik.cli import main as cli
+from semantik.cli.main import main as cli
 from semantik.settings import Settings
 
 COMPOSE = Path(__file__).resolve().parents[1] / "compose"

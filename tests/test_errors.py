@@ -9,11 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from semantik.app import create_app
-from semantik.redis_server import free_port
+from semantik.cli.redis_server import free_port
 from semantik.runtime import Runtime
-from semantik.settings import Settings
-from tests.conftest import ClientFactory, write
+from tests.conftest import ApiFactory
+from tests.helpers import write
 
 
 def assert_error(body: Any, code: str) -> dict[str, Any]:
@@ -142,50 +141,33 @@ async def test_bad_query_parameters_are_422(api: TestClient[Any, Any]) -> None:
     assert_error(await response.json(), "invalid_query")
 
 
-async def test_redis_down_gives_503_and_marks_the_job_failed(
-    aiohttp_client: ClientFactory, tmp_path: Path, docs: Path
-) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data", allowed_roots=[docs], redis_url=f"redis://127.0.0.1:{free_port()}/0"
-    )
-    runtime = Runtime(settings)
-    await runtime.open()
-    try:
-        api = await aiohttp_client(create_app(settings, runtime=runtime))
-        write(docs / "a.txt", "text")
-        response = await api.post("/api/jobs", json={"collection": "c", "directory": str(docs)})
-        assert response.status == 503
-        assert_error(await response.json(), "queue_unavailable")
-        jobs = (await (await api.get("/api/jobs")).json())["jobs"]
-        assert [job["status"] for job in jobs] == ["failed"]
-        assert "could not be queued" in jobs[0]["error"]
-        health = await api.get("/api/health")
-        assert health.status == 503
-        assert (await health.json())["checks"]["redis"].startswith("unavailable")
-    finally:
-        await runtime.close()
+async def test_redis_down_gives_503_and_leaves_nothing_behind(make_api: ApiFactory, docs: Path) -> None:
+    api, _ = await make_api(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    write(docs / "a.txt", "text")
+    response = await api.post("/api/jobs", json={"collection": "c", "directory": str(docs)})
+    assert response.status == 503
+    assert_error(await response.json(), "queue_unavailable")
+    assert (await (await api.get("/api/jobs")).json())["jobs"] == []  # a refused request changes nothing
+    assert (await (await api.get("/api/collections")).json())["collections"] == []
+    health = await api.get("/api/health")
+    assert health.status == 503
+    assert (await health.json())["checks"]["redis"].startswith("unavailable")
 
 
-async def test_token_required_when_configured(aiohttp_client: ClientFactory, settings: Settings) -> None:
-    secured = settings.model_copy(update={"api_token": SecretStr("s3cret-token")})
-    runtime = Runtime(secured)
-    await runtime.open()
-    try:
-        api = await aiohttp_client(create_app(secured, runtime=runtime))
-        for method, path in (
-            ("GET", "/api/jobs"),
-            ("POST", "/api/jobs"),
-            ("POST", "/api/search"),
-            ("GET", "/api/collections"),
-            ("GET", "/api/jobs/x/files"),
-        ):
-            response = await api.request(method, path)
-            assert response.status == 401, path
-            assert_error(await response.json(), "unauthorized")
-            wrong = await api.request(method, path, headers={"Authorization": "Bearer nope"})
-            assert wrong.status == 401
-        ok = await api.get("/api/jobs", headers={"Authorization": "Bearer s3cret-token"})
-        assert ok.status == 200
-        assert (await api.get("/api/health")).status == 200  # probes need no token
-    finally:
-        await runtime.close()
+async def test_token_required_when_configured(make_api: ApiFactory) -> None:
+    api, _ = await make_api(api_token=SecretStr("s3cret-token"))
+    for method, path in (
+        ("GET", "/api/jobs"),
+        ("POST", "/api/jobs"),
+        ("POST", "/api/search"),
+        ("GET", "/api/collections"),
+        ("GET", "/api/jobs/x/files"),
+    ):
+        response = await api.request(method, path)
+        assert response.status == 401, path
+        assert_error(await response.json(), "unauthorized")
+        wrong = await api.request(method, path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401
+    ok = await api.get("/api/jobs", headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status == 200
+    assert (await api.get("/api/health")).status == 200  # probes need no token

@@ -8,7 +8,7 @@ import docx
 import pytest
 from fpdf import FPDF
 
-from semantik.extract import ExtractionError, extract_text, read_file
+from semantik.indexing.extract import ExtractionError, extract_text, read_file
 
 
 def make_pdf(pages: list[str]) -> bytes:

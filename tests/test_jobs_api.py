@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from semantik.runtime import Runtime
-from tests.conftest import write
+from tests.helpers import JobView, count_points, create_job, write
+from tests.helpers import job_view as get_job
 
 TOPICS = {
     "biology.txt": "Mitochondria are the powerhouse of the cell: they make ATP by oxidative phosphorylation.",
@@ -25,16 +26,8 @@ def make_corpus(docs: Path) -> None:
         write(docs / name, text)
 
 
-async def post_job(api: TestClient[Any, Any], docs: Path, **extra: Any) -> dict[str, Any]:
-    response = await api.post("/api/jobs", json={"collection": "team", "directory": str(docs), **extra})
-    assert response.status == 201, await response.text()
-    return dict(await response.json())
-
-
-async def get_job(api: TestClient[Any, Any], job_id: str) -> dict[str, Any]:
-    response = await api.get(f"/api/jobs/{job_id}")
-    assert response.status == 200
-    return dict(await response.json())
+async def post_job(api: TestClient[Any, Any], docs: Path, collection: str = "team", **extra: Any) -> JobView:
+    return await create_job(api, docs, collection, **extra)
 
 
 async def search(api: TestClient[Any, Any], query: str, k: int = 5) -> list[dict[str, Any]]:
@@ -94,7 +87,7 @@ async def test_rerun_on_unchanged_folder_indexes_nothing_new(
     first = await post_job(api, docs)
     await run_worker()
     assert (await get_job(api, first["id"]))["status"] == "completed"
-    points = await runtime.vectors.count("team")
+    points = await count_points(runtime, "team")
     assert points == 4
 
     second = await post_job(api, docs)
@@ -104,7 +97,7 @@ async def test_rerun_on_unchanged_folder_indexes_nothing_new(
     assert (again["files_total"], again["files_done"], again["files_skipped"], again["chunks"]) == (4, 0, 4, 0)
     files = (await (await api.get(f"/api/jobs/{second['id']}/files")).json())["files"]
     assert {f["error"] for f in files} == {"unchanged since last indexed"}
-    assert await runtime.vectors.count("team") == points
+    assert await count_points(runtime, "team") == points
 
 
 async def test_changed_file_replaces_its_old_vectors(
@@ -118,7 +111,7 @@ async def test_changed_file_replaces_its_old_vectors(
     await run_worker()
     done = await get_job(api, job["id"])
     assert (done["files_done"], done["files_skipped"]) == (1, 3)
-    assert await runtime.vectors.count("team") == 4  # the old version's point is gone, not duplicated
+    assert await count_points(runtime, "team") == 4  # the old version's point is gone, not duplicated
     best = (await search(api, "how do plants use sunlight", k=1))[0]
     assert best["path"] == str(docs / "biology.txt") and "chloroplasts" in best["text"]
     texts = [hit["text"] for hit in await search(api, "mitochondria ATP", k=10)]

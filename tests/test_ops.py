@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from semantik.app import create_app
-from semantik.logview import Filter, parse_since, show
-from semantik.openapi import ROUTES
-from semantik.redis_server import free_port
+from semantik.cli.logview import Filter, parse_since, show
+from semantik.cli.redis_server import free_port
 from semantik.runtime import Runtime
 from semantik.settings import Settings
-from tests.conftest import ClientFactory, write
+from semantik.web.routes import ROUTES
+from tests.conftest import ApiFactory, WorkerStarter
+from tests.helpers import wait_for_job, wait_until, write
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -43,18 +42,8 @@ def service_env(settings: Settings, docs: Path, **extra: str) -> dict[str, str]:
     }
 
 
-async def wait_until(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.2)
-
-
 async def test_job_logs_across_server_and_worker_and_worker_presence(
-    aiohttp_client: ClientFactory, settings: Settings, docs: Path, tmp_path: Path
+    settings: Settings, docs: Path, tmp_path: Path
 ) -> None:
     write(docs / "a.txt", "Logs should tell one job's story across processes.")
     port = free_port()
@@ -66,22 +55,22 @@ async def test_job_logs_across_server_and_worker_and_worker_presence(
         worker = subprocess.Popen([str(BIN / "arq"), "workers.main.WorkerSettings"], cwd=REPO, env=env, stdout=out,
                                   stderr=out)  # fmt: skip
     try:
-        from semantik.client import Client
+        from semantik.cli.client import Client
 
         async with Client(f"http://127.0.0.1:{port}") as client:
 
             async def healthy() -> bool:
                 try:
-                    return (await client.request("GET", "/api/health"))["status"] == "ok"
+                    return bool((await client.request("GET", "/api/health"))["status"] == "ok")
                 except Exception:
                     return False
 
-            await wait_until(healthy, 30, "server did not start")
+            await wait_until(healthy, 30, "the server to start", interval_s=0.2)
 
             async def worker_listed() -> list[dict[str, Any]]:
                 return [w for w in (await client.request("GET", "/api/monitor"))["workers"] if w["pid"] == worker.pid]
 
-            listed = await wait_until(worker_listed, 60, "worker never appeared in /api/monitor")
+            listed = await wait_until(worker_listed, 60, "the worker to appear in /api/monitor", interval_s=0.2)
             assert listed[0]["device"].startswith("cpu/") and listed[0]["current_job"] is None
             job = await client.create_job("logs", str(docs))
             done = await asyncio.wait_for(client.wait(job["id"], poll_s=0.1), 120)
@@ -102,7 +91,7 @@ async def test_job_logs_across_server_and_worker_and_worker_presence(
             async def gone() -> bool:
                 return not await worker_listed()
 
-            await wait_until(gone, 30, "a killed worker must disappear from the monitor within its TTL")
+            await wait_until(gone, 30, "a killed worker to leave the monitor (within its TTL)", interval_s=0.2)
     finally:
         for process in (server, worker):
             if process.poll() is None:
@@ -145,39 +134,26 @@ def test_logview_filters_and_tolerates_other_lines() -> None:
 
 
 async def test_monitor_and_metrics_match_reality(
-    api: TestClient[Any, Any], docs: Path, settings: Settings, runtime: Runtime
+    api: TestClient[Any, Any], docs: Path, runtime: Runtime, start_worker: WorkerStarter
 ) -> None:
-    from arq.worker import Worker
-
-    from semantik.worker import worker_options
-
     for i in range(30):
         write(docs / f"f{i:02}.txt", f"Monitoring file {i}. " * 300)
     response = await api.post("/api/jobs", json={"collection": "mon", "directory": str(docs)})
     job_id = (await response.json())["id"]
-    worker = Worker(**worker_options(settings), ctx={"runtime": runtime}, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
+    start_worker(runtime)
 
-        async def running() -> dict[str, Any] | None:
-            data = await (await api.get("/api/monitor")).json()
-            return data if data["running_jobs"] and data["running_jobs"][0]["files_done"] >= 1 else None
+    async def running() -> dict[str, Any] | None:
+        data = await (await api.get("/api/monitor")).json()
+        return data if data["running_jobs"] and data["running_jobs"][0]["files_done"] >= 1 else None
 
-        data = await wait_until(running, 120, "job never showed as running")
-        job = await (await api.get(f"/api/jobs/{job_id}")).json()
-        assert data["running_jobs"][0]["id"] == job_id and data["jobs_by_status"]["running"] == 1
-        assert [w["current_job"] for w in data["workers"]] == [job_id]
-        assert data["running_jobs"][0]["worker_id"] == data["workers"][0]["worker_id"] == job["worker_id"]
-        assert data["queue"]["depth"] >= 0 and data["redis"] == "ok"
-
-        async def finished() -> bool:
-            return (await (await api.get(f"/api/jobs/{job_id}")).json())["status"] == "completed"
-
-        await wait_until(finished, 180, "job did not finish")
-    finally:
-        await worker.close()
-        task.cancel()
+    data = await wait_until(running, 120, "the job to show as running", interval_s=0.2)
     job = await (await api.get(f"/api/jobs/{job_id}")).json()
+    assert data["running_jobs"][0]["id"] == job_id and data["jobs_by_status"]["running"] == 1
+    assert [w["current_job"] for w in data["workers"]] == [job_id]
+    assert data["running_jobs"][0]["worker_id"] == data["workers"][0]["worker_id"] == job["worker_id"]
+    assert data["queue"]["depth"] >= 0 and data["redis"] == "ok"
+
+    job = await wait_for_job(api, job_id, {"completed"}, timeout_s=180)
     await api.post("/api/search", json={"query": "monitoring", "collection": "mon"})
     text = await (await api.get("/metrics")).text()
     families = {family.name: family for family in text_string_to_metric_families(text)}
@@ -190,31 +166,20 @@ async def test_monitor_and_metrics_match_reality(
     assert data["throughput"]["chunks_last_5_min"] == job["chunks"]
 
 
-async def test_every_protected_route_needs_the_token(
-    aiohttp_client: ClientFactory, settings: Settings, docs: Path
-) -> None:
-    secured = settings.model_copy(update={"api_token": SecretStr("ops-token")})
-    runtime = Runtime(secured)
-    await runtime.open()
-    try:
-        app = create_app(secured, runtime=runtime)
-        api = await aiohttp_client(app)
-        served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()  # type: ignore[union-attr]
-                  if r.method != "HEAD" and r.resource is not None}  # fmt: skip
-        protected = sorted(
-            (m, p) for m, p in served if (p.startswith("/api/") or p == "/metrics") and p != "/api/health"
-        )
-        assert len(protected) >= 15
-        good = {"Authorization": "Bearer ops-token"}
-        for method, path in protected:
-            url = path.replace("{job_id}", "some-job").replace("{name}", "some-name")
-            refused = await api.request(method, url)
-            assert refused.status == 401, (method, path)
-            allowed = await api.request(method, url, headers=good, json={})
-            assert allowed.status != 401, (method, path)
-        assert (await api.get("/api/health")).status in (200, 503)
-    finally:
-        await runtime.close()
+async def test_every_protected_route_needs_the_token(make_api: ApiFactory) -> None:
+    api, _ = await make_api(api_token=SecretStr("ops-token"))
+    served = {(r.method.lower(), r.resource.canonical) for r in api.app.router.routes()
+              if r.method != "HEAD" and r.resource is not None}  # fmt: skip
+    protected = sorted((m, p) for m, p in served if (p.startswith("/api/") or p == "/metrics") and p != "/api/health")
+    assert len(protected) >= 15
+    good = {"Authorization": "Bearer ops-token"}
+    for method, path in protected:
+        url = path.replace("{job_id}", "some-job").replace("{name}", "some-name")
+        refused = await api.request(method, url)
+        assert refused.status == 401, (method, path)
+        allowed = await api.request(method, url, headers=good, json={})
+        assert allowed.status != 401, (method, path)
+    assert (await api.get("/api/health")).status in (200, 503)
 
 
 @pytest.mark.parametrize("command", ["serve", "up"])
@@ -237,7 +202,7 @@ async def test_openapi_describes_exactly_the_served_routes(api: TestClient[Any, 
         if route.method != "HEAD" and route.resource is not None
         and (route.resource.canonical.startswith("/api/") or route.resource.canonical == "/metrics")
     }  # fmt: skip
-    assert described == served == set(ROUTES)
+    assert described == served == {(route.method.lower(), route.path) for route in ROUTES}
     assert spec["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "JobCreate"
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semantik.scan import scan_directory
-from tests.conftest import write
+from semantik.indexing.scan import scan_directory
+from tests.helpers import write
 
 
 def scan(root: Path, **options: object) -> dict[str, tuple[str, str | None]]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from semantik.indexing.worker import worker_options
 from semantik.settings import Settings
-from semantik.worker import worker_options
 
 _options = worker_options(Settings())
 

@@ -5,7 +5,6 @@ Screenshots of every page go to `.screenshots/` at the repository root (git-igno
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -13,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq.worker import Worker
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pydantic import SecretStr
 
-from semantik.app import create_app
 from semantik.runtime import Runtime
 from semantik.settings import Settings
-from semantik.worker import worker_options
-from tests.conftest import write
+from semantik.web.app import create_app
+from tests.conftest import RuntimeFactory, WorkerStarter
+from tests.helpers import write
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -40,13 +38,10 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def server(aiohttp_server: Any, settings: Settings, runtime: Runtime) -> AsyncIterator[str]:
-    worker = Worker(**worker_options(settings), ctx={"runtime": runtime}, handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
+async def server(aiohttp_server: Any, settings: Settings, runtime: Runtime, start_worker: WorkerStarter) -> str:
+    start_worker(runtime)
     srv = await aiohttp_server(create_app(settings, runtime=runtime))
-    yield str(srv.make_url("")).rstrip("/")
-    await worker.close()
-    task.cancel()
+    return str(srv.make_url("")).rstrip("/")
 
 
 async def open_page(browser: Browser, url: str, width: int = 1280) -> tuple[Page, list[str]]:
@@ -139,18 +134,13 @@ async def test_cancel_a_running_job(browser: Browser, server: str, docs: Path) -
     await shot(page, "job-cancelled")
 
 
-async def test_token_prompt(browser: Browser, aiohttp_server: Any, settings: Settings) -> None:
-    secured = settings.model_copy(update={"api_token": SecretStr("ui-token")})
-    runtime = Runtime(secured)
-    await runtime.open()
-    try:
-        srv = await aiohttp_server(create_app(secured, runtime=runtime))
-        page, _ = await open_page(browser, str(srv.make_url("/#/jobs")))
-        dialog = page.get_by_role("dialog")
-        await expect(dialog).to_be_visible()
-        await shot(page, "token-prompt")
-        await page.get_by_role("textbox", name="Token").fill("ui-token")
-        await page.get_by_role("button", name="Save").click()
-        await expect(page.get_by_text("No jobs yet")).to_be_visible()
-    finally:
-        await runtime.close()
+async def test_token_prompt(browser: Browser, aiohttp_server: Any, make_runtime: RuntimeFactory) -> None:
+    runtime = await make_runtime(api_token=SecretStr("ui-token"))
+    srv = await aiohttp_server(create_app(runtime.settings, runtime=runtime))
+    page, _ = await open_page(browser, str(srv.make_url("/#/jobs")))
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await shot(page, "token-prompt")
+    await page.get_by_role("textbox", name="Token").fill("ui-token")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_text("No jobs yet")).to_be_visible()

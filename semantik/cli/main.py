@@ -1,0 +1,308 @@
+"""The ``semantik`` command: run the product (``up``, ``serve``) and use it (``index``, ``search``)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+from semantik.settings import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except Exception as exc:  # pydantic's message names the bad variable
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+
+
+def _check_exposure(settings: Settings) -> None:
+    host = settings.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and settings.api_token is None:
+        raise click.ClickException(
+            f"refusing to listen on {host} without SEMANTIK_API_TOKEN: anyone who can reach it could read"
+            " your documents. Set a token, or bind to 127.0.0.1."
+        )
+
+
+def _api_url(settings: Settings, url: str | None) -> str:
+    return url or os.environ.get("SEMANTIK_URL") or f"http://{settings.host}:{settings.port}"
+
+
+def _run_client(call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run one API conversation; API and connection errors become one clear CLI error."""
+    from semantik.cli.client import ApiError
+
+    try:
+        return asyncio.run(call)
+    except ApiError as exc:
+        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+
+
+def _get(url: str | None, path: str, as_json: bool) -> dict[str, Any] | None:
+    """GET an API path; with ``as_json`` print the raw JSON and return None (nothing left to do)."""
+    from semantik.cli.client import Client
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            return dict(await client.request("GET", path))
+
+    data = _run_client(run())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return None
+    return data
+
+
+def _token(settings: Settings) -> str | None:
+    return settings.api_token.get_secret_value() if settings.api_token else None
+
+
+@click.group()
+@click.version_option(package_name="semantik")
+def main() -> None:
+    """Semantik: private semantic search over your documents."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on [SEMANTIK_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, help="Port to listen on [SEMANTIK_PORT, default 8420].")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory [SEMANTIK_DATA_DIR].")
+def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Everything on one box: Redis (started if none is configured), the server and a worker, one process."""
+    from semantik.cli.up import run_embedded
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    _check_exposure(settings)
+    asyncio.run(run_embedded(settings))
+
+
+@main.command()
+@click.option("--host", help="Address to listen on [SEMANTIK_HOST].")
+@click.option("--port", type=int, help="Port to listen on [SEMANTIK_PORT].")
+def serve(host: str | None, port: int | None) -> None:
+    """The API server alone; run workers with `arq workers.main.WorkerSettings`."""
+    from aiohttp import web
+
+    from semantik.logs import AccessLogger, configure_logging
+    from semantik.web.app import create_app
+
+    settings = _settings(host=host, port=port)
+    _check_exposure(settings)
+    configure_logging(settings)
+    click.echo(f"Semantik API on http://{settings.host}:{settings.port}", err=True)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", "-c", required=True, help="Collection to index into (created on first use).")
+@click.option("--include", multiple=True, help="Glob of files to take (repeatable); default: supported types.")
+@click.option("--exclude", multiple=True, help="Glob of files to leave out (repeatable).")
+@click.option("--no-recursive", is_flag=True, help="Only the top level of DIRECTORY.")
+@click.option("--name", help="A name for the job.")
+@click.option("--no-wait", is_flag=True, help="Print the job and return at once.")
+@click.option("--follow", "-f", is_flag=True, help="Live progress over the job's WebSocket (files, chunks, rate, ETA).")
+@click.option("--url", help="Server URL [SEMANTIK_URL, default http://SEMANTIK_HOST:SEMANTIK_PORT].")
+def index(
+    directory: Path,
+    collection: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    no_recursive: bool,
+    name: str | None,
+    no_wait: bool,
+    follow: bool,
+    url: str | None,
+) -> None:
+    """Index DIRECTORY into a collection through the API, and wait until the job ends."""
+    from semantik.cli.client import Client
+
+    settings = _settings()
+    absolute = str(directory.resolve())
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            job = await client.create_job(
+                collection,
+                absolute,
+                recursive=not no_recursive,
+                include=list(include) or None,
+                exclude=list(exclude) or None,
+                name=name,
+            )
+            click.echo(f"job {job['id']} queued", err=True)
+            if no_wait:
+                return job
+            if follow:
+                from semantik.cli.follow import follow_job
+
+                await follow_job(client.base_url, _token(settings), job["id"])
+                return dict(await client.request("GET", f"/api/jobs/{job['id']}"))
+            return await _wait_with_progress(client, job["id"])
+
+    job = _run_client(run())
+    click.echo(json.dumps(job, indent=2))
+    if job["status"] in ("failed", "cancelled"):
+        sys.exit(1)
+
+
+async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks"),
+        TimeRemainingColumn(),
+        transient=True,
+        console=None,
+    ) as progress:
+        task = progress.add_task("indexing", total=None, chunks=0)
+
+        def update(job: dict[str, Any]) -> None:
+            finished = job["files_done"] + job["files_failed"] + job["files_skipped"]
+            progress.update(
+                task,
+                total=job["files_total"] or None,
+                completed=finished,
+                chunks=job["chunks"],
+                description=job["status"],
+            )
+
+        await client.wait(job_id, on_update=update)
+    return await client.request("GET", f"/api/jobs/{job_id}")  # type: ignore[no-any-return]
+
+
+@main.command()
+@click.argument("query")
+@click.option("--collection", "-c", required=True)
+@click.option("-k", default=5, show_default=True, type=click.IntRange(1, 100), help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON response.")
+@click.option("--url", help="Server URL [SEMANTIK_URL].")
+def search(query: str, collection: str, k: int, as_json: bool, url: str | None) -> None:
+    """Search a collection and print the best chunks."""
+    from semantik.cli.client import Client
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with Client(_api_url(settings, url), _token(settings)) as client:
+            return await client.search(query, collection, k)
+
+    response = _run_client(run())
+    if as_json:
+        click.echo(json.dumps(response, indent=2))
+        return
+    if not response["results"]:
+        click.echo("no results")
+    for rank, hit in enumerate(response["results"], start=1):
+        text = " ".join(hit["text"].split())
+        click.echo(f"{rank}. {hit['score']:.3f}  {hit['path']}  [chunk {hit['chunk_index']}]")
+        click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
+@click.option("--job", help="Only lines of this job id.")
+@click.option(
+    "--level", type=click.Choice(["debug", "info", "warning", "error", "critical"]), help="At least this level."
+)
+@click.option("--event", help="Only this event name.")
+@click.option("--since", help="Only lines newer than this: 10m, 2h, 1d or an ISO time.")
+@click.option("--follow", "-f", is_flag=True, help="Keep reading as the files grow.")
+@click.option("--json", "as_json", is_flag=True, help="Print matching lines as JSON, not pretty.")
+def logs(
+    files: tuple[str, ...], job: str | None, level: str | None, event: str | None, since: str | None,
+    follow: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Filter and pretty-print JSON log lines from FILES (or standard input)."""
+    from semantik.cli.logview import Filter, lines_of, parse_since, show
+
+    flt = Filter(job=job, level=level, event=event, since=parse_since(since) if since else None)
+    handles = [sys.stdin if name == "-" else open(name, encoding="utf-8", errors="replace") for name in files]  # noqa: SIM115
+    try:
+        show(lines_of(handles or [sys.stdin], follow), flt, as_json)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for handle in handles:
+            if handle is not sys.stdin:
+                handle.close()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of GET /api/monitor.")
+@click.option("--url", help="Server URL [SEMANTIK_URL].")
+def workers(as_json: bool, url: str | None) -> None:
+    """Live workers, the queue, running jobs and recent failures (what GET /api/monitor shows)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    data = _get(url, "/api/monitor", as_json)
+    if data is None:
+        return
+    console = Console()
+    table = Table(title="workers")
+    for column in ("worker", "device", "current job", "done", "failed", "since"):
+        table.add_column(column)
+    for w in data.get("workers") or []:
+        table.add_row(w["worker_id"], w["device"], w["current_job"] or "-", str(w["jobs_done"]),
+                      str(w["jobs_failed"]), w["started_at"])  # fmt: skip
+    console.print(table)
+    queue = data.get("queue") or {}
+    console.print(f"queue: {queue.get('depth', '?')} waiting, oldest {queue.get('oldest_age_s') or 0} s;"
+                  f" jobs: {data['jobs_by_status']}")  # fmt: skip
+    for job in data["running_jobs"]:
+        console.print(f"running {job['id']} [{job['collection']}] {job['files_done']}/{job['files_total']} files"
+                      f" on {job['worker_id']}: {job['current_file'] or ''}")  # fmt: skip
+    throughput = data.get("throughput") or {}
+    console.print(f"throughput: {throughput.get('chunks_last_5_min', 0)} chunks in the last 5 minutes")
+    for failure in data["recent_failures"]:
+        console.print(
+            f"[red]failed {failure['kind']}[/red] {failure.get('path') or failure.get('id')}: {failure['error']}"
+        )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of GET /api/gpus.")
+@click.option("--url", help="Server URL [SEMANTIK_URL].")
+def gpus(as_json: bool, url: str | None) -> None:
+    """GPU lease slots: free or held (by which worker and job, since when, until when), and waiters."""
+    data = _get(url, "/api/gpus", as_json)
+    if data is None:
+        return
+    if not data["configured"]:
+        click.echo("no GPUs configured (SEMANTIK_GPU_DEVICES is empty): jobs run on the CPU")
+        return
+    now_ms = data["now_ms"]
+    for slot in data["slots"]:
+        if slot["state"] == "held":
+            held_s = (now_ms - slot["acquired_at_ms"]) / 1000
+            left_s = (slot["expires_at_ms"] - now_ms) / 1000
+            click.echo(f"{slot['slot']}  held by {slot['owner']}  job {slot['job_id']}  for {held_s:.0f} s,"
+                       f" lease expires in {left_s:.0f} s")  # fmt: skip
+        else:
+            click.echo(f"{slot['slot']}  free")
+    for waiter in data["waiters"]:
+        click.echo(f"waiting: {waiter['owner']}  job {waiter['job_id']}")
+
+
+if __name__ == "__main__":
+    main()

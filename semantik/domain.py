@@ -1,0 +1,130 @@
+"""The domain's closed sets and records, shared by every layer: job and file states, event types,
+and the job, file and collection records the store returns and the API serves.
+
+States and event types are ``StrEnum``: they compare equal to their JSON strings, the type checker
+sees the closed set, and the OpenAPI description publishes them as enums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A job in one of these has ended; only a retry moves it again.
+TERMINAL_STATES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+class FileStatus(StrEnum):
+    """A file within a job."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class EventType(StrEnum):
+    """Job events (worker → Redis pub/sub → server → WebSocket); ``snapshot`` is made by the server."""
+
+    JOB_QUEUED = "job_queued"
+    JOB_STARTED = "job_started"
+    SCAN_COMPLETED = "scan_completed"
+    FILE_COMPLETED = "file_completed"
+    FILE_FAILED = "file_failed"
+    PROGRESS = "progress"
+    JOB_COMPLETED = "job_completed"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    SNAPSHOT = "snapshot"
+
+
+TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_FAILED, EventType.JOB_CANCELLED})
+
+# What an event carries about its job: the counters read back in the transaction that made the change.
+JobState = dict[str, Any]
+
+
+def utcnow() -> str:
+    """Now, as the ISO-8601 UTC text every timestamp in the database and the API uses."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """One file found by the scan; ``status``/``error`` are set when it is skipped outright."""
+
+    path: str
+    size: int
+    mtime: float
+    status: FileStatus = FileStatus.PENDING
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A file row still waiting to be indexed."""
+
+    id: int
+    path: str
+    size: int
+
+
+class FileInfo(BaseModel):
+    path: str
+    size: int
+    status: FileStatus
+    error: str | None
+    chunks: int
+    sha256: str | None
+
+
+class Job(BaseModel):
+    id: str
+    name: str | None
+    status: JobStatus
+    collection: str
+    directory: str
+    recursive: bool
+    include: list[str] | None
+    exclude: list[str] | None
+    files_total: int
+    files_done: int
+    files_failed: int
+    files_skipped: int
+    chunks: int
+    current_file: str | None
+    worker_id: str | None
+    device: str | None
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    seq: int = 0
+    attempts: int = 1
+    cancel_requested_at: str | None = None
+    failed_files: list[FileInfo] | None = None
+
+
+class Collection(BaseModel):
+    name: str
+    model: str
+    dim: int
+    created_at: str
+    documents: int = 0
+    chunks: int = 0

@@ -1,0 +1,1 @@
+"""GPU leases: a counting semaphore in Redis shared by every worker on every machine."""

@@ -1,0 +1,302 @@
+"""One embedding job: scan, then extract → chunk → embed → upsert, overlapped so the model never waits.
+
+- Preparation (read, hash, extract, chunk) runs in threads, ``extract_workers`` files at a time,
+  a few files ahead of the model.
+- The model takes batches that may span files; a partial batch goes as soon as nothing else is
+  ready, because an idle model is the one cost we cannot win back.
+- A file whose chunks are all embedded is upserted and then committed as done, in the background,
+  while the model works on the next batch. Point ids are deterministic, so a retried or resumed job
+  re-upserts without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from semantik.domain import EventType, FileStatus, Job, PendingFile
+from semantik.events.publish import JobEvents
+from semantik.indexing.chunk import Chunker, chunker_for
+from semantik.indexing.extract import ExtractionError, extract_text, read_file
+from semantik.indexing.presence import Stats
+from semantik.indexing.scan import scan_directory
+from semantik.inference.embedder import Embedder
+from semantik.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+UPSERTS_IN_FLIGHT = 2
+ENCODE_GROUP = 4
+READY_FILES = 64
+
+
+class JobError(Exception):
+    """The whole job cannot go on; the message is stored as the job's error."""
+
+
+class JobCancelled(Exception):
+    """A user asked the job to stop; it stopped between batches."""
+
+
+StopCheck = Callable[[], Awaitable[bool]]
+STOP_CHECK_INTERVAL_S = 0.25
+
+
+@dataclass
+class _Prepared:
+    file: PendingFile
+    sha256: str
+    chunks: list[str]
+    stale: list[str]
+    queued: int = 0  # chunks handed to the model so far
+    embedded: int = 0
+    vectors: npt.NDArray[np.float32] | None = None
+    started: bool = field(default=False)
+
+
+async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents, should_stop: StopCheck) -> None:
+    """Scan the job's folder and index every pending file; raises JobCancelled when asked to stop."""
+    s = rt.settings
+    directory = Path(job.directory)
+    if not await asyncio.to_thread(directory.is_dir):
+        raise JobError(f"directory {job.directory} does not exist any more")
+    try:
+        scanned = await asyncio.to_thread(
+            scan_directory,
+            directory,
+            recursive=job.recursive,
+            include=job.include,
+            exclude=job.exclude,
+            allowed_roots=s.allowed_roots,
+            max_file_size_bytes=s.max_file_size_bytes,
+        )
+    except OSError as exc:
+        raise JobError(f"cannot list {job.directory}: {exc.strerror or exc}") from exc
+    await events.emit(EventType.SCAN_COMPLETED, rt.jobs.record_scan(job.id, scanned))
+    pending_files = await rt.jobs.pending_files(job.id)
+    log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending_files))
+    chunker = chunker_for(embedder, s.chunk_size_tokens, s.chunk_overlap_tokens)
+    pipeline = _Pipeline(rt, job, embedder, chunker, events, len(pending_files), should_stop)
+    if pending_files:
+        await rt.vectors.ensure_collection(job.collection, embedder.dim)
+        await pipeline.run(pending_files)
+    await pipeline.progress(force=True)
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        rt: Runtime,
+        job: Job,
+        embedder: Embedder,
+        chunker: Chunker,
+        events: JobEvents,
+        pending: int,
+        should_stop: StopCheck,
+    ) -> None:
+        self.should_stop = should_stop
+        self.stats = Stats(events.publisher.redis, events.publisher.names)
+        self.next_stop_check_s = 0.0
+        self.rt, self.job, self.embedder, self.chunker, self.events = rt, job, embedder, chunker, events
+        self.pending_at_start = pending
+        self.settled = 0  # files of this run that reached a final state
+        self.chunks_embedded = 0
+        self.started_s = time.monotonic()
+        workers = rt.settings.extract_workers
+        self.workers = workers
+        # Prepared files waiting for the model: deep enough to fill full encode groups from small files.
+        self.ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=READY_FILES)
+        self.upserts: set[asyncio.Task[None]] = set()
+        self.upsert_slots = asyncio.Semaphore(UPSERTS_IN_FLIGHT)
+        self.failure: BaseException | None = None
+
+    async def run(self, pending: list[PendingFile]) -> None:
+        producer = asyncio.create_task(self._produce(pending))
+        try:
+            await self._consume()
+            await producer
+        finally:
+            producer.cancel()
+            # Files whose vectors are embedded still get written and committed, even when the job
+            # stops: that work is done, and a file is only ever marked done after its upsert.
+            while self.upserts:
+                await asyncio.wait(set(self.upserts))
+        self._raise_commit_failure()
+
+    async def _check_stop(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_stop_check_s:
+            self.next_stop_check_s = now + STOP_CHECK_INTERVAL_S
+            if await self.should_stop():
+                raise JobCancelled()
+
+    # -- preparation -------------------------------------------------------------------------
+
+    async def _produce(self, pending: list[PendingFile]) -> None:
+        files = iter(pending)
+
+        async def prepare_next() -> None:
+            for pending_file in files:  # the iterator is shared: each file is taken once
+                await self._check_stop()
+                prepared = await self._prepare(pending_file)
+                if prepared is not None:
+                    await self.ready.put(prepared)
+
+        try:
+            await asyncio.gather(*(prepare_next() for _ in range(self.workers)))
+        finally:
+            await self.ready.put(None)
+
+    async def _prepare(self, file: PendingFile) -> _Prepared | None:
+        jobs, collection = self.rt.jobs, self.job.collection
+        path = Path(file.path)
+        sha256 = None
+        try:
+            data, sha256 = await asyncio.to_thread(read_file, path)
+            indexed_from = await jobs.indexed_path(collection, sha256)
+            if indexed_from is not None:
+                reason = (
+                    "unchanged since last indexed" if indexed_from == file.path else f"same content as {indexed_from}"
+                )
+                await self._settle(file, FileStatus.SKIPPED, reason, sha256)
+                return None
+            chunks = await asyncio.to_thread(self._extract_and_chunk, data, path)
+        except ExtractionError as exc:
+            log.warning("file_failed", job_id=self.job.id, file=file.path, error=str(exc))
+            await self._settle(file, FileStatus.FAILED, str(exc), sha256)
+            return None
+        if not chunks:
+            await self._settle(file, FileStatus.SKIPPED, "no text to index", sha256)
+            return None
+        stale = await jobs.stale_hashes(collection, file.path, sha256)
+        return _Prepared(file, sha256, chunks, stale)
+
+    async def _settle(self, file: PendingFile, status: str, reason: str, sha256: str | None) -> None:
+        change = self.rt.jobs.settle_file(self.job.id, file.id, status, reason, sha256)
+        await self.events.emit(EventType.FILE_FAILED, change, path=file.path, error=reason)
+        self.settled += 1
+        await self.progress()
+
+    async def progress(self, *, force: bool = False) -> None:
+        """A throttled progress event (at most every PROGRESS_INTERVAL_S), with rate and ETA."""
+        if not (self.events.progress_due() or force):
+            return
+        elapsed_s = max(time.monotonic() - self.started_s, 1e-6)
+        remaining = max(self.pending_at_start - self.settled, 0)
+        eta_s = round(elapsed_s / self.settled * remaining, 1) if self.settled else None
+        await self.events.emit(
+            EventType.PROGRESS,
+            self.rt.jobs.progress(self.job.id),
+            rate_chunks_s=round(self.chunks_embedded / elapsed_s, 2),
+            eta_s=eta_s,
+        )
+
+    def _extract_and_chunk(self, data: bytes, path: Path) -> list[str]:
+        try:
+            text = extract_text(data, path.resolve().suffix)  # a symlink is read as what it points to
+        except ExtractionError:
+            raise
+        except Exception as exc:  # a parser bug on a strange file fails that file, not the job
+            raise ExtractionError(f"cannot extract text: {type(exc).__name__}: {exc}") from exc
+        return self.chunker.chunk(text) if text else []
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        # Up to ENCODE_GROUP model batches per encode call: sentence-transformers sorts one call's
+        # texts by length, so grouping cuts padding (files end in short chunks) at no latency cost.
+        batch_size = self.embedder.batch_size * ENCODE_GROUP
+        open_files: deque[_Prepared] = deque()  # files with chunks not yet handed to the model
+        produced_all = False
+
+        def waiting_chunks() -> int:
+            return sum(len(item.chunks) - item.queued for item in open_files)
+
+        while True:
+            self._raise_commit_failure()
+            await self._check_stop()
+            # Take what is ready; block on preparation only when the model has nothing to do.
+            while not produced_all and waiting_chunks() < batch_size:
+                if waiting_chunks() and self.ready.empty():
+                    break
+                item = await self.ready.get()
+                if item is None:
+                    produced_all = True
+                else:
+                    open_files.append(item)
+            if not open_files:
+                return
+            batch: list[tuple[_Prepared, int]] = []
+            while open_files and len(batch) < batch_size:
+                current = open_files[0]
+                take = min(batch_size - len(batch), len(current.chunks) - current.queued)
+                batch.extend((current, current.queued + i) for i in range(take))
+                current.queued += take
+                if current.queued == len(current.chunks):
+                    open_files.popleft()
+            await self._embed(batch)
+
+    async def _embed(self, batch: list[tuple[_Prepared, int]]) -> None:
+        first = batch[0][0]
+        if not first.started:
+            first.started = True
+            await self.rt.jobs.set_current_file(self.job.id, first.file.path)
+        began_s = time.perf_counter()
+        vectors = await self.embedder.encode([item.chunks[index] for item, index in batch])
+        self.chunks_embedded += len(batch)
+        await self.stats.embedded(len(batch), time.perf_counter() - began_s)
+        for row, (item, index) in enumerate(batch):
+            if item.vectors is None:
+                item.vectors = np.empty((len(item.chunks), vectors.shape[1]), dtype=np.float32)
+            item.vectors[index] = vectors[row]
+            item.embedded += 1
+            if item.embedded == len(item.chunks):
+                task = asyncio.create_task(self._commit(item))
+                self.upserts.add(task)
+                task.add_done_callback(self._commit_done)
+
+    # -- storing -----------------------------------------------------------------------------
+
+    async def _commit(self, item: _Prepared) -> None:
+        assert item.vectors is not None
+        async with self.upsert_slots:
+            rt, job = self.rt, self.job
+            await rt.vectors.upsert_file(
+                job.collection,
+                sha256=item.sha256,
+                path=item.file.path,
+                job_id=job.id,
+                texts=item.chunks,
+                vectors=item.vectors,
+            )
+            await rt.vectors.delete_contents(job.collection, item.stale)
+            change = rt.jobs.commit_file(
+                job_id=job.id,
+                file_id=item.file.id,
+                collection=job.collection,
+                path=item.file.path,
+                sha256=item.sha256,
+                chunks=len(item.chunks),
+                stale=item.stale,
+            )
+            await self.events.emit(EventType.FILE_COMPLETED, change, path=item.file.path, file_chunks=len(item.chunks))
+        self.settled += 1
+        log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
+        await self.progress()
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self.upserts.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    def _raise_commit_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure

@@ -1,0 +1,107 @@
+"""Find the files a job indexes: include/exclude globs, a size limit, symlinks kept inside the roots."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from semantik.domain import FileStatus, ScannedFile
+from semantik.indexing.extract import SUPPORTED_SUFFIXES
+from semantik.paths import is_within
+
+
+def _matches(relative: str, patterns: Sequence[str]) -> bool:
+    # A pattern matches the path relative to the job directory or the bare file name:
+    # "*.pdf" takes every PDF at any depth, "reports/*" everything under reports/.
+    name = relative.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def folder_entry(path: Path) -> str:
+    """How a folder that cannot be listed is named among the job's files: with a trailing separator."""
+    return str(path).rstrip(os.sep) + os.sep
+
+
+def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[tuple[Path, Path | None, str | None]]:
+    """Yield (path as found, resolved target or None when it leaves the roots or is dangling, None)
+    for files, and (folder, None, why) for a folder below ``directory`` that cannot be listed.
+
+    Raises OSError when ``directory`` itself cannot be listed.
+    """
+    seen_dirs: set[Path] = set()
+    stack = [directory]
+    while stack:
+        current = stack.pop()
+        real_dir = current.resolve()
+        if real_dir in seen_dirs:  # a symlink loop or a second link to the same folder
+            continue
+        seen_dirs.add(real_dir)
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:
+            if current == directory:
+                raise
+            # Its files are unknown, so the folder itself is accounted for, as one failed entry.
+            yield current, None, f"cannot list folder: {exc.strerror or exc}"
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                target = path.resolve(strict=True) if entry.is_symlink() else path
+            except (OSError, RuntimeError):
+                yield path, None, None
+                continue
+            if not is_within(target, roots):
+                yield path, None, None
+                continue
+            if target.is_dir():
+                if recursive:
+                    stack.append(path)
+            elif target.is_file():
+                yield path, target, None
+
+
+def scan_directory(
+    directory: Path,
+    *,
+    recursive: bool,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    allowed_roots: Sequence[Path],
+    max_file_size_bytes: int,
+) -> list[ScannedFile]:
+    """Every candidate file under ``directory``; files that cannot be indexed come back already
+    ``skipped`` or ``failed`` with the reason, and so does a folder that cannot be listed (named by
+    ``folder_entry``), so each one is accounted for. Raises OSError when ``directory`` cannot be listed."""
+    found: list[ScannedFile] = []
+    for path, target, problem in _walk(directory, recursive, allowed_roots):
+        relative = path.relative_to(directory).as_posix()
+        if exclude and _matches(relative, exclude):
+            continue
+        if problem is not None:  # whatever the include globs say: files in it may match them
+            found.append(ScannedFile(folder_entry(path), 0, 0.0, FileStatus.FAILED, problem))
+            continue
+        suffix = path.suffix.lower()
+        if include is None:
+            if suffix not in SUPPORTED_SUFFIXES:
+                continue
+        elif not _matches(relative, include):
+            continue
+        if target is None:
+            reason = "broken symlink" if not path.exists() else "symlink leads outside the allowed roots"
+            found.append(ScannedFile(str(path), 0, 0.0, FileStatus.SKIPPED, reason))
+            continue
+        try:
+            stat = target.stat()
+        except OSError as exc:
+            found.append(ScannedFile(str(path), 0, 0.0, FileStatus.FAILED, f"cannot stat: {exc.strerror}"))
+            continue
+        status, error = FileStatus.PENDING, None
+        if (target.suffix.lower() if target != path else suffix) not in SUPPORTED_SUFFIXES:
+            status, error = FileStatus.SKIPPED, f"unsupported file type {suffix or '(none)'!r}"
+        elif stat.st_size > max_file_size_bytes:
+            status, error = FileStatus.SKIPPED, f"larger than the {max_file_size_bytes // (1024 * 1024)} MB limit"
+        found.append(ScannedFile(str(path), stat.st_size, stat.st_mtime, status, error))
+    return found

@@ -1,0 +1,1 @@
+"""The embedding model: loading it offline and running encode off the event loop."""

@@ -1,0 +1,1 @@
+"""Where state lives: SQLite (jobs, files, collections, documents) and the vectors in Qdrant."""

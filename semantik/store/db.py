@@ -1,0 +1,180 @@
+"""SQLite access: one writer connection per process, a small pool of readers, numbered migrations.
+
+WAL lets readers run beside the writer (and beside writers in other processes on the same box);
+``busy_timeout`` makes a second process's writer wait instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+BUSY_TIMEOUT_MS = 30_000
+
+# Each entry is applied once, in order, inside a transaction; never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE collections (
+        name        TEXT PRIMARY KEY,
+        model       TEXT NOT NULL,
+        dim         INTEGER NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        id            TEXT PRIMARY KEY,
+        name          TEXT,
+        collection    TEXT NOT NULL REFERENCES collections(name),
+        directory     TEXT NOT NULL,
+        recursive     INTEGER NOT NULL,
+        include       TEXT,
+        exclude       TEXT,
+        status        TEXT NOT NULL,
+        files_total   INTEGER NOT NULL DEFAULT 0,
+        files_done    INTEGER NOT NULL DEFAULT 0,
+        files_failed  INTEGER NOT NULL DEFAULT 0,
+        files_skipped INTEGER NOT NULL DEFAULT 0,
+        chunks        INTEGER NOT NULL DEFAULT 0,
+        current_file  TEXT,
+        worker_id     TEXT,
+        device        TEXT,
+        error         TEXT,
+        created_at    TEXT NOT NULL,
+        started_at    TEXT,
+        finished_at   TEXT
+    );
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE INDEX jobs_created ON jobs(created_at);
+    CREATE TABLE files (
+        id          INTEGER PRIMARY KEY,
+        job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        path        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime       REAL NOT NULL,
+        sha256      TEXT,
+        status      TEXT NOT NULL,
+        error       TEXT,
+        chunks      INTEGER NOT NULL DEFAULT 0,
+        updated_at  TEXT NOT NULL,
+        UNIQUE (job_id, path)
+    );
+    CREATE INDEX files_job_status ON files(job_id, status);
+    -- What each collection holds: one row per distinct file content, so a re-run skips it.
+    CREATE TABLE documents (
+        collection  TEXT NOT NULL REFERENCES collections(name),
+        sha256      TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        chunks      INTEGER NOT NULL,
+        job_id      TEXT NOT NULL,
+        indexed_at  TEXT NOT NULL,
+        PRIMARY KEY (collection, sha256)
+    );
+    CREATE INDEX documents_path ON documents(collection, path);
+    """,
+    # Events: the number of the job's last event, so a snapshot says where the stream continues.
+    """
+    ALTER TABLE jobs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    """,
+    # Lifecycle: cancellation requests, retries (each run has its own arq job id), crash resume.
+    """
+    ALTER TABLE jobs ADD COLUMN cancel_requested_at TEXT;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN arq_job_id TEXT;
+    CREATE INDEX jobs_finished ON jobs(finished_at);
+    """,
+]
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+class Database:
+    """All writes go through one connection guarded by a lock; reads use a bounded pool."""
+
+    def __init__(self, path: Path, readers: int = 3) -> None:
+        self.path = path
+        self._reader_count = readers
+        self._writer: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await _connect(self.path)
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._migrate()
+        for _ in range(self._reader_count):
+            reader = await _connect(self.path)
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+
+    async def close(self) -> None:
+        for conn in self._all_readers:
+            await conn.close()
+        self._all_readers.clear()
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+
+    async def _migrate(self) -> None:
+        async with self.transaction() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = await (await conn.execute("SELECT MAX(version) FROM schema_version")).fetchone()
+            current = row[0] if row and row[0] is not None else 0
+            for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """An IMMEDIATE transaction on the writer: takes SQLite's write lock up front."""
+        if self._writer is None:
+            raise RuntimeError("database is not open")
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement; returns the number of rows changed."""
+        async with self.transaction() as conn:
+            cursor = await conn.execute(sql, params)
+            return cursor.rowcount
+
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._reader() as conn:
+            return list(await conn.execute_fetchall(sql, params))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return row[0] if row is not None else None

@@ -1,0 +1,1 @@
+"""The HTTP side: the aiohttp application, its one route table, handlers, WebSockets and the UI."""

@@ -1,0 +1,44 @@
+"""Request and response models of the REST API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_K = 100
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class JobCreate(_Request):
+    collection: str = Field(pattern=COLLECTION_NAME_PATTERN)
+    directory: str = Field(min_length=1, max_length=4096)
+    recursive: bool = True
+    include: list[str] | None = Field(default=None, max_length=100)
+    exclude: list[str] | None = Field(default=None, max_length=100)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class CollectionCreate(_Request):
+    name: str = Field(pattern=COLLECTION_NAME_PATTERN)
+
+
+class SearchRequest(_Request):
+    query: str = Field(min_length=1, max_length=10_000)
+    collection: str = Field(pattern=COLLECTION_NAME_PATTERN)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class SearchHit(BaseModel):
+    score: float
+    path: str
+    chunk_index: int
+    text: str
+    job_id: str | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    took_ms: float

@@ -1,0 +1,144 @@
+"""What the API does, apart from HTTP: each function takes parsed input and returns models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import structlog
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+
+from semantik.domain import EventType, Job, JobStatus
+from semantik.errors import Conflict, Forbidden, field_error
+from semantik.events.publish import EventPublisher, JobEvents, envelope
+from semantik.jobqueue import abort_arq_job, enqueue_embed_job, queue_unavailable
+from semantik.paths import is_within
+from semantik.runtime import Runtime
+from semantik.store.jobs import job_state
+from semantik.web.models import JobCreate, SearchHit, SearchRequest
+
+log = structlog.get_logger(__name__)
+
+
+def resolve_job_directory(rt: Runtime, directory: str) -> Path:
+    """The job's directory, resolved; refused unless it lies inside an allowed root."""
+    path = Path(directory).expanduser()
+    if not path.is_absolute():
+        raise field_error("directory", "directory must be an absolute path", "path_not_absolute")
+    resolved = path.resolve()
+    if not is_within(resolved, rt.settings.allowed_roots):
+        # Checked before existence, so the answer says nothing about paths outside the roots.
+        raise Forbidden(
+            f"{directory} is outside the allowed roots (SEMANTIK_ALLOWED_ROOTS)",
+            code="path_not_allowed",
+            details={"allowed_roots": [str(root) for root in rt.settings.allowed_roots]},
+        )
+    if not resolved.is_dir():
+        raise field_error("directory", f"{directory} is not an existing directory", "directory_not_found")
+    return resolved
+
+
+async def _queue_reachable(queue: ArqRedis) -> None:
+    """Refuse (503) before changing anything when the queue cannot take the job anyway."""
+    try:
+        await queue.ping()
+    except (RedisError, OSError) as exc:
+        raise queue_unavailable(queue, exc) from exc
+
+
+async def create_job(rt: Runtime, queue: ArqRedis, request: JobCreate) -> Job:
+    """Insert and enqueue a job. A refusal (503 when Redis is down) leaves nothing behind: no job
+    row, and no collection created for it."""
+    directory = resolve_job_directory(rt, request.directory)
+    for field, patterns in (("include", request.include), ("exclude", request.exclude)):
+        if patterns is not None and any(not pattern.strip() for pattern in patterns):
+            raise field_error(field, f"{field} patterns must not be empty", "empty_pattern")
+    await _queue_reachable(queue)
+    job, new_collection = await rt.jobs.create_job(
+        collection=request.collection,
+        directory=str(directory),
+        recursive=request.recursive,
+        include=request.include,
+        exclude=request.exclude,
+        name=request.name,
+        model=rt.model_name,
+        dim=rt.model_dim,
+    )
+    try:
+        await enqueue_embed_job(queue, job.id)
+    except BaseException as exc:  # Redis went away since the ping, or the request was cancelled
+        await asyncio.shield(rt.jobs.discard_job(job.id, drop_collection=new_collection))
+        log.error("job_enqueue_failed", job_id=job.id, error=repr(exc))
+        raise
+    # Announced once queued: a worker that starts it at once publishes seq 2, which a listener
+    # that already has the job's state simply skips if it comes first.
+    publisher = EventPublisher(queue, rt.settings.redis_names)
+    await publisher.publish(envelope(EventType.JOB_QUEUED, job.id, job.seq, job_state(job)))
+    log.info("job_queued", job_id=job.id, collection=job.collection, directory=job.directory)
+    return job
+
+
+async def cancel_job(rt: Runtime, queue: ArqRedis, job_id: str) -> tuple[Job, bool]:
+    """Cancel a queued job now, or tell a running one to stop (its worker confirms within a batch).
+    Returns the job and whether it is already cancelled. A finished job is 409."""
+    previous, state = await rt.lifecycle.request_cancel(job_id)
+    publisher = EventPublisher(queue, rt.settings.redis_names)
+    if state is not None:
+        data = {key: value for key, value in state.items() if key != "seq"}
+        await publisher.publish(envelope(EventType.JOB_CANCELLED, job_id, int(state["seq"]), data))
+    else:
+        arq_job_id = await rt.lifecycle.arq_job_id(job_id)
+        if arq_job_id:
+            await abort_arq_job(queue, arq_job_id)
+    log.info("job_cancel_requested", job_id=job_id, was=previous)
+    return await rt.jobs.get_job(job_id), state is not None
+
+
+# A retry runs what is left: failed and never-reached files. A completed job has nothing left.
+RETRYABLE_STATES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.COMPLETED_WITH_ERRORS})
+
+
+async def retry_job(rt: Runtime, queue: ArqRedis, job_id: str) -> Job:
+    """Run a job that failed, was cancelled or completed with errors again: files already done are
+    kept, the rest (failed ones included) are processed. Anything else is 409."""
+    job = await rt.jobs.get_job(job_id)
+    if job.status not in RETRYABLE_STATES:
+        raise Conflict(
+            f"only failed, cancelled or completed_with_errors jobs can be retried; job {job_id} is {job.status}",
+            code="not_retryable",
+        )
+    await _queue_reachable(queue)
+    events = JobEvents(EventPublisher(queue, rt.settings.redis_names), job_id)
+    change = rt.lifecycle.requeue(job_id, reason=None, new_run=True, from_status=job.status)
+    if await events.emit(EventType.JOB_QUEUED, change) is None:
+        raise Conflict(f"job {job_id} changed state meanwhile; try again", code="not_retryable")
+    try:
+        await enqueue_embed_job(queue, job_id, await rt.lifecycle.arq_job_id(job_id))
+    except Exception as exc:
+        error = f"could not be queued: {exc}"
+        await events.emit(EventType.JOB_FAILED, rt.jobs.fail_job(job_id, error), error=error)
+        raise
+    log.info("job_retried", job_id=job_id)
+    return await rt.jobs.get_job(job_id)
+
+
+async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], float]:
+    """Best chunks first, and the milliseconds it took."""
+    started = time.perf_counter()
+    await rt.jobs.get_collection(request.collection)  # 404 for an unknown collection
+    embedder = await rt.embedder()
+    vector = (await embedder.encode([request.query]))[0]
+    hits = await rt.vectors.search(request.collection, vector, request.k)
+    results = [
+        SearchHit(
+            score=hit.score,
+            path=str(hit.payload.get("path", "")),
+            chunk_index=int(hit.payload.get("chunk_index", 0)),
+            text=str(hit.payload.get("text", "")),
+            job_id=hit.payload.get("job_id"),
+        )
+        for hit in hits
+    ]
+    return results, (time.perf_counter() - started) * 1000

@@ -1,0 +1,177 @@
+"""HTTP handlers: parse into a model, call one service function, answer JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+
+from semantik.domain import FileStatus, JobStatus
+from semantik.errors import BadRequest, Unavailable, field_error
+from semantik.redis_names import PING_FUNCTION
+from semantik.web import monitor, services
+from semantik.web.appkeys import HUB, METRICS, QUEUE, RUNTIME
+from semantik.web.models import CollectionCreate, JobCreate, SearchRequest, SearchResponse
+
+M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", JobStatus, FileStatus)
+
+MAX_JOBS_LISTED = 1000
+MAX_FILES_LISTED = 10_000
+MAX_OFFSET = 10**9
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return model.model_validate(body)
+
+
+def _query_int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= high:
+        raise field_error(name, f"{name} must be an integer from 0 to {high}", "invalid_query")
+    return value
+
+
+def _query_enum(request: web.Request, name: str, values: type[E]) -> E | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return values(raw)
+    except ValueError:
+        allowed = ", ".join(member.value for member in values)
+        raise field_error(name, f"{name} must be one of: {allowed}", "invalid_query") from None
+
+
+def json_out(data: Any, status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    return web.json_response(data, status=status)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    job = await services.create_job(request.app[RUNTIME], request.app[QUEUE], await parse(request, JobCreate))
+    return json_out(job, status=201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = await request.app[RUNTIME].jobs.list_jobs(
+        status=_query_enum(request, "status", JobStatus),
+        limit=_query_int(request, "limit", 100, MAX_JOBS_LISTED),
+        offset=_query_int(request, "offset", 0, MAX_OFFSET),
+    )
+    return json_out({"jobs": [job.model_dump(mode="json") for job in jobs]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return json_out(await request.app[RUNTIME].jobs.get_job(request.match_info["job_id"], with_failed_files=True))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job, cancelled = await services.cancel_job(request.app[RUNTIME], request.app[QUEUE], request.match_info["job_id"])
+    return json_out(job, status=200 if cancelled else 202)
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    job = await services.retry_job(request.app[RUNTIME], request.app[QUEUE], request.match_info["job_id"])
+    return json_out(job, status=202)
+
+
+async def list_job_files(request: web.Request) -> web.Response:
+    store = request.app[RUNTIME].jobs
+    job = await store.get_job(request.match_info["job_id"])
+    files = await store.list_files(
+        job.id,
+        status=_query_enum(request, "status", FileStatus),
+        limit=_query_int(request, "limit", 1000, MAX_FILES_LISTED),
+        offset=_query_int(request, "offset", 0, MAX_OFFSET),
+    )
+    return json_out({"job_id": job.id, "files": [f.model_dump(mode="json") for f in files]})
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    collections = await request.app[RUNTIME].jobs.list_collections()
+    return json_out({"collections": [col.model_dump(mode="json") for col in collections]})
+
+
+async def create_collection(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    body = await parse(request, CollectionCreate)
+    return json_out(await rt.jobs.create_collection(body.name, rt.model_name, rt.model_dim), status=201)
+
+
+async def get_collection(request: web.Request) -> web.Response:
+    return json_out(await request.app[RUNTIME].jobs.get_collection(request.match_info["name"]))
+
+
+async def search(request: web.Request) -> web.Response:
+    results, took_ms = await services.search(request.app[RUNTIME], await parse(request, SearchRequest))
+    request.app[METRICS].search_seconds.observe(took_ms / 1000)
+    return json_out(SearchResponse(results=results, took_ms=round(took_ms, 2)))
+
+
+async def _monitor(request: web.Request) -> dict[str, Any]:
+    data = await monitor.snapshot(request.app[RUNTIME], request.app[QUEUE])
+    data["ws_clients"] = request.app[HUB].listener_count
+    return data
+
+
+async def monitor_view(request: web.Request) -> web.Response:
+    return web.json_response(await _monitor(request))
+
+
+async def gpus(request: web.Request) -> web.Response:
+    return web.json_response(await monitor.gpu_status(request.app[QUEUE], request.app[RUNTIME]))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render(await _monitor(request))
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def health(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    checks: dict[str, Any] = {}
+    try:
+        await request.app[QUEUE].ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unavailable: {exc}"
+    try:
+        await rt.db.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {exc}"
+    healthy = all(value == "ok" for value in checks.values())
+    body = {"status": "ok" if healthy else "degraded", "checks": checks, "model": rt.model_name}
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def ping_worker(request: web.Request) -> web.Response:
+    """Round trip through the queue: which worker answered, and how long it took."""
+    queue = request.app[QUEUE]
+    timeout_s = _query_int(request, "timeout_s", 10, 120)
+    try:
+        job = await queue.enqueue_job(PING_FUNCTION)
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"the job queue (Redis) is unavailable: {exc}", code="queue_unavailable") from exc
+    if job is None:
+        raise Unavailable("could not enqueue the ping job", code="queue_unavailable")
+    try:
+        result = await job.result(timeout=timeout_s, poll_delay=0.05)
+    except TimeoutError as exc:
+        raise Unavailable(f"no worker answered within {timeout_s} s", code="no_worker") from exc
+    return web.json_response(result)
