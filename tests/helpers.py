@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 from arq.worker import Worker
 from qdrant_client import QdrantClient
@@ -223,3 +225,34 @@ def embedded_store_held(path: Path) -> Iterator[subprocess.Popen[bytes]]:
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- WebSockets and the fake GPU ------------------------------------------------------------------
+
+RECEIVE_TIMEOUT_S = 60.0
+
+
+async def read_until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    """Every JSON message the socket sends until the server closes it."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        message = await ws.receive(timeout=RECEIVE_TIMEOUT_S)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            closing = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            assert message.type in closing, message
+            return messages
+        messages.append(json.loads(message.data))
+
+
+class FakeGpuRuntime(Runtime):
+    """A FAKE GPU (none exists on these machines): records which device index a job leased and
+    runs it on the CPU instead. Everything else is real: the Redis leases, the worker, the model."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.fake_gpu_indexes: list[int] = []
+
+    def device_for(self, gpu_index: int | None) -> str:
+        if gpu_index is not None:
+            self.fake_gpu_indexes.append(gpu_index)
+        return "cpu"

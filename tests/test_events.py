@@ -27,19 +27,9 @@ from semantik.settings import Settings
 from semantik.web.app import create_app
 from semantik.web.appkeys import HUB
 from tests.conftest import ApiFactory
-from tests.helpers import new_job, wait_until, write
+from tests.helpers import new_job, read_until_closed, wait_until, write
 
 RECEIVE_TIMEOUT_S = 30
-
-
-async def read_until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    while True:
-        message = await ws.receive(timeout=RECEIVE_TIMEOUT_S)
-        if message.type != WSMsgType.TEXT:
-            assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), message
-            return messages
-        messages.append(json.loads(message.data))
 
 
 def assert_contiguous(messages: list[dict[str, Any]]) -> None:

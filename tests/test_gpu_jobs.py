@@ -13,23 +13,9 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from semantik.gpu.leases import gpu_leases
-from semantik.runtime import Runtime
 from semantik.settings import Settings
 from tests.conftest import ApiFactory, WorkerStarter
-from tests.helpers import job_view, new_job, run_burst, wait_until, write
-
-
-class FakeGpuRuntime(Runtime):
-    """A FAKE GPU: records which device index a job leased and runs it on the CPU instead."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.fake_gpu_indexes: list[int] = []
-
-    def device_for(self, gpu_index: int | None) -> str:
-        if gpu_index is not None:
-            self.fake_gpu_indexes.append(gpu_index)
-        return "cpu"
+from tests.helpers import FakeGpuRuntime, job_view, new_job, run_burst, wait_until, write
 
 
 async def fake_gpu_api(make_api: ApiFactory, **overrides: Any) -> tuple[TestClient[Any, Any], FakeGpuRuntime]:

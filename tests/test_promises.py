@@ -42,6 +42,7 @@ from semantik.store.vectors import qdrant_name
 from semantik.web.app import create_app
 from semantik.web.appkeys import HUB
 from tests.conftest import ClientFactory, write
+from tests.helpers import FakeGpuRuntime, read_until_closed
 
 REPO = Path(__file__).resolve().parents[1]
 RECEIVE_TIMEOUT_S = 60.0
@@ -73,16 +74,6 @@ async def new_job(api: TestClient[Any, Any], directory: Path, collection: str) -
     response = await api.post("/api/jobs", json={"collection": collection, "directory": str(directory)})
     assert response.status == 201, await response.text()
     return str((await response.json())["id"])
-
-
-async def read_until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    while True:
-        message = await ws.receive(timeout=RECEIVE_TIMEOUT_S)
-        if message.type != WSMsgType.TEXT:
-            assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), message
-            return messages
-        messages.append(json.loads(message.data))
 
 
 @contextlib.asynccontextmanager
@@ -358,19 +349,6 @@ async def test_transient_errors_retry_with_backoff_then_fail_after_max_tries(
 
 
 # -- 3. a GPU lease lost mid-job re-queues the job ----------------------------------------------------
-
-
-class FakeGpuRuntime(Runtime):
-    """A FAKE GPU: records which device index a job leased and runs it on the CPU instead."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.fake_gpu_indexes: list[int] = []
-
-    def device_for(self, gpu_index: int | None) -> str:
-        if gpu_index is not None:
-            self.fake_gpu_indexes.append(gpu_index)
-        return "cpu"
 
 
 async def test_gpu_lease_lost_mid_job_requeues_it_and_it_completes_without_sharing_the_gpu(
