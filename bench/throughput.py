@@ -15,15 +15,13 @@ from pathlib import Path
 
 from _harness import load_corpus, running_product, write_corpus
 
-from semantik.indexing.chunk import Chunker
+from semantik.indexing.chunk import chunker_for
 from semantik.inference.embedder import Embedder, default_model_path
 
 
 def raw_encode(texts: list[str], dtype: str, batch_size: int, chunk_size: int, overlap: int) -> tuple[int, float]:
     embedder = Embedder(default_model_path(), device="cpu", dtype=dtype, batch_size=batch_size)
-    chunker = Chunker(
-        embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=chunk_size, overlap=overlap
-    )
+    chunker = chunker_for(embedder, chunk_size, overlap)
     chunks = [chunk for text in texts for chunk in chunker.chunk(text)]
     embedder.encode_sync(chunks[: batch_size * 2])  # warm up
     started = time.perf_counter()

@@ -7,6 +7,7 @@ sees the closed set, and the OpenAPI description publishes them as enums.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -78,11 +79,17 @@ class ScannedFile:
 
 @dataclass(frozen=True)
 class PendingFile:
-    """A file row still waiting to be indexed."""
+    """A file row still waiting to be indexed. ``path`` is how it is shown (a name that is not
+    UTF-8 appears with ``\\xNN`` escapes); ``open_path`` is what to open (lossless)."""
 
     id: int
     path: str
     size: int
+    raw_path: bytes | None = None  # the name's bytes, only when they are not valid UTF-8
+
+    @property
+    def open_path(self) -> str:
+        return os.fsdecode(self.raw_path) if self.raw_path is not None else self.path
 
 
 class FileInfo(BaseModel):

@@ -7,7 +7,9 @@ stdlib loggers (arq, aiohttp, qdrant-client) go through the same processors, so 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -34,6 +36,60 @@ class RoutineAtDebug(logging.Filter):
         return True
 
 
+# Secrets that a library may put in a line: the token of an ``Authorization: Bearer`` header or of
+# the ``bearer.<token>`` WebSocket subprotocol (aiohttp logs the subprotocols a client offered),
+# and the password in a ``redis://:PASSWORD@host`` URL.
+_SECRETS = (
+    (re.compile(r"(?i)(bearer[.\s:=]+)[^\s'\",;\])}]+"), r"\1[redacted]"),
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]*:)[^@\s/'\"]+@"), r"\1[redacted]@"),
+)
+# Loggers of libraries whose lines may quote request headers; each gets the filter itself, so that
+# every handler (not only ours) sees the line redacted.
+_LIBRARY_LOGGERS = ("aiohttp.websocket", "aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.client")
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every secret above replaced by ``[redacted]`` (strings inside lists and
+    dicts too); anything else unchanged."""
+    if isinstance(value, str):
+        for pattern, replacement in _SECRETS:
+            value = pattern.sub(replacement, value)
+        return value
+    if isinstance(value, dict):
+        return {key: redact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(item) for item in value)
+    return value
+
+
+class RedactSecrets(logging.Filter):
+    """Formats a stdlib record's message now, redacted, when it holds a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):  # structlog's own records carry a dict: see redact_event
+            try:
+                message = record.getMessage()
+            except Exception:  # a broken format string is logging's to report, not ours
+                return True
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+def redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: no secret in any value of the line."""
+    return {key: redact(value) for key, value in event_dict.items()}
+
+
+def redact_secrets_in_logs() -> None:
+    """Put the redacting filter on the library loggers that may quote a secret (idempotent)."""
+    for name in _LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, RedactSecrets) for existing in logger.filters):
+            logger.addFilter(RedactSecrets())
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     use_console = settings.log_format == "console" or (settings.log_format == "auto" and stream.isatty())
@@ -58,12 +114,15 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if not use_console else structlog.processors.StackInfoRenderer(),
+            redact_event,
             renderer,
         ],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.addFilter(RoutineAtDebug())
+    handler.addFilter(RedactSecrets())
+    redact_secrets_in_logs()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

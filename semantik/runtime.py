@@ -8,7 +8,7 @@ import structlog
 
 from semantik.inference.embedder import Embedder, default_model_path, model_dimension
 from semantik.settings import Settings
-from semantik.store.db import Database
+from semantik.store.db import Database, make_private_dir
 from semantik.store.jobs import JobStore
 from semantik.store.lifecycle import Lifecycle
 from semantik.store.vectors import VectorStore
@@ -36,7 +36,8 @@ class Runtime:
         self._model_lock = asyncio.Lock()
 
     async def open(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Only this user may enter it: it holds every indexed chunk's text (SQLite, Qdrant).
+        make_private_dir(self.settings.data_dir, tighten=True)
         await self.db.open()
 
     async def close(self) -> None:

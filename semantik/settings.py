@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from semantik.redis_names import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, RedisNames
 
 DEFAULT_DATA_DIR = Path.home() / ".semantik"
+MIN_TOKEN_BYTES = 16
 
 
 class Settings(BaseSettings):
@@ -26,7 +27,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8420, ge=0, le=65535)
+    # When set, every API request needs it (at least MIN_TOKEN_BYTES; an empty token is refused).
     api_token: SecretStr | None = None
+    # The URL people reach this server by, when it is not a loopback address (behind a proxy, a
+    # host name): its host is accepted in Host and Origin headers besides the loopback names.
+    public_url: str | None = None
 
     # None: `semantik up` starts a private redis-server; serve/workers use redis://127.0.0.1:6379/0.
     redis_url: str | None = None
@@ -52,8 +57,17 @@ class Settings(BaseSettings):
 
     chunk_size_tokens: int = Field(default=256, ge=16)
     chunk_overlap_tokens: int = Field(default=32, ge=0)
+    # A chunk never holds more characters than this either (a run with no break is split).
+    chunk_max_chars: int = Field(default=4000, ge=100)
     max_file_size_mb: float = Field(default=50.0, gt=0)
+    # Extraction (read, parse, chunk) runs in this many killable child processes per worker.
     extract_workers: int = Field(default=2, ge=1, le=64)
+    # Limits per file; a file over one fails with a reason naming it.
+    extract_timeout_s: float = Field(default=120.0, gt=0)
+    extract_memory_mb: int = Field(default=2048, ge=256)
+    extract_max_pages: int = Field(default=5000, ge=1)
+    extract_max_chars: int = Field(default=20_000_000, ge=1000)
+    extract_max_unzipped_mb: float = Field(default=512.0, gt=0)
 
     worker_max_jobs: int = Field(default=4, ge=1)
     worker_poll_delay_s: float = Field(default=0.1, gt=0)
@@ -62,10 +76,23 @@ class Settings(BaseSettings):
     # whose heartbeat is older (worker killed, machine gone).
     job_heartbeat_ttl_s: float = Field(default=15.0, ge=1)
     job_max_tries: int = Field(default=5, ge=1)
+    # Runs of one job that may end with its worker gone (killed, crashed) before the job fails,
+    # naming the file it was processing: a file that kills workers cannot cause a crash loop.
+    job_max_attempts: int = Field(default=3, ge=1)
     job_retention_days: float = Field(default=7.0, gt=0)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("api_token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().encode()) < MIN_TOKEN_BYTES:
+            raise ValueError(
+                f"SEMANTIK_API_TOKEN must be at least {MIN_TOKEN_BYTES} bytes (an empty or short token"
+                " would let anyone in); unset it to run without a token on a loopback address"
+            )
+        return token
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -92,6 +119,7 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
 
     @property
     def redis_names(self) -> RedisNames:

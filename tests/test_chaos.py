@@ -20,9 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from semantik.cli.redis_server import RedisServer
-from semantik.indexing.chunk import Chunker
+from semantik.indexing.chunk import chunker_for
 from semantik.indexing.scan import folder_entry
-from semantik.inference.embedder import Embedder, default_model_path
+from semantik.inference.embedder import default_model_path
 from semantik.settings import Settings
 from tests.conftest import ApiFactory, RuntimeFactory
 from tests.helpers import JobView, ended, job_view, new_job, run_burst, stored_points, wait_for_job, write
@@ -41,8 +41,7 @@ def corpus(docs: Path) -> list[str]:
 
 def clean_run_chunks(texts: list[str]) -> int:
     """What a clean run stores: the chunker's output for every file."""
-    embedder = Embedder(default_model_path(), device="cpu", dtype="fp32", batch_size=8)
-    chunker = Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=256, overlap=32)
+    chunker = chunker_for(default_model_path(), 256, 32)
     return sum(len(chunker.chunk(text)) for text in texts)
 
 

@@ -1,4 +1,5 @@
-"""The chunker never gives the model more than it reads, and loses no text."""
+"""The chunker never gives the model more than it reads, nor a chunk longer than its character cap,
+and loses no text; it needs only the model folder's files (the extraction processes load no model)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from semantik.indexing.chunk import Chunker
+from semantik.indexing.chunk import Chunker, chunker_for, model_max_seq_length
 from semantik.inference.embedder import Embedder, default_model_path
+
+MODEL_DIR = default_model_path()
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +20,10 @@ def embedder() -> Iterator[Embedder]:
     model = Embedder(default_model_path(), device="cpu", dtype="fp32", batch_size=8)
     yield model
     model.close()
+
+
+def make_chunker(size: int, overlap: int, max_chars: int = 4000, **extra: int) -> Chunker:
+    return Chunker.from_model_dir(MODEL_DIR, chunk_size=size, overlap=overlap, max_chars=max_chars, **extra)
 
 
 def model_token_count(embedder: Embedder, text: str) -> int:
@@ -56,7 +63,7 @@ def varied_text(words: int, seed: int = 7) -> str:
 
 @pytest.mark.parametrize(("size", "overlap"), [(256, 32), (64, 8), (1000, 0)])
 def test_no_chunk_exceeds_the_model_limit(embedder: Embedder, size: int, overlap: int) -> None:
-    chunker = Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=size, overlap=overlap)
+    chunker = make_chunker(size, overlap)
     text = varied_text(6000)
     chunks = chunker.chunk(text)
     assert len(chunks) > 5
@@ -66,7 +73,7 @@ def test_no_chunk_exceeds_the_model_limit(embedder: Embedder, size: int, overlap
 
 
 def test_chunks_keep_all_text_in_order(embedder: Embedder) -> None:
-    chunker = Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=128, overlap=16)
+    chunker = make_chunker(128, 16)
     text = " ".join(f"word{i}" for i in range(3000))
     chunks = chunker.chunk(text)
     seen = [int(m) for chunk in chunks for m in re.findall(r"word(\d+)", chunk)]
@@ -78,15 +85,63 @@ def test_chunks_keep_all_text_in_order(embedder: Embedder) -> None:
     assert all(firsts[i + 1] <= lasts[i] for i in range(len(chunks) - 1))
 
 
-def test_words_are_not_cut_in_two(embedder: Embedder) -> None:
-    chunker = Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=32, overlap=4)
+def test_words_are_not_cut_in_two() -> None:
+    chunker = make_chunker(32, 4)
     text = " ".join(["antidisestablishmentarianism"] * 200)
     for chunk in chunker.chunk(text):
         assert set(chunk.split()) == {"antidisestablishmentarianism"}
 
 
-def test_short_and_empty_text(embedder: Embedder) -> None:
-    chunker = Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=256, overlap=32)
+def test_short_and_empty_text() -> None:
+    chunker = make_chunker(256, 32)
     assert chunker.chunk("A single short sentence.") == ["A single short sentence."]
     assert chunker.chunk("") == []
     assert chunker.chunk("   \n ") == []
+
+
+def test_built_from_the_model_files_as_the_model_sees_them(embedder: Embedder) -> None:
+    assert model_max_seq_length(MODEL_DIR) == embedder.max_seq_length == 256
+    assert chunker_for(embedder, 256, 32) is chunker_for(MODEL_DIR, 256, 32)  # one chunker per model folder
+    chunker = make_chunker(256, 32)
+    text = varied_text(500)
+    assert chunker.count_tokens(text) + 2 == model_token_count(embedder, text)
+
+
+def test_a_run_without_breaks_is_split_within_the_character_cap() -> None:
+    # More than 100 characters with no break is one [UNK] token: the token cap alone would make
+    # this whole run one chunk.
+    chunker = make_chunker(256, 32, max_chars=1000)
+    run = "a" * 300_000
+    chunks = chunker.chunk(f"Before the run. {run} After the run.")
+    assert max(len(chunk) for chunk in chunks) <= 1000
+    assert chunks[0] == "Before the run."
+    assert chunks[-1] == "After the run."
+    assert "".join(chunks[1:-1]) == run  # every character, once, in order
+
+
+def test_long_words_never_make_a_chunk_longer_than_the_cap(embedder: Embedder) -> None:
+    # Words of 150 characters are one [UNK] each: 256 of them would be 38,000 characters.
+    chunker = make_chunker(256, 32, max_chars=2000)
+    words = [f"{i:04d}" + "x" * 146 for i in range(400)]
+    chunks = chunker.chunk(" ".join(words))
+    assert max(len(chunk) for chunk in chunks) <= 2000
+    assert [w for chunk in chunks for w in chunk.split()] == words  # no text lost, none repeated
+    assert max(model_token_count(embedder, chunk) for chunk in chunks) <= 256
+
+
+def test_long_text_in_segments_gives_the_same_chunks_as_one_pass() -> None:
+    text = varied_text(40_000, seed=11).replace("\n\n", " ")  # one line of about 350,000 characters
+    segmented = make_chunker(64, 8, segment_chars=20_000).chunk(text)
+    whole = make_chunker(64, 8, segment_chars=len(text)).chunk(text)
+    assert segmented == whole
+    assert len(whole) > 1000
+
+
+def test_eight_megabytes_on_one_line_stay_within_the_caps() -> None:
+    chunker = make_chunker(256, 32)
+    rng = random.Random(5)
+    text = " ".join(rng.choice(["alpha", "beta", "3.14159", "e-mail", "naïve", "東京"]) for _ in range(1_300_000))
+    assert len(text) > 7_000_000
+    chunks = chunker.chunk(text)
+    assert max(len(chunk) for chunk in chunks) <= 4000
+    assert chunks[0].split()[:20] == text.split()[:20] and chunks[-1].split()[-20:] == text.split()[-20:]

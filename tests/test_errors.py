@@ -155,7 +155,7 @@ async def test_redis_down_gives_503_and_leaves_nothing_behind(make_api: ApiFacto
 
 
 async def test_token_required_when_configured(make_api: ApiFactory) -> None:
-    api, _ = await make_api(api_token=SecretStr("s3cret-token"))
+    api, _ = await make_api(api_token=SecretStr("s3cret-token-0123456"))
     for method, path in (
         ("GET", "/api/jobs"),
         ("POST", "/api/jobs"),
@@ -168,6 +168,6 @@ async def test_token_required_when_configured(make_api: ApiFactory) -> None:
         assert_error(await response.json(), "unauthorized")
         wrong = await api.request(method, path, headers={"Authorization": "Bearer nope"})
         assert wrong.status == 401
-    ok = await api.get("/api/jobs", headers={"Authorization": "Bearer s3cret-token"})
+    ok = await api.get("/api/jobs", headers={"Authorization": "Bearer s3cret-token-0123456"})
     assert ok.status == 200
     assert (await api.get("/api/health")).status == 200  # probes need no token

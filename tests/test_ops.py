@@ -167,12 +167,12 @@ async def test_monitor_and_metrics_match_reality(
 
 
 async def test_every_protected_route_needs_the_token(make_api: ApiFactory) -> None:
-    api, _ = await make_api(api_token=SecretStr("ops-token"))
+    api, _ = await make_api(api_token=SecretStr("ops-token-0123456789"))
     served = {(r.method.lower(), r.resource.canonical) for r in api.app.router.routes()
               if r.method != "HEAD" and r.resource is not None}  # fmt: skip
     protected = sorted((m, p) for m, p in served if (p.startswith("/api/") or p == "/metrics") and p != "/api/health")
     assert len(protected) >= 15
-    good = {"Authorization": "Bearer ops-token"}
+    good = {"Authorization": "Bearer ops-token-0123456789"}
     for method, path in protected:
         url = path.replace("{job_id}", "some-job").replace("{name}", "some-name")
         refused = await api.request(method, url)

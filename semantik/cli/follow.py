@@ -9,6 +9,7 @@ import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from semantik.cli.term import safe_markup
 from semantik.domain import TERMINAL_EVENTS, TERMINAL_STATES, EventType
 
 COUNTERS = ("files_total", "files_done", "files_failed", "files_skipped", "chunks")
@@ -37,16 +38,21 @@ class _Display:
         self.state.update({key: data[key] for key in COUNTERS if key in data})
         s = self.state
         finished = s.get("files_done", 0) + s.get("files_failed", 0) + s.get("files_skipped", 0)
-        fields: dict[str, Any] = {"chunks": s.get("chunks", 0)}
-        if data.get("rate_chunks_s") is not None:
+        fields: dict[str, Any] = {"chunks": safe_markup(s.get("chunks", 0))}
+        if isinstance(data.get("rate_chunks_s"), int | float):
             fields["rate"] = f"{data['rate_chunks_s']:.1f}"
         self.progress.update(
             self.task,
             total=s.get("files_total") or None,
             completed=finished,
-            description=status or data.get("status") or "running",
+            description=safe_markup(status or data.get("status") or "running"),
             **fields,
         )
+
+
+def _print_failure(console: Console, path: object, error: object) -> None:
+    """A failed file: its name and the reason may hold anything (control characters, markup)."""
+    console.print(f"[red]failed[/red] {safe_markup(path)}: {safe_markup(error)}")
 
 
 async def follow_job(base_url: str, token: str | None, job_id: str, console: Console | None = None) -> dict[str, Any]:
@@ -68,10 +74,10 @@ async def follow_job(base_url: str, token: str | None, job_id: str, console: Con
                 if kind == EventType.SNAPSHOT:
                     display.update(data)
                     for failed in data.get("failed_files") or []:
-                        console.print(f"[red]failed[/red] {failed['path']}: {failed['error']}")
+                        _print_failure(console, failed.get("path"), failed.get("error"))
                     final = data
                 elif kind == EventType.FILE_FAILED:
-                    console.print(f"[red]failed[/red] {data.get('path')}: {data.get('error')}")
+                    _print_failure(console, data.get("path"), data.get("error"))
                     display.update(data)
                 else:
                     display.update(data)

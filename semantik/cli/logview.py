@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 import click
 
+from semantik.cli.term import safe
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 FOLLOW_POLL_S = 0.25
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -73,14 +75,22 @@ def parse(line: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def pretty(record: dict[str, Any]) -> str:
-    level = str(record.get("level", "")).lower()
-    head = f"{record.get('ts', ''):<27} " + click.style(f"{level:<8}", fg=_COLORS.get(level)) + " "
-    head += click.style(str(record.get("event", "")), bold=True)
-    rest = " ".join(f"{key}={value}" for key, value in record.items() if key not in _HEAD and key != "exception")
+def pretty(record: dict[str, Any], color: bool = True) -> str:
+    """One record on one line (its exception below it). Every value is shown with its control
+    characters escaped: a file name or an error text may hold terminal escape sequences."""
+
+    def style(text: str, **styles: Any) -> str:
+        return click.style(text, **styles) if color else text
+
+    level = safe(record.get("level", "")).lower()
+    head = f"{safe(record.get('ts', '')):<27} " + style(f"{level:<8}", fg=_COLORS.get(level)) + " "
+    head += style(safe(record.get("event", "")), bold=True)
+    rest = " ".join(
+        f"{safe(key)}={safe(value)}" for key, value in record.items() if key not in _HEAD and key != "exception"
+    )
     text = f"{head} {rest}".rstrip()
     if "exception" in record:
-        text += "\n" + str(record["exception"])
+        text += "\n" + safe(record["exception"], lines=True)
     return text
 
 
@@ -98,16 +108,18 @@ def lines_of(handles: list[TextIO], follow: bool) -> Iterator[str]:
 
 
 def show(lines: Iterable[str], flt: Filter, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Write the matching records (JSON, or pretty with colours on a terminal) to ``out``."""
     shown = 0
+    color = out.isatty()
     for line in lines:
         record = parse(line)
         if record is None:
             if not flt.active and line.strip():
-                out.write(line if line.endswith("\n") else line + "\n")  # not ours: pass it through
+                out.write(safe(line.rstrip("\r\n")) + "\n")  # not ours: pass it through, made harmless
             continue
         if not flt.accepts(record):
             continue
-        out.write((json.dumps(record) if as_json else pretty(record)) + "\n")
+        out.write((json.dumps(record) if as_json else pretty(record, color)) + "\n")
         out.flush()
         shown += 1
     return shown

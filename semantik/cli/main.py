@@ -17,9 +17,18 @@ from semantik.settings import Settings
 
 
 def _settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})
-    except Exception as exc:  # pydantic's message names the bad variable
+    except ValidationError as exc:  # one line per bad variable, named as the user set it
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "SEMANTIK_" + "_".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(message if message.startswith(name) else f"{name}: {message}")
+        raise click.ClickException("invalid settings:\n  " + "\n  ".join(problems)) from exc
+    except Exception as exc:
         raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
@@ -43,13 +52,14 @@ def _api_url(settings: Settings, url: str | None) -> str:
 def _run_client(call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     """Run one API conversation; API and connection errors become one clear CLI error."""
     from semantik.cli.client import ApiError
+    from semantik.cli.term import safe
 
     try:
         return asyncio.run(call)
-    except ApiError as exc:
-        raise click.ClickException(f"{exc.message} ({exc.code})") from exc
+    except ApiError as exc:  # the server's message may quote a path or a name: no control characters
+        raise click.ClickException(f"{safe(exc.message)} ({safe(exc.code)})") from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot reach the server: {exc}") from exc
+        raise click.ClickException(f"cannot reach the server: {safe(exc)}") from exc
 
 
 def _get(url: str | None, path: str, as_json: bool) -> dict[str, Any] | None:
@@ -132,6 +142,7 @@ def index(
 ) -> None:
     """Index DIRECTORY into a collection through the API, and wait until the job ends."""
     from semantik.cli.client import Client
+    from semantik.cli.term import safe
 
     settings = _settings()
     absolute = str(directory.resolve())
@@ -146,7 +157,7 @@ def index(
                 exclude=list(exclude) or None,
                 name=name,
             )
-            click.echo(f"job {job['id']} queued", err=True)
+            click.echo(f"job {safe(job['id'])} queued", err=True)
             if no_wait:
                 return job
             if follow:
@@ -165,6 +176,8 @@ def index(
 async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from semantik.cli.term import safe_markup
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -182,8 +195,8 @@ async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
                 task,
                 total=job["files_total"] or None,
                 completed=finished,
-                chunks=job["chunks"],
-                description=job["status"],
+                chunks=safe_markup(job["chunks"]),
+                description=safe_markup(job["status"]),
             )
 
         await client.wait(job_id, on_update=update)
@@ -206,15 +219,18 @@ def search(query: str, collection: str, k: int, as_json: bool, url: str | None) 
         async with Client(_api_url(settings, url), _token(settings)) as client:
             return await client.search(query, collection, k)
 
+    from semantik.cli.term import safe
+
     response = _run_client(run())
     if as_json:
-        click.echo(json.dumps(response, indent=2))
+        click.echo(json.dumps(response, indent=2))  # JSON escapes every control character
         return
     if not response["results"]:
         click.echo("no results")
     for rank, hit in enumerate(response["results"], start=1):
-        text = " ".join(hit["text"].split())
-        click.echo(f"{rank}. {hit['score']:.3f}  {hit['path']}  [chunk {hit['chunk_index']}]")
+        text = safe(" ".join(str(hit["text"]).split()))  # the document's text: it chose its bytes
+        score = float(hit["score"])
+        click.echo(f"{rank}. {score:.3f}  {safe(hit['path'])}  [chunk {safe(hit['chunk_index'])}]")
         click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
 
 
@@ -254,30 +270,43 @@ def workers(as_json: bool, url: str | None) -> None:
     """Live workers, the queue, running jobs and recent failures (what GET /api/monitor shows)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from semantik.cli.term import safe
+    from semantik.cli.term import safe_markup as m
 
     data = _get(url, "/api/monitor", as_json)
     if data is None:
         return
+    # Everything below comes from the server, and from what workers wrote to Redis: no control
+    # characters, no rich markup.
     console = Console()
     table = Table(title="workers")
     for column in ("worker", "device", "current job", "done", "failed", "since"):
         table.add_column(column)
     for w in data.get("workers") or []:
-        table.add_row(w["worker_id"], w["device"], w["current_job"] or "-", str(w["jobs_done"]),
-                      str(w["jobs_failed"]), w["started_at"])  # fmt: skip
+        cells = (
+            w["worker_id"],
+            w["device"],
+            w["current_job"] or "-",
+            w["jobs_done"],
+            w["jobs_failed"],
+            w["started_at"],
+        )
+        table.add_row(*(Text(safe(cell)) for cell in cells))
     console.print(table)
     queue = data.get("queue") or {}
-    console.print(f"queue: {queue.get('depth', '?')} waiting, oldest {queue.get('oldest_age_s') or 0} s;"
-                  f" jobs: {data['jobs_by_status']}")  # fmt: skip
+    console.print(f"queue: {m(queue.get('depth', '?'))} waiting, oldest {m(queue.get('oldest_age_s') or 0)} s;"
+                  f" jobs: {m(data['jobs_by_status'])}")  # fmt: skip
     for job in data["running_jobs"]:
-        console.print(f"running {job['id']} [{job['collection']}] {job['files_done']}/{job['files_total']} files"
-                      f" on {job['worker_id']}: {job['current_file'] or ''}")  # fmt: skip
+        console.print(f"running {m(job['id'])} \\[{m(job['collection'])}]"
+                      f" {m(job['files_done'])}/{m(job['files_total'])} files"
+                      f" on {m(job['worker_id'])}: {m(job['current_file'] or '')}")  # fmt: skip
     throughput = data.get("throughput") or {}
-    console.print(f"throughput: {throughput.get('chunks_last_5_min', 0)} chunks in the last 5 minutes")
+    console.print(f"throughput: {m(throughput.get('chunks_last_5_min', 0))} chunks in the last 5 minutes")
     for failure in data["recent_failures"]:
-        console.print(
-            f"[red]failed {failure['kind']}[/red] {failure.get('path') or failure.get('id')}: {failure['error']}"
-        )
+        what = failure.get("path") or failure.get("id")
+        console.print(f"[red]failed {m(failure['kind'])}[/red] {m(what)}: {m(failure['error'])}")
 
 
 @main.command()
@@ -285,6 +314,8 @@ def workers(as_json: bool, url: str | None) -> None:
 @click.option("--url", help="Server URL [SEMANTIK_URL].")
 def gpus(as_json: bool, url: str | None) -> None:
     """GPU lease slots: free or held (by which worker and job, since when, until when), and waiters."""
+    from semantik.cli.term import safe
+
     data = _get(url, "/api/gpus", as_json)
     if data is None:
         return
@@ -296,12 +327,12 @@ def gpus(as_json: bool, url: str | None) -> None:
         if slot["state"] == "held":
             held_s = (now_ms - slot["acquired_at_ms"]) / 1000
             left_s = (slot["expires_at_ms"] - now_ms) / 1000
-            click.echo(f"{slot['slot']}  held by {slot['owner']}  job {slot['job_id']}  for {held_s:.0f} s,"
-                       f" lease expires in {left_s:.0f} s")  # fmt: skip
+            click.echo(f"{safe(slot['slot'])}  held by {safe(slot['owner'])}  job {safe(slot['job_id'])}"
+                       f"  for {held_s:.0f} s, lease expires in {left_s:.0f} s")  # fmt: skip
         else:
-            click.echo(f"{slot['slot']}  free")
+            click.echo(f"{safe(slot['slot'])}  free")
     for waiter in data["waiters"]:
-        click.echo(f"waiting: {waiter['owner']}  job {waiter['job_id']}")
+        click.echo(f"waiting: {safe(waiter['owner'])}  job {safe(waiter['job_id'])}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -9,6 +11,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from semantik.store.db import PRIVATE_FILE_MODE, make_private_dir
 
 START_TIMEOUT_S = 10.0
 
@@ -21,16 +25,22 @@ def free_port() -> int:
 
 class RedisServer:
     """``redis-server`` bound to loopback on ``port``; nothing is persisted (the database is the
-    source of truth, and queued work is re-queued from it on start)."""
+    source of truth, and queued work is re-queued from it on start).
+
+    Every other user of the machine can reach a loopback port, so it has a random password (the
+    same across restarts of one instance). The password reaches redis-server on its standard input,
+    never its command line (which ``ps`` shows everyone), and is in no file and no log line; it is
+    in ``url``, which is the caller's to keep."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.password = secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -39,11 +49,14 @@ class RedisServer:
                 "redis-server was not found on PATH: install it (Debian/Ubuntu: apt-get install redis-server)"
                 " or point SEMANTIK_REDIS_URL at a running Redis"
             )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        log = (self.directory / "redis.log").open("ab")
+        make_private_dir(self.directory, tighten=True)
+        log_path = self.directory / "redis.log"
+        log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE), "ab")  # noqa: SIM115
+        os.chmod(log_path, PRIVATE_FILE_MODE)
         self.process = subprocess.Popen(
             [
                 binary,
+                "-",  # the rest of the configuration from standard input: the password
                 "--port",
                 str(self.port),
                 "--bind",
@@ -55,12 +68,16 @@ class RedisServer:
                 "--dir",
                 str(self.directory),
             ],
+            stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
+        assert self.process.stdin is not None
+        with self.process.stdin as config:
+            config.write(f"requirepass {self.password}\n".encode())
         deadline = time.monotonic() + START_TIMEOUT_S
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         try:
             while True:
                 try:

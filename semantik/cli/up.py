@@ -48,7 +48,7 @@ async def run_embedded(settings: Settings) -> None:
         redis_server = RedisServer(settings.data_dir / "redis")
         await asyncio.to_thread(redis_server.start)
         settings = settings.model_copy(update={"redis_url": redis_server.url})
-        log.info("redis_started", url=redis_server.url)
+        log.info("redis_started", port=redis_server.port, directory=str(redis_server.directory))  # no password
     runtime = Runtime(settings)
     await runtime.open()
     runner = web.AppRunner(create_app(settings, runtime=runtime), access_log_class=AccessLogger)

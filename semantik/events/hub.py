@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import re
 from collections import deque
 from typing import Any, Protocol
 
@@ -21,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from semantik.domain import TERMINAL_EVENTS, EventType
+from semantik.domain import TERMINAL_EVENTS, EventType, JobStatus
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +40,66 @@ DIRECT_WRITE_LIMIT_BYTES = 64 * 1024
 FANOUT_SLICE = 200
 
 Event = tuple[dict[str, Any], str, bytes]  # parsed envelope, its JSON text, the WebSocket frame
+
+# What an event may look like. Anyone who can publish on the Redis channels (a worker, but also
+# whatever else reaches that Redis) chooses its bytes, and browsers and the CLI show its fields:
+# the relay forwards only events of this shape, re-serialised from what it checked.
+ENVELOPE_KEYS = frozenset({"type", "job_id", "seq", "ts", "data"})
+RELAYED_TYPES = frozenset(EventType) - {EventType.SNAPSHOT}  # snapshots are made by the server only
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # uuid4, or a test's short name
+MAX_EVENT_BYTES = 256 * 1024
+COUNTERS = frozenset(
+    {"files_total", "files_done", "files_failed", "files_skipped", "chunks", "file_chunks", "attempts"}
+)
+NUMBERS = frozenset({"rate_chunks_s", "eta_s"})
+STATES = frozenset(JobStatus)
+TEXTS = frozenset({"id", "current_file", "path", "error", "worker_id", "device", "name", "collection", "directory",
+                   "created_at", "started_at", "finished_at"})  # fmt: skip
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_data_field(key: str, value: object) -> bool:
+    if key in COUNTERS:
+        return not _is_int(value) or value < 0  # type: ignore[operator]
+    if key in NUMBERS:
+        if value is None:
+            return False
+        return isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    if key == "status":
+        return not isinstance(value, str) or value not in STATES
+    if key in TEXTS:
+        return value is not None and not isinstance(value, str)
+    return False
+
+
+def checked_event(raw: str | bytes) -> dict[str, Any] | None:
+    """The event if it has the envelope's shape (known type, sane job id, int ``seq``, text ``ts``,
+    a ``data`` object whose counters are ints, ``status`` a job state and texts texts); else None."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return None
+    try:
+        event = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict) or event.keys() != ENVELOPE_KEYS:
+        return None
+    job_id, data = event["job_id"], event["data"]
+    if (
+        not isinstance(event["type"], str)
+        or event["type"] not in RELAYED_TYPES
+        or not isinstance(job_id, str)
+        or not JOB_ID.match(job_id)
+        or not _is_int(event["seq"])
+        or not isinstance(event["ts"], str)
+        or len(event["ts"]) > 64
+        or not isinstance(data, dict)
+        or any(not isinstance(key, str) or _bad_data_field(key, value) for key, value in data.items())
+    ):
+        return None
+    return event
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -166,14 +228,12 @@ class EventHub:
         The relay awaits this before it reads the next message, so events reach each listener in
         order; between slices of ``FANOUT_SLICE`` listeners the loop serves everything else.
         """
-        try:
-            parsed = json.loads(raw)
-            job_id = parsed["job_id"]
-            parsed["seq"] = int(parsed["seq"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("event_malformed", raw=str(raw)[:200])
+        parsed = checked_event(raw)
+        if parsed is None:
+            log.warning("event_malformed", raw=repr(raw[:200]))
             return
-        text = raw if isinstance(raw, str) else raw.decode()
+        job_id = parsed["job_id"]
+        text = json.dumps(parsed, separators=(",", ":"))  # exactly what was checked, nothing else
         event = (parsed, text, text_frame(text.encode()))
         self.relayed += 1
         # A copy: sockets may come and go while the loop runs between slices. One that joins now

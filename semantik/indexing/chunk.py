@@ -3,61 +3,179 @@
 A chunk longer than the model's ``max_seq_length`` would be silently truncated by ``encode`` and its
 tail lost, so the limit here is ``max_seq_length`` minus the special tokens the model adds.
 Windows end on word boundaries and overlap by ``overlap_tokens`` so that no text is lost between them.
+
+A chunk also holds at most ``max_chars`` characters: the tokenizer turns a word of more than 100
+characters (a run of base64, ``aaaa…``) into one ``[UNK]`` token, so the token cap alone would let one
+chunk hold megabytes. Long texts are tokenized in segments of about ``SEGMENT_CHARS`` characters cut
+at whitespace, so an 8 MB one-line file never needs gigabytes of token offsets; the chunks are the
+same as from one pass over the whole text (a segment hands the chunk it could not finish to the next).
+
+Only ``tokenizers`` is needed (no torch, no transformers): the extraction processes build it from the
+model folder's ``tokenizer.json``.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
+from semantik.settings import Settings
+
+DEFAULT_MAX_CHARS: int = Settings.model_fields["chunk_max_chars"].default
+SEGMENT_CHARS = 100_000
+_WHITESPACE = (" ", "\n", "\t", "\r")
+
 
 class Chunker:
-    def __init__(self, hf_tokenizer: Any, *, max_seq_length: int, chunk_size: int, overlap: int) -> None:
-        # A private copy of the fast tokenizer with truncation and padding off: the model's own
-        # copy is configured to cut at 128 tokens and pad, which would hide text from us.
-        self._tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        max_seq_length: int,
+        chunk_size: int,
+        overlap: int,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        segment_chars: int = SEGMENT_CHARS,
+    ) -> None:
+        # A private copy with truncation and padding off: the model's tokenizer.json cuts at 128
+        # tokens and pads, which would hide text from us.
+        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        specials = int(hf_tokenizer.num_special_tokens_to_add(pair=False))
+        specials = len(self._tokenizer.encode("a", add_special_tokens=True).ids) - len(
+            self._tokenizer.encode("a", add_special_tokens=False).ids
+        )
         self.max_tokens = max(1, min(chunk_size, max_seq_length) - specials)
         self.overlap = max(0, min(overlap, self.max_tokens // 2))
+        self.max_chars = max_chars
+        self.segment_chars = max(segment_chars, 2)
+
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: Path, *, chunk_size: int, overlap: int, max_chars: int, segment_chars: int = SEGMENT_CHARS
+    ) -> Chunker:
+        """The chunker for a sentence-transformers model folder, from its files alone."""
+        return cls(
+            Tokenizer.from_file(str(model_dir / "tokenizer.json")),
+            max_seq_length=model_max_seq_length(model_dir),
+            chunk_size=chunk_size,
+            overlap=overlap,
+            max_chars=max_chars,
+            segment_chars=segment_chars,
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def chunk(self, text: str) -> list[str]:
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        chunks: list[str] = []
+        position = 0
+        while position < len(text):
+            segment_end = _segment_end(text, position, self.segment_chars)
+            position = self._chunk_segment(text, position, segment_end, chunks)
+        return chunks
+
+    def _chunk_segment(self, text: str, begin: int, segment_end: int, chunks: list[str]) -> int:
+        """Chunks of ``text[begin:segment_end]`` appended to ``chunks``; returns where the next
+        segment starts: ``segment_end``, or the start of the word whose chunk reached the segment's
+        end before the text's (that chunk is made again from there, with what follows it)."""
+        last = segment_end >= len(text)
+        segment = text[begin:segment_end]
+        encoding = self._tokenizer.encode(segment, add_special_tokens=False)
         offsets, words = encoding.offsets, encoding.word_ids
         total = len(offsets)
-        chunks: list[str] = []
         start = 0
         while start < total:
             end = min(start + self.max_tokens, total)
+            if end == total and not last:
+                word_start = start
+                while word_start > 0 and words[word_start] is not None and words[word_start] == words[word_start - 1]:
+                    word_start -= 1
+                if offsets[word_start][0] > 0:  # the next segment makes progress
+                    return begin + offsets[word_start][0]
             if end < total:
-                # Do not cut a word in two: "##ing" re-tokenised alone can change the count.
-                cut = end
-                while cut > start + 1 and words[cut] is not None and words[cut] == words[cut - 1]:
-                    cut -= 1
-                if cut > start + 1:
-                    end = cut
-            piece = text[offsets[start][0] : offsets[end - 1][1]]
+                end = _word_cut(words, start, end)
+            capped = offsets[end - 1][1] - offsets[start][0] > self.max_chars
+            if capped:
+                end = self._char_cut(offsets, words, start, end)
+                if end == start:  # one token longer than max_chars: a run with no break
+                    token_start, token_end = offsets[start]
+                    for cut in range(token_start, token_end, self.max_chars):
+                        chunks.append(segment[cut : min(cut + self.max_chars, token_end)])
+                    start += 1
+                    continue
+            piece = segment[offsets[start][0] : offsets[end - 1][1]]
             # Guard against re-tokenisation surprises: shrink until the piece fits.
             while end - start > 1 and self.count_tokens(piece) > self.max_tokens:
                 end -= 1
-                piece = text[offsets[start][0] : offsets[end - 1][1]]
+                piece = segment[offsets[start][0] : offsets[end - 1][1]]
             chunks.append(piece)
             if end >= total:
                 break
+            if capped:  # cut by characters, among outsized tokens: overlapping would only repeat them
+                start = end
+                continue
             next_start = max(end - self.overlap, start + 1)
             while next_start < end and words[next_start] is not None and words[next_start] == words[next_start - 1]:
                 next_start += 1
             start = next_start
-        return chunks
+        return segment_end
+
+    def _char_cut(self, offsets: list[tuple[int, int]], words: list[int | None], start: int, end: int) -> int:
+        """The largest end within ``max_chars`` of ``start`` (on a word boundary when one fits);
+        ``start`` itself when even one token is longer."""
+        limit = offsets[start][0] + self.max_chars
+        low, high = start, end  # offsets[low - 1] ends within the limit; offsets[high] does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if offsets[middle - 1][1] <= limit:
+                low = middle
+            else:
+                high = middle
+        if low == start:
+            return start
+        return _word_cut(words, start, low)
+
+
+def _word_cut(words: list[int | None], start: int, end: int) -> int:
+    """``end`` moved back so the chunk does not cut a word in two ("##ing" re-tokenised alone can
+    change the count), unless that leaves a single token."""
+    cut = end
+    while cut > start + 1 and words[cut] is not None and words[cut] == words[cut - 1]:
+        cut -= 1
+    return cut if cut > start + 1 else end
+
+
+def _segment_end(text: str, begin: int, segment_chars: int) -> int:
+    """Where the segment starting at ``begin`` ends: the text's end, or after the last whitespace in
+    the second half of the window (a hard cut only inside a run of ``segment_chars // 2`` characters
+    without any)."""
+    if len(text) - begin <= segment_chars:
+        return len(text)
+    low, high = begin + segment_chars // 2, begin + segment_chars
+    space = max(text.rfind(char, low, high) for char in _WHITESPACE)
+    return space + 1 if space >= 0 else high
+
+
+def model_max_seq_length(model_dir: Path) -> int:
+    """The model's ``max_seq_length`` (sentence-transformers' own config), read without loading it."""
+    config = model_dir / "sentence_bert_config.json"
+    if config.exists():
+        return int(json.loads(config.read_text())["max_seq_length"])
+    return int(json.loads((model_dir / "tokenizer_config.json").read_text()).get("model_max_length", 512))
+
+
+def chunker_for(model: Path | Any, chunk_size: int, overlap: int, max_chars: int = DEFAULT_MAX_CHARS) -> Chunker:
+    """The chunker for a model folder (or a loaded ``Embedder``: its ``model_path``), made once per
+    model and settings."""
+    model_dir = model if isinstance(model, Path) else Path(model.model_path)
+    return _cached_chunker(model_dir.resolve(), chunk_size, overlap, max_chars)
 
 
 @lru_cache(maxsize=8)
-def chunker_for(embedder: Any, chunk_size: int, overlap: int) -> Chunker:
-    """The chunker for a loaded model (``Embedder``), made once per model and settings."""
-    return Chunker(embedder.tokenizer, max_seq_length=embedder.max_seq_length, chunk_size=chunk_size, overlap=overlap)
+def _cached_chunker(model_dir: Path, chunk_size: int, overlap: int, max_chars: int) -> Chunker:
+    return Chunker.from_model_dir(model_dir, chunk_size=chunk_size, overlap=overlap, max_chars=max_chars)

@@ -12,6 +12,7 @@ from semantik.domain import EventType, JobStatus, utcnow
 from semantik.events.publish import EventPublisher, JobEvents
 from semantik.jobqueue import enqueue_embed_job, forget_arq_job
 from semantik.runtime import Runtime
+from semantik.store.lifecycle import JobRun
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,9 @@ async def sweep_orphans(rt: Runtime, redis: ArqRedis) -> list[str]:
         if not await _suspect_long_enough(redis, names.orphan_suspect(job.id), grace_s):
             continue
         events = JobEvents(EventPublisher(redis, names), job.id)
+        if job.attempts >= rt.settings.job_max_attempts:
+            await _give_up(rt, events, job, redis)
+            continue
         change = rt.lifecycle.requeue(job.id, reason=ORPHAN_REASON, new_run=True, from_status=JobStatus.RUNNING)
         if await events.emit(EventType.JOB_QUEUED, change, error=ORPHAN_REASON) is None:
             continue  # it finished or moved meanwhile
@@ -77,6 +81,22 @@ async def sweep_orphans(rt: Runtime, redis: ArqRedis) -> list[str]:
         log.warning("job_lost_requeued", job_id=queued.id, arq_job_id=arq_id)
         requeued.append(queued.id)
     return requeued
+
+
+async def _give_up(rt: Runtime, events: JobEvents, job: JobRun, redis: ArqRedis) -> None:
+    """The job's workers died under it ``attempts`` times: a file that kills workers must not cause a
+    crash loop. The job fails, naming the file it was processing."""
+    where = f"while processing {job.current_file}" if job.current_file else "before it processed any file"
+    reason = (
+        f"its worker died {job.attempts} times {where}; gave up after SEMANTIK_JOB_MAX_ATTEMPTS="
+        f"{rt.settings.job_max_attempts} (retry to try again)"
+    )
+    file_reason = f"its worker died while processing this file (attempt {job.attempts})"
+    if await events.emit(EventType.JOB_FAILED, rt.lifecycle.give_up(job, reason, file_reason), error=reason) is None:
+        return
+    if job.arq_job_id:
+        await forget_arq_job(redis, job.arq_job_id)
+    log.error("job_gave_up", job_id=job.id, attempts=job.attempts, file=job.current_file)
 
 
 async def cleanup_finished_jobs(rt: Runtime, redis: ArqRedis, now: datetime | None = None) -> list[str]:

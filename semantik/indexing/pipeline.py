@@ -1,7 +1,9 @@
 """One embedding job: scan, then extract → chunk → embed → upsert, overlapped so the model never waits.
 
-- Preparation (read, hash, extract, chunk) runs in threads, ``extract_workers`` files at a time,
-  a few files ahead of the model.
+- Preparation (read, hash, extract, chunk) runs in ``extract_workers`` killable child processes
+  (``semantik.indexing.sandbox``), a few files ahead of the model; a file that outlasts its time
+  or memory fails alone, with the reason. Content already indexed is skipped after the hash,
+  before any parsing.
 - The model takes batches that may span files; a partial batch goes as soon as nothing else is
   ready, because an idle model is the one cost we cannot win back.
 - A file whose chunks are all embedded is upserted and then committed as done, in the background,
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,11 +27,12 @@ import structlog
 
 from semantik.domain import EventType, FileStatus, Job, PendingFile
 from semantik.events.publish import JobEvents
-from semantik.indexing.chunk import Chunker, chunker_for
-from semantik.indexing.extract import ExtractionError, extract_text, read_file
+from semantik.indexing.extract import ExtractionError
 from semantik.indexing.presence import Stats
+from semantik.indexing.sandbox import ExtractPool, SandboxConfig, shared_pool
 from semantik.indexing.scan import scan_directory
 from semantik.inference.embedder import Embedder
+from semantik.paths import is_within
 from semantik.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -65,9 +69,7 @@ class _Prepared:
 async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents, should_stop: StopCheck) -> None:
     """Scan the job's folder and index every pending file; raises JobCancelled when asked to stop."""
     s = rt.settings
-    directory = Path(job.directory)
-    if not await asyncio.to_thread(directory.is_dir):
-        raise JobError(f"directory {job.directory} does not exist any more")
+    directory = await asyncio.to_thread(checked_directory, job.directory, s.allowed_roots)
     try:
         scanned = await asyncio.to_thread(
             scan_directory,
@@ -83,12 +85,28 @@ async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents
     await events.emit(EventType.SCAN_COMPLETED, rt.jobs.record_scan(job.id, scanned))
     pending_files = await rt.jobs.pending_files(job.id)
     log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending_files))
-    chunker = chunker_for(embedder, s.chunk_size_tokens, s.chunk_overlap_tokens)
-    pipeline = _Pipeline(rt, job, embedder, chunker, events, len(pending_files), should_stop)
+    pipeline = _Pipeline(rt, job, embedder, events, len(pending_files), should_stop)
     if pending_files:
-        await rt.vectors.ensure_collection(job.collection, embedder.dim)
-        await pipeline.run(pending_files)
+        # The extraction processes start while the collection is made ready.
+        async with shared_pool(SandboxConfig.from_settings(s, rt.model_path), s.extract_workers) as pool:
+            await rt.vectors.ensure_collection(job.collection, embedder.dim)
+            await pipeline.run(pending_files, pool)
     await pipeline.progress(force=True)
+
+
+def checked_directory(directory: str, allowed_roots: list[Path]) -> Path:
+    """The job's folder, resolved again at the start of every run (first run, retry, resume, sweep):
+    it may have been swapped for a symlink to somewhere outside the allowed roots since the job was
+    created. Raises JobError when it is gone or outside."""
+    try:
+        resolved = Path(directory).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise JobError(f"directory {directory} does not exist any more") from exc
+    if not is_within(resolved, allowed_roots):
+        raise JobError(f"directory {directory} now leads outside the allowed roots (SEMANTIK_ALLOWED_ROOTS)")
+    if not resolved.is_dir():
+        raise JobError(f"directory {directory} is not a directory any more")
+    return resolved
 
 
 class _Pipeline:
@@ -97,7 +115,6 @@ class _Pipeline:
         rt: Runtime,
         job: Job,
         embedder: Embedder,
-        chunker: Chunker,
         events: JobEvents,
         pending: int,
         should_stop: StopCheck,
@@ -105,7 +122,7 @@ class _Pipeline:
         self.should_stop = should_stop
         self.stats = Stats(events.publisher.redis, events.publisher.names)
         self.next_stop_check_s = 0.0
-        self.rt, self.job, self.embedder, self.chunker, self.events = rt, job, embedder, chunker, events
+        self.rt, self.job, self.embedder, self.events = rt, job, embedder, events
         self.pending_at_start = pending
         self.settled = 0  # files of this run that reached a final state
         self.chunks_embedded = 0
@@ -118,13 +135,14 @@ class _Pipeline:
         self.upsert_slots = asyncio.Semaphore(UPSERTS_IN_FLIGHT)
         self.failure: BaseException | None = None
 
-    async def run(self, pending: list[PendingFile]) -> None:
-        producer = asyncio.create_task(self._produce(pending))
+    async def run(self, pending: list[PendingFile], pool: ExtractPool) -> None:
+        producer = asyncio.create_task(self._produce(pending, pool))
         try:
             await self._consume()
             await producer
         finally:
             producer.cancel()
+            await asyncio.wait({producer})  # its extraction processes are killed before we go on
             # Files whose vectors are embedded still get written and committed, even when the job
             # stops: that work is done, and a file is only ever marked done after its upsert.
             while self.upserts:
@@ -140,38 +158,50 @@ class _Pipeline:
 
     # -- preparation -------------------------------------------------------------------------
 
-    async def _produce(self, pending: list[PendingFile]) -> None:
+    async def _produce(self, pending: list[PendingFile], pool: ExtractPool) -> None:
         files = iter(pending)
 
         async def prepare_next() -> None:
             for pending_file in files:  # the iterator is shared: each file is taken once
                 await self._check_stop()
-                prepared = await self._prepare(pending_file)
+                prepared = await self._prepare(pending_file, pool)
                 if prepared is not None:
                     await self.ready.put(prepared)
 
+        preparers = [asyncio.create_task(prepare_next()) for _ in range(self.workers)]
         try:
-            await asyncio.gather(*(prepare_next() for _ in range(self.workers)))
-        finally:
-            await self.ready.put(None)
+            try:
+                await asyncio.gather(*preparers)
+            finally:
+                # One preparer failing (a stop request, a store error) or our own cancellation stops
+                # them all, here and now: none may go on in the background, where the end of the
+                # job would kill its extraction process and fail a file that was merely stopped.
+                for preparer in preparers:
+                    preparer.cancel()
+                await asyncio.wait(preparers)
+        except BaseException:
+            with contextlib.suppress(asyncio.QueueFull):  # the consumer may be gone: never wait for it
+                self.ready.put_nowait(None)
+            raise
+        await self.ready.put(None)
 
-    async def _prepare(self, file: PendingFile) -> _Prepared | None:
+    async def _prepare(self, file: PendingFile, pool: ExtractPool) -> _Prepared | None:
         jobs, collection = self.rt.jobs, self.job.collection
-        path = Path(file.path)
-        sha256 = None
+        sha256 = indexed_from = None
+        chunks: list[str] = []
         try:
-            data, sha256 = await asyncio.to_thread(read_file, path)
-            indexed_from = await jobs.indexed_path(collection, sha256)
-            if indexed_from is not None:
-                reason = (
-                    "unchanged since last indexed" if indexed_from == file.path else f"same content as {indexed_from}"
-                )
-                await self._settle(file, FileStatus.SKIPPED, reason, sha256)
-                return None
-            chunks = await asyncio.to_thread(self._extract_and_chunk, data, path)
+            async with pool.lease() as extraction:
+                sha256 = await extraction.read(file.open_path)
+                indexed_from = await jobs.indexed_path(collection, sha256)
+                if indexed_from is None:
+                    chunks = await extraction.extract()
         except ExtractionError as exc:
             log.warning("file_failed", job_id=self.job.id, file=file.path, error=str(exc))
             await self._settle(file, FileStatus.FAILED, str(exc), sha256)
+            return None
+        if indexed_from is not None:
+            reason = "unchanged since last indexed" if indexed_from == file.path else f"same content as {indexed_from}"
+            await self._settle(file, FileStatus.SKIPPED, reason, sha256)
             return None
         if not chunks:
             await self._settle(file, FileStatus.SKIPPED, "no text to index", sha256)
@@ -198,15 +228,6 @@ class _Pipeline:
             rate_chunks_s=round(self.chunks_embedded / elapsed_s, 2),
             eta_s=eta_s,
         )
-
-    def _extract_and_chunk(self, data: bytes, path: Path) -> list[str]:
-        try:
-            text = extract_text(data, path.resolve().suffix)  # a symlink is read as what it points to
-        except ExtractionError:
-            raise
-        except Exception as exc:  # a parser bug on a strange file fails that file, not the job
-            raise ExtractionError(f"cannot extract text: {type(exc).__name__}: {exc}") from exc
-        return self.chunker.chunk(text) if text else []
 
     # -- embedding ---------------------------------------------------------------------------
 

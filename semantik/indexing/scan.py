@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from semantik.domain import FileStatus, ScannedFile
 from semantik.indexing.extract import SUPPORTED_SUFFIXES
@@ -24,9 +26,24 @@ def folder_entry(path: Path) -> str:
     return str(path).rstrip(os.sep) + os.sep
 
 
-def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[tuple[Path, Path | None, str | None]]:
-    """Yield (path as found, resolved target or None when it leaves the roots or is dangling, None)
-    for files, and (folder, None, why) for a folder below ``directory`` that cannot be listed.
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, for reasons shown to a person."""
+    kinds = ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"))  # fmt: skip
+    return next((name for check, name in kinds if check(mode)), "special file")
+
+
+class _Entry(NamedTuple):
+    path: Path  # as found under the job directory
+    target: Path | None  # what it resolves to, when that is a regular file inside the roots
+    status: FileStatus | None = None  # set when the entry is accounted for without being read
+    reason: str | None = None
+
+
+def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[_Entry]:
+    """Every regular file under ``directory`` (with its resolved target), and with a status and a
+    reason: links that dangle or leave the roots, special files (FIFOs, devices, sockets: never
+    read), and folders below ``directory`` that cannot be listed.
 
     Raises OSError when ``directory`` itself cannot be listed.
     """
@@ -44,23 +61,25 @@ def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[t
             if current == directory:
                 raise
             # Its files are unknown, so the folder itself is accounted for, as one failed entry.
-            yield current, None, f"cannot list folder: {exc.strerror or exc}"
+            yield _Entry(current, None, FileStatus.FAILED, f"cannot list folder: {exc.strerror or exc}")
             continue
         for entry in entries:
             path = Path(entry.path)
             try:
                 target = path.resolve(strict=True) if entry.is_symlink() else path
+                mode = target.stat().st_mode
             except (OSError, RuntimeError):
-                yield path, None, None
+                yield _Entry(path, None, FileStatus.SKIPPED, "broken symlink")
                 continue
             if not is_within(target, roots):
-                yield path, None, None
-                continue
-            if target.is_dir():
+                yield _Entry(path, None, FileStatus.SKIPPED, "symlink leads outside the allowed roots")
+            elif stat.S_ISDIR(mode):
                 if recursive:
                     stack.append(path)
-            elif target.is_file():
-                yield path, target, None
+            elif stat.S_ISREG(mode):
+                yield _Entry(path, target)
+            else:
+                yield _Entry(path, None, FileStatus.SKIPPED, f"not a regular file ({file_kind(mode)})")
 
 
 def scan_directory(
@@ -76,12 +95,12 @@ def scan_directory(
     ``skipped`` or ``failed`` with the reason, and so does a folder that cannot be listed (named by
     ``folder_entry``), so each one is accounted for. Raises OSError when ``directory`` cannot be listed."""
     found: list[ScannedFile] = []
-    for path, target, problem in _walk(directory, recursive, allowed_roots):
+    for path, target, status, reason in _walk(directory, recursive, allowed_roots):
         relative = path.relative_to(directory).as_posix()
         if exclude and _matches(relative, exclude):
             continue
-        if problem is not None:  # whatever the include globs say: files in it may match them
-            found.append(ScannedFile(folder_entry(path), 0, 0.0, FileStatus.FAILED, problem))
+        if status == FileStatus.FAILED:  # an unlistable folder, whatever the include globs say
+            found.append(ScannedFile(folder_entry(path), 0, 0.0, status, reason))
             continue
         suffix = path.suffix.lower()
         if include is None:
@@ -90,18 +109,17 @@ def scan_directory(
         elif not _matches(relative, include):
             continue
         if target is None:
-            reason = "broken symlink" if not path.exists() else "symlink leads outside the allowed roots"
-            found.append(ScannedFile(str(path), 0, 0.0, FileStatus.SKIPPED, reason))
+            found.append(ScannedFile(str(path), 0, 0.0, status or FileStatus.SKIPPED, reason))
             continue
         try:
-            stat = target.stat()
+            info = target.stat()
         except OSError as exc:
             found.append(ScannedFile(str(path), 0, 0.0, FileStatus.FAILED, f"cannot stat: {exc.strerror}"))
             continue
         status, error = FileStatus.PENDING, None
         if (target.suffix.lower() if target != path else suffix) not in SUPPORTED_SUFFIXES:
             status, error = FileStatus.SKIPPED, f"unsupported file type {suffix or '(none)'!r}"
-        elif stat.st_size > max_file_size_bytes:
+        elif info.st_size > max_file_size_bytes:
             status, error = FileStatus.SKIPPED, f"larger than the {max_file_size_bytes // (1024 * 1024)} MB limit"
-        found.append(ScannedFile(str(path), stat.st_size, stat.st_mtime, status, error))
+        found.append(ScannedFile(str(path), info.st_size, info.st_mtime, status, error))
     return found

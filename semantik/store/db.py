@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,38 @@ from typing import Any
 import aiosqlite
 
 BUSY_TIMEOUT_MS = 30_000
+# The database holds every chunk's text: only this user may read it, whatever the umask.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private_dir(path: Path, *, tighten: bool = False) -> None:
+    """Create ``path`` and any missing parents with mode 0700, whatever the umask. With
+    ``tighten``, an existing ``path`` of this user's loses its group and other permissions too."""
+    missing = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        with contextlib.suppress(PermissionError):  # made meanwhile by another user: theirs
+            os.chmod(directory, PRIVATE_DIR_MODE)
+    if not path.is_dir():
+        path.mkdir(mode=PRIVATE_DIR_MODE)  # not a directory: let mkdir say why (FileExistsError)
+    if tighten and path not in missing:
+        info = path.stat()
+        if info.st_uid == os.geteuid() and info.st_mode & 0o7777 != PRIVATE_DIR_MODE:
+            os.chmod(path, PRIVATE_DIR_MODE)
+
+
+def make_private_file(path: Path) -> None:
+    """Create ``path`` if missing; either way readable and writable by this user only (0600)."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE_MODE))
+    with contextlib.suppress(PermissionError):  # another user's file: theirs to protect
+        os.chmod(path, PRIVATE_FILE_MODE)
+
 
 # Each entry is applied once, in order, inside a transaction; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -86,6 +119,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN arq_job_id TEXT;
     CREATE INDEX jobs_finished ON jobs(finished_at);
     """,
+    # Hostile folders: a file name that is not UTF-8 keeps its exact bytes (``path`` shows it escaped).
+    """
+    ALTER TABLE files ADD COLUMN raw_path BLOB;
+    """,
 ]
 
 
@@ -110,14 +147,24 @@ class Database:
         self._all_readers: list[aiosqlite.Connection] = []
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
+        make_private_file(self.path)
         self._writer = await _connect(self.path)
         await self._writer.execute("PRAGMA journal_mode = WAL")
+        self._protect_side_files()
         await self._migrate()
         for _ in range(self._reader_count):
             reader = await _connect(self.path)
             self._all_readers.append(reader)
             self._readers.put_nowait(reader)
+
+    def _protect_side_files(self) -> None:
+        for suffix in SQLITE_SIDE_FILES:
+            side = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                if side.stat().st_mode & 0o077:
+                    os.chmod(side, PRIVATE_FILE_MODE)
 
     async def close(self) -> None:
         for conn in self._all_readers:

@@ -12,6 +12,7 @@ import aiosqlite
 
 from semantik.domain import Collection, FileInfo, FileStatus, Job, JobState, JobStatus, PendingFile, ScannedFile, utcnow
 from semantik.errors import Conflict, NotFound
+from semantik.paths import storable
 from semantik.store.db import Database
 
 FAILED_FILES_SHOWN = 100
@@ -266,18 +267,19 @@ class JobStore:
         """Add the scanned files. A resumed or retried job keeps the rows, and the states, it already
         has, except rows still waiting to be indexed: those take this scan's verdict (skipped or
         failed as found now), and are skipped when this scan no longer finds them."""
-        scanned = list(files)
+        scanned = [(f, *storable(f.path)) for f in files]
         now = utcnow()
         pending = FileStatus.PENDING
         async with self.db.transaction() as conn:
             await conn.executemany(
-                "INSERT INTO files (job_id, path, size, mtime, status, error, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, path) DO UPDATE"
+                "INSERT INTO files (job_id, path, raw_path, size, mtime, status, error, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, path) DO UPDATE"
                 " SET status = excluded.status, error = excluded.error, updated_at = excluded.updated_at"
                 " WHERE files.status = ? AND excluded.status != ?",
-                [(job_id, f.path, f.size, f.mtime, f.status, f.error, now, pending, pending) for f in scanned],
-            )
-            found = {f.path for f in scanned}
+                [(job_id, text, raw, f.size, f.mtime, f.status, f.error and storable(f.error)[0], now, pending, pending)
+                 for f, text, raw in scanned],
+            )  # fmt: skip
+            found = {text for _, text, _ in scanned}
             cursor = await conn.execute("SELECT id, path FROM files WHERE job_id = ? AND status = ?", (job_id, pending))
             gone = [(file_id, path) for file_id, path in await cursor.fetchall() if path not in found]
             await conn.executemany(
@@ -289,10 +291,10 @@ class JobStore:
 
     async def pending_files(self, job_id: str) -> list[PendingFile]:
         rows = await self.db.fetchall(
-            "SELECT id, path, size FROM files WHERE job_id = ? AND status = ? ORDER BY path",
+            "SELECT id, path, raw_path, size FROM files WHERE job_id = ? AND status = ? ORDER BY path",
             (job_id, FileStatus.PENDING),
         )
-        return [PendingFile(row["id"], row["path"], row["size"]) for row in rows]
+        return [PendingFile(row["id"], row["path"], row["size"], row["raw_path"]) for row in rows]
 
     async def set_current_file(self, job_id: str, path: str) -> None:
         await self.db.execute("UPDATE jobs SET current_file = ? WHERE id = ?", (path, job_id))

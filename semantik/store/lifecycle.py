@@ -20,6 +20,8 @@ class JobRun:
     worker_id: str | None
     created_at: str
     started_at: str | None
+    attempts: int = 1
+    current_file: str | None = None
 
 
 def retry_arq_id(job_id: str, attempt: int) -> str:
@@ -106,9 +108,31 @@ class Lifecycle:
 
     async def _runs(self, status: str) -> list[JobRun]:
         rows = await self.db.fetchall(
-            "SELECT id, arq_job_id, worker_id, created_at, started_at FROM jobs WHERE status = ?", (status,)
+            "SELECT id, arq_job_id, worker_id, created_at, started_at, attempts, current_file FROM jobs"
+            " WHERE status = ?",
+            (status,),
         )
-        return [JobRun(r["id"], r["arq_job_id"], r["worker_id"], r["created_at"], r["started_at"]) for r in rows]
+        return [JobRun(**dict(row)) for row in rows]
+
+    async def give_up(self, run: JobRun, reason: str, file_reason: str) -> JobState | None:
+        """A run whose worker died: end the job ``failed`` with ``reason`` instead of re-queueing it,
+        and fail the file it was processing with ``file_reason``. None when the run is not the
+        job's current one any more."""
+        async with self.db.transaction() as conn:
+            if not await is_current_run(conn, run.id, run.attempts):
+                return None
+            if run.current_file is not None:
+                await conn.execute(
+                    "UPDATE files SET status = ?, error = ?, updated_at = ?"
+                    " WHERE job_id = ? AND path = ? AND status = ?",
+                    (FileStatus.FAILED, file_reason, utcnow(), run.id, run.current_file, FileStatus.PENDING),
+                )
+            await recount(conn, run.id)
+            await conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, current_file = NULL WHERE id = ?",
+                (JobStatus.FAILED, reason, utcnow(), run.id),
+            )
+            return await bump(conn, run.id)
 
     async def running_jobs(self) -> list[JobRun]:
         return await self._runs(JobStatus.RUNNING)

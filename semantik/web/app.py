@@ -9,11 +9,13 @@ from aiohttp import web
 
 from semantik.events.hub import EventHub
 from semantik.jobqueue import make_queue
+from semantik.logs import redact_secrets_in_logs
 from semantik.runtime import Runtime
 from semantik.settings import Settings
-from semantik.web.appkeys import HUB, METRICS, QUEUE, RUNTIME, SETTINGS, SOCKETS
+from semantik.web.appkeys import HOSTS, HUB, METRICS, QUEUE, RUNTIME, SETTINGS, SOCKETS
 from semantik.web.metrics import Metrics
-from semantik.web.middlewares import auth, errors, request_context
+from semantik.web.middlewares import auth, errors, request_context, same_site
+from semantik.web.origins import HostPolicy
 from semantik.web.routes import ROUTES
 from semantik.web.ws import close_all, new_socket_set
 
@@ -57,8 +59,12 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, errors, auth], client_max_size=MAX_REQUEST_BODY_BYTES)
+    redact_secrets_in_logs()
+    app = web.Application(
+        middlewares=[request_context, errors, same_site, auth], client_max_size=MAX_REQUEST_BODY_BYTES
+    )
     app[SETTINGS] = settings
+    app[HOSTS] = HostPolicy.from_settings(settings)
     app[SOCKETS] = new_socket_set()
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([_runtime_ctx(runtime), _queue_ctx, _hub_ctx])

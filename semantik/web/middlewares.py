@@ -1,4 +1,5 @@
-"""Request id, auth and the one error shape: ``{"error": {"code", "message", "details"?}}``."""
+"""Request id, the Host and Origin checks, auth and the one error shape:
+``{"error": {"code", "message", "details"?}}``."""
 
 from __future__ import annotations
 
@@ -12,14 +13,47 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from semantik.errors import SemantikError, Unauthorized, Unavailable, ValidationFailed
-from semantik.web.appkeys import SETTINGS
+from semantik.errors import Forbidden, SemantikError, Unauthorized, Unavailable, ValidationFailed
+from semantik.web.appkeys import HOSTS, SETTINGS
+from semantik.web.origins import Origin, split_host
 
 log = structlog.get_logger(__name__)
 
 # Paths that answer without a token: the health probe and the static UI shell.
 PUBLIC_PATHS = frozenset({"/api/health"})
+# Answered whatever the Host (a probe from compose or Kubernetes names the service or the pod's
+# address); without a trusted Host or the token it says only whether the server is healthy.
+ANY_HOST_PATHS = frozenset({"/api/health"})
 WS_TOKEN_PREFIX = "bearer."
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class MisdirectedRequest(SemantikError):
+    status = 421
+    code = "host_not_allowed"
+
+
+class UnsupportedMediaType(SemantikError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+def is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _shown(value: str) -> str:
+    """A header value as an error message may quote it: short, printable."""
+    return "".join(ch if ch.isprintable() else "?" for ch in value[:100])
+
+
+def host_allowed(request: web.Request) -> bool:
+    """The request names a Host this server answers to (or none: not a browser)."""
+    raw = request.headers.get("Host")
+    if raw is None:
+        return True
+    host = split_host(raw)
+    return host is not None and request.app[HOSTS].allows_host(host[0])
 
 
 def error_response(error: SemantikError) -> web.Response:
@@ -72,12 +106,40 @@ def _safe_headers(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "www-authenticate"}}
 
 
+@web.middleware
+async def same_site(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a ``Host`` the server does not answer to (DNS rebinding: 421), and a request that
+    changes state or opens a WebSocket from a page of another origin (cross-site requests: 403)."""
+    policy = request.app[HOSTS]
+    raw_host = request.headers.get("Host")
+    host = split_host(raw_host) if raw_host is not None else None
+    if raw_host is not None and (host is None or not policy.allows_host(host[0])):
+        if request.method == "GET" and request.path in ANY_HOST_PATHS:
+            return await handler(request)  # the view shows such a caller no details
+        raise MisdirectedRequest(
+            f"this server does not answer to Host {_shown(raw_host)!r} (allowed: {policy.describe()});"
+            " set SEMANTIK_PUBLIC_URL to the URL people reach it by"
+        )
+    if request.method in STATE_CHANGING or is_websocket_upgrade(request):
+        given = request.headers.get("Origin")
+        if given is not None:
+            origin = Origin.parse(given)
+            if origin is None or not policy.allows_origin(origin, request.scheme, host):
+                raise Forbidden(
+                    f"requests from pages of origin {_shown(given)!r} are not allowed", code="origin_not_allowed"
+                )
+    return await handler(request)
+
+
 def presented_token(request: web.Request) -> str | None:
     """The token from ``Authorization: Bearer``, or, for browsers' WebSockets (which cannot set
-    headers), from a ``bearer.<token>`` entry in ``Sec-WebSocket-Protocol``. Never from the URL."""
+    headers), from a ``bearer.<token>`` entry in ``Sec-WebSocket-Protocol`` of an upgrade request
+    (never of a plain request). Never from the URL."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and given.strip():
         return given.strip()
+    if not is_websocket_upgrade(request):
+        return None
     for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         protocol = protocol.strip()
         if protocol.startswith(WS_TOKEN_PREFIX):
@@ -91,7 +153,17 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     protected = request.path.startswith("/api/") or request.path == "/metrics"
     if token is None or not protected or request.path in PUBLIC_PATHS:
         return await handler(request)
-    given = presented_token(request)
-    if given is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    if not has_token(request):
         raise Unauthorized("missing or wrong API token (Authorization: Bearer <SEMANTIK_API_TOKEN>)")
     return await handler(request)
+
+
+def has_token(request: web.Request) -> bool:
+    """The request carries the configured token (False when none is configured)."""
+    token = request.app[SETTINGS].api_token
+    given = presented_token(request)
+    return (
+        token is not None
+        and given is not None
+        and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+    )

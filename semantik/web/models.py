@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_K = 100
+# Matching a glob costs time that grows with the square of its length (`"[" * 10000` took 13 s per
+# file): each pattern is bounded, and so is how many a job may have.
+MAX_PATTERN_CHARS = 256
+MAX_PATTERNS = 32
+# No NUL: no path or file name can hold one (the OS refuses it).
+NO_NUL = r"^[^\x00]*$"
+
+Pattern = Annotated[str, Field(max_length=MAX_PATTERN_CHARS, pattern=NO_NUL)]
 
 
 class _Request(BaseModel):
@@ -16,8 +26,8 @@ class JobCreate(_Request):
     collection: str = Field(pattern=COLLECTION_NAME_PATTERN)
     directory: str = Field(min_length=1, max_length=4096)
     recursive: bool = True
-    include: list[str] | None = Field(default=None, max_length=100)
-    exclude: list[str] | None = Field(default=None, max_length=100)
+    include: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    exclude: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
     name: str | None = Field(default=None, max_length=200)
 
 

@@ -31,9 +31,11 @@ async def workers(redis: Redis, names: RedisNames) -> list[dict[str, Any]]:
     async for key in redis.scan_iter(match=names.worker_pattern, count=500):
         record: dict[bytes, bytes] = await redis.hgetall(key)  # type: ignore[misc]
         if record:
-            info: dict[str, Any] = {k.decode(): v.decode() for k, v in record.items()}
+            # Whatever can write to Redis writes these: text as text, numbers as numbers, or 0.
+            info: dict[str, Any] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in record.items()}
             for field in ("pid", "jobs_done", "jobs_failed"):
-                info[field] = int(info.get(field) or 0)
+                value = str(info.get(field) or "0")
+                info[field] = int(value) if value.isascii() and value.isdigit() else 0
             info["current_job"] = info.get("current_job") or None
             found.append(info)
     return sorted(found, key=lambda w: str(w["worker_id"]))

@@ -24,10 +24,18 @@ log = structlog.get_logger(__name__)
 
 def resolve_job_directory(rt: Runtime, directory: str) -> Path:
     """The job's directory, resolved; refused unless it lies inside an allowed root."""
+    if "\x00" in directory:
+        raise field_error("directory", "directory must not contain a NUL character", "invalid_directory")
     path = Path(directory).expanduser()
     if not path.is_absolute():
         raise field_error("directory", "directory must be an absolute path", "path_not_absolute")
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a chain too long to follow
+        # RecursionError is a RuntimeError: Python 3.11 follows a chain of links recursively.
+        raise field_error(
+            "directory", f"{directory} cannot be resolved ({type(exc).__name__}): a symlink loop?", "invalid_directory"
+        ) from exc
     if not is_within(resolved, rt.settings.allowed_roots):
         # Checked before existence, so the answer says nothing about paths outside the roots.
         raise Forbidden(

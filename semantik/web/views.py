@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any, TypeVar
 
@@ -13,7 +14,8 @@ from semantik.domain import FileStatus, JobStatus
 from semantik.errors import BadRequest, Unavailable, field_error
 from semantik.redis_names import PING_FUNCTION
 from semantik.web import monitor, services
-from semantik.web.appkeys import HUB, METRICS, QUEUE, RUNTIME
+from semantik.web.appkeys import HUB, METRICS, QUEUE, RUNTIME, SETTINGS
+from semantik.web.middlewares import UnsupportedMediaType, has_token, host_allowed
 from semantik.web.models import CollectionCreate, JobCreate, SearchRequest, SearchResponse
 
 M = TypeVar("M", bound=BaseModel)
@@ -25,11 +27,29 @@ MAX_OFFSET = 10**9
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
+    """The JSON body as ``model``. Only ``application/json``: a page of another site can send a
+    form or ``text/plain`` without asking (a "simple" request), but never JSON."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send the body as JSON with Content-Type: application/json (not {request.content_type})"
+        )
+    charset = request.charset or "utf-8"
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = (await request.read()).decode(codecs.lookup(charset).name)
+    except LookupError as exc:
+        raise BadRequest(f"unknown charset {charset[:40]!r} in Content-Type", code="invalid_charset") from exc
+    except (UnicodeError, ValueError) as exc:
+        raise BadRequest(f"request body is not valid {charset[:40]}: {str(exc)[:200]}", code="invalid_json") from exc
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
-    return model.model_validate(body)
+    except RecursionError as exc:
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from exc
+    try:
+        return model.model_validate(body)
+    except RecursionError as exc:
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from exc
 
 
 def _query_int(request: web.Request, name: str, default: int, high: int) -> int:
@@ -143,6 +163,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Healthy or degraded, for anyone (probes need no token, and may name any Host). Details
+    (check results with their error texts, the model) only for a caller the server trusts: with
+    the token, or, when none is configured, from a Host it answers to."""
     rt = request.app[RUNTIME]
     checks: dict[str, Any] = {}
     try:
@@ -156,7 +179,10 @@ async def health(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["database"] = f"unavailable: {exc}"
     healthy = all(value == "ok" for value in checks.values())
-    body = {"status": "ok" if healthy else "degraded", "checks": checks, "model": rt.model_name}
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded"}
+    trusted = has_token(request) if request.app[SETTINGS].api_token is not None else host_allowed(request)
+    if trusted:
+        body.update(checks=checks, model=rt.model_name)
     return web.json_response(body, status=200 if healthy else 503)
 
 

@@ -10,12 +10,11 @@ import asyncio
 import contextlib
 import weakref
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
 
 from semantik.domain import TERMINAL_EVENTS, TERMINAL_STATES, EventType
-from semantik.errors import Forbidden, field_error
+from semantik.errors import BadRequest, field_error
 from semantik.events.hub import Event, Listener
 from semantik.events.publish import envelope
 from semantik.runtime import Runtime
@@ -26,13 +25,16 @@ SNAPSHOT_JOBS = 200
 PROTOCOL = "semantik"
 
 
-def check_origin(request: web.Request) -> None:
-    """Browsers send Origin; a page from another site must not drive this API with the user's token."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return
-    if urlsplit(origin).netloc.lower() != request.host.lower():
-        raise Forbidden(f"WebSocket origin {origin} is not allowed", code="origin_not_allowed")
+def check_protocols(request: web.Request) -> None:
+    """A client that offers subprotocols must offer ours. (Otherwise aiohttp would log the offered
+    list, which holds ``bearer.<token>``; and a browser would drop the connection anyway.) The
+    Origin of an upgrade is checked with every other request's (``middlewares.same_site``)."""
+    header = request.headers.get("Sec-WebSocket-Protocol")
+    if header is not None and PROTOCOL not in {protocol.strip() for protocol in header.split(",")}:
+        raise BadRequest(
+            f"offer the {PROTOCOL!r} WebSocket subprotocol (with 'bearer.<token>' when a token is needed)",
+            code="unsupported_subprotocol",
+        )
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -40,7 +42,7 @@ def _flag(request: web.Request, name: str) -> bool:
 
 
 async def _open(request: web.Request) -> web.WebSocketResponse:
-    check_origin(request)
+    check_protocols(request)
     # No per-message compression: every client then gets byte-identical frames (hub.text_frame).
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, protocols=(PROTOCOL,), max_msg_size=64 * 1024, compress=False)
     await ws.prepare(request)

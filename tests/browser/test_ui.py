@@ -5,6 +5,7 @@ Screenshots of every page go to `.screenshots/` at the repository root (git-igno
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -14,10 +15,15 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pydantic import SecretStr
+from redis.asyncio import Redis
 
+from semantik.domain import EventType
+from semantik.events.hub import text_frame
+from semantik.events.publish import envelope
 from semantik.runtime import Runtime
 from semantik.settings import Settings
 from semantik.web.app import create_app
+from semantik.web.appkeys import HUB
 from tests.conftest import RuntimeFactory, WorkerStarter
 from tests.helpers import write
 
@@ -135,12 +141,63 @@ async def test_cancel_a_running_job(browser: Browser, server: str, docs: Path) -
 
 
 async def test_token_prompt(browser: Browser, aiohttp_server: Any, make_runtime: RuntimeFactory) -> None:
-    runtime = await make_runtime(api_token=SecretStr("ui-token"))
+    runtime = await make_runtime(api_token=SecretStr("ui-token-0123456789"))
     srv = await aiohttp_server(create_app(runtime.settings, runtime=runtime))
     page, _ = await open_page(browser, str(srv.make_url("/#/jobs")))
     dialog = page.get_by_role("dialog")
     await expect(dialog).to_be_visible()
     await shot(page, "token-prompt")
-    await page.get_by_role("textbox", name="Token").fill("ui-token")
+    await page.get_by_role("textbox", name="Token").fill("ui-token-0123456789")
     await page.get_by_role("button", name="Save").click()
     await expect(page.get_by_text("No jobs yet")).to_be_visible()
+
+
+HOSTILE = "<img src=x onerror=window.__pwned=1><b class=injected>bold</b>"
+
+
+async def test_hostile_fields_are_shown_as_text(
+    browser: Browser, aiohttp_server: Any, settings: Settings, runtime: Runtime, docs: Path
+) -> None:
+    """Every field the UI shows is text, numbers included: an event whose counters hold HTML (the
+    relay drops such events; here they are handed to the sockets directly, as if one got through)
+    and a worker record in Redis whose fields do."""
+    srv = await aiohttp_server(create_app(settings, runtime=runtime))
+    hub = srv.app[HUB]
+    url = str(srv.make_url("")).rstrip("/")
+    write(docs / "a.txt", "text")
+    created, _ = await runtime.jobs.create_job(collection="ui", directory=str(docs), recursive=True, include=None,
+                                               exclude=None, name=None, model="m", dim=runtime.model_dim)  # fmt: skip
+    job_id = created.id
+    data = {key: HOSTILE for key in ("files_total", "files_done", "files_failed", "files_skipped", "chunks",
+                                     "rate_chunks_s", "eta_s", "current_file", "status", "path", "error")}  # fmt: skip
+    seq = [100]
+
+    def inject(kind: EventType) -> None:
+        seq[0] += 1
+        text = json.dumps(envelope(kind, job_id, seq[0], data))
+        event = (json.loads(text), text, text_frame(text.encode()))
+        for listener in [*hub._by_job.get(job_id, ()), *hub._everything]:
+            listener.offer(event)
+
+    page, errors = await open_page(browser, f"{url}/#/jobs/{job_id}")
+    await expect(page.locator(".status")).to_have_text("queued")
+    inject(EventType.FILE_FAILED)
+    await expect(page.locator("#files")).to_contain_text("<img")
+    await expect(page.locator("ul.failures")).to_contain_text("<b class=injected>bold</b>")
+    await page.get_by_role("link", name="Jobs", exact=True).click()
+    await expect(page.locator("tbody tr")).to_have_count(1)
+    inject(EventType.PROGRESS)
+    await expect(page.locator("tbody")).to_contain_text("<b class=injected>")
+
+    client = Redis.from_url(settings.effective_redis_url)
+    await client.hset(settings.redis_names.worker("w1"), mapping={"worker_id": HOSTILE, "device": HOSTILE,
+                      "pid": "1", "jobs_done": HOSTILE, "jobs_failed": "0", "started_at": HOSTILE,
+                      "current_job": HOSTILE})  # fmt: skip
+    await client.aclose()
+    await page.get_by_role("link", name="Monitor").click()
+    await expect(page.locator("table")).to_contain_text("<b class=injected>")
+    await shot(page, "hostile-monitor")
+
+    assert await page.locator(".injected").count() == 0 and await page.locator("img").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+    assert errors == []

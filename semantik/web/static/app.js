@@ -47,12 +47,17 @@ function socket(path, onMessage) {
 }
 
 // ---- helpers ----------------------------------------------------------------------------------
+// Every value put into HTML goes through esc(), numbers included: events and monitor records come
+// through Redis, and whatever can write there chooses what a "number" holds.
 const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[ch]));
+const enc = (value) => encodeURIComponent(String(value ?? ""));
+// Object.assign, but an own "__proto__" key (JSON.parse makes one) cannot replace the prototype.
+const assign = (target, data) => { for (const [key, value] of Object.entries(data || {})) if (key !== "__proto__") target[key] = value; return target; };
 const finished = (job) => job.files_done + job.files_failed + job.files_skipped;
 const percent = (job) => (job.files_total ? Math.round((100 * finished(job)) / job.files_total) : (TERMINAL.has(job.status) ? 100 : 0));
-const bar = (job) => `<div class="bar" role="progressbar" aria-label="progress" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${percent(job)}"><span style="width:${percent(job)}%"></span></div>`;
+const bar = (job) => `<div class="bar" role="progressbar" aria-label="progress" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${esc(percent(job))}"><span style="width:${esc(percent(job))}%"></span></div>`;
 const status = (value) => `<span class="status ${esc(value)}">${esc(value).replaceAll("_", " ")}</span>`;
-const seconds = (value) => (value == null ? "–" : value < 90 ? `${Math.round(value)} s` : `${Math.round(value / 60)} min`);
+const seconds = (value) => (value == null ? "–" : value < 90 ? `${esc(Math.round(value))} s` : `${esc(Math.round(value / 60))} min`);
 
 function showError(target, error) {
   target.innerHTML = `<p class="error" role="alert">${esc(error.message)}</p>`;
@@ -61,10 +66,10 @@ function showError(target, error) {
 // ---- jobs -------------------------------------------------------------------------------------
 function jobRow(job) {
   return `<tr data-job="${esc(job.id)}">
-    <td><a href="#/jobs/${esc(job.id)}">${esc(job.name || job.id.slice(0, 8))}</a></td>
+    <td><a href="#/jobs/${esc(enc(job.id))}">${esc(job.name || String(job.id).slice(0, 8))}</a></td>
     <td class="hide-narrow">${esc(job.collection)}</td><td>${status(job.status)}</td>
-    <td>${bar(job)}</td><td>${finished(job)}/${job.files_total}</td>
-    <td class="hide-narrow">${job.chunks}</td><td class="hide-narrow">${job.files_failed}</td></tr>`;
+    <td>${bar(job)}</td><td>${esc(finished(job))}/${esc(job.files_total)}</td>
+    <td class="hide-narrow">${esc(job.chunks)}</td><td class="hide-narrow">${esc(job.files_failed)}</td></tr>`;
 }
 
 async function jobsPage() {
@@ -91,8 +96,8 @@ async function jobsPage() {
   document.getElementById("job-form").addEventListener("submit", submitJob);
   cleanup = socket("/api/ws/jobs", async (event) => {
     if (event.type === "snapshot") { rows.clear(); event.data.jobs.forEach((job) => rows.set(job.id, job)); }
-    else if (!rows.has(event.job_id)) { try { rows.set(event.job_id, await api(`/api/jobs/${event.job_id}`)); } catch { return; } }
-    else Object.assign(rows.get(event.job_id), event.data);
+    else if (!rows.has(event.job_id)) { try { rows.set(event.job_id, await api(`/api/jobs/${enc(event.job_id)}`)); } catch { return; } }
+    else assign(rows.get(event.job_id), event.data);
     render();
   });
 }
@@ -108,7 +113,7 @@ async function submitJob(event) {
     include: list(form.include.value), exclude: list(form.exclude.value) };
   try {
     const job = await api("/api/jobs", { method: "POST", body });
-    location.hash = `#/jobs/${job.id}`;
+    location.hash = `#/jobs/${enc(job.id)}`;
   } catch (error) {
     const fieldErrors = Array.isArray(error.details) ? error.details : [];
     if (error.code === "path_not_allowed") fieldErrors.push({ loc: ["directory"], msg: error.message });
@@ -137,11 +142,11 @@ async function jobPage(id) {
       <div class="card"><p>${status(job.status)} <span class="muted">${esc(job.collection)} ← ${esc(job.directory)}</span></p>
       ${bar(job)}
       <div class="stats" style="margin-top:.75rem">
-        <div class="stat"><span class="muted">Files</span><b id="files">${finished(job)}/${job.files_total}</b></div>
-        <div class="stat"><span class="muted">Chunks</span><b>${job.chunks}</b></div>
-        <div class="stat"><span class="muted">Rate</span><b>${job.rate_chunks_s != null ? `${job.rate_chunks_s} chunks/s` : "–"}</b></div>
+        <div class="stat"><span class="muted">Files</span><b id="files">${esc(finished(job))}/${esc(job.files_total)}</b></div>
+        <div class="stat"><span class="muted">Chunks</span><b>${esc(job.chunks)}</b></div>
+        <div class="stat"><span class="muted">Rate</span><b>${job.rate_chunks_s != null ? `${esc(job.rate_chunks_s)} chunks/s` : "–"}</b></div>
         <div class="stat"><span class="muted">ETA</span><b>${TERMINAL.has(job.status) ? "done" : seconds(job.eta_s)}</b></div>
-        <div class="stat"><span class="muted">Failed / skipped</span><b>${job.files_failed} / ${job.files_skipped}</b></div>
+        <div class="stat"><span class="muted">Failed / skipped</span><b>${esc(job.files_failed)} / ${esc(job.files_skipped)}</b></div>
       </div>
       <p class="muted">Current file: <span id="current">${esc(job.current_file || "–")}</span></p>
       ${job.error ? `<p class="error">${esc(job.error)}</p>` : ""}
@@ -154,22 +159,22 @@ async function jobPage(id) {
     document.getElementById("retry").onclick = () => act("retry");
   };
   const act = async (what) => {
-    try { Object.assign(job, await api(`/api/jobs/${id}/${what}`, { method: "POST" })); render(); }
+    try { assign(job, await api(`/api/jobs/${enc(id)}/${what}`, { method: "POST" })); render(); }
     catch (error) { document.getElementById("action-error").textContent = error.message; }
   };
-  cleanup = socket(`/api/jobs/${id}/ws?stay=1`, (event) => {
+  cleanup = socket(`/api/jobs/${enc(id)}/ws?stay=1`, (event) => {
     if (event.type === "snapshot") {
       job = event.data;
       for (const file of job.failed_files || []) failures.set(file.path, file.error);
     } else {
       if (!job) return;
-      Object.assign(job, event.data);
+      assign(job, event.data);
       if (event.type === "file_failed") failures.set(event.data.path, event.data.error);
       if (event.type === "job_queued") failures.clear();
     }
     render();
   });
-  try { job = job || await api(`/api/jobs/${id}`); render(); } catch (error) { showError(document.getElementById("job"), error); }
+  try { job = job || await api(`/api/jobs/${enc(id)}`); render(); } catch (error) { showError(document.getElementById("job"), error); }
 }
 
 // ---- search -----------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ async function searchPage() {
   const select = document.getElementById("s-collection");
   try {
     const { collections } = await api("/api/collections");
-    select.innerHTML = collections.map((c) => `<option value="${esc(c.name)}">${esc(c.name)} (${c.documents} documents)</option>`).join("");
+    select.innerHTML = collections.map((c) => `<option value="${esc(c.name)}">${esc(c.name)} (${esc(c.documents)} documents)</option>`).join("");
     if (!collections.length) document.getElementById("s-status").textContent = "No collections yet: create a job on the Jobs page first.";
   } catch (error) { showError(document.getElementById("results"), error); }
   document.getElementById("search-form").addEventListener("submit", async (event) => {
@@ -201,7 +206,7 @@ async function searchPage() {
       const data = await api("/api/search", { method: "POST", body: { query, collection: select.value, k: 10 } });
       info.textContent = data.results.length ? `${data.results.length} results in ${data.took_ms} ms`
         : "No results. If the collection is still indexing, try again when its job has finished.";
-      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${hit.score.toFixed(3)}</b> · ${esc(hit.path)} · chunk ${hit.chunk_index}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
+      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · ${esc(hit.path)} · chunk ${esc(hit.chunk_index)}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
     } catch (error) { info.textContent = ""; showError(results, error); }
   });
 }
@@ -218,16 +223,16 @@ async function monitorPage() {
       const gpus = m.gpus && m.gpus.slots ? m.gpus.slots : [];
       const waiting = m.gpus && m.gpus.waiters ? m.gpus.waiters.length : 0;
       target.innerHTML = `<div class="stats card">
-          <div class="stat"><span class="muted">Workers alive</span><b>${workers.length}</b></div>
-          <div class="stat"><span class="muted">Queue depth</span><b>${m.queue ? m.queue.depth : "?"}</b></div>
+          <div class="stat"><span class="muted">Workers alive</span><b>${esc(workers.length)}</b></div>
+          <div class="stat"><span class="muted">Queue depth</span><b>${esc(m.queue ? m.queue.depth : "?")}</b></div>
           <div class="stat"><span class="muted">Oldest queued</span><b>${seconds(m.queue && m.queue.oldest_age_s)}</b></div>
-          <div class="stat"><span class="muted">Running jobs</span><b>${m.running_jobs.length}</b></div>
-          <div class="stat"><span class="muted">Chunks, last 5 min</span><b>${m.throughput ? m.throughput.chunks_last_5_min : "?"}</b></div>
+          <div class="stat"><span class="muted">Running jobs</span><b>${esc(m.running_jobs.length)}</b></div>
+          <div class="stat"><span class="muted">Chunks, last 5 min</span><b>${esc(m.throughput ? m.throughput.chunks_last_5_min : "?")}</b></div>
         </div>${m.redis !== "ok" ? `<p class="error">Redis: ${esc(m.redis)}</p>` : ""}
         <h2>Workers</h2>${workers.length ? `<div class="table-wrap"><table><thead><tr><th>Worker</th><th>Device</th><th>Current job</th><th>Done</th><th>Failed</th></tr></thead><tbody>
-        ${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.device)}</td><td>${w.current_job ? `<a href="#/jobs/${esc(w.current_job)}">${esc(w.current_job.slice(0, 8))}</a>` : "idle"}</td><td>${w.jobs_done}</td><td>${w.jobs_failed}</td></tr>`).join("")}
+        ${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.device)}</td><td>${w.current_job ? `<a href="#/jobs/${esc(enc(w.current_job))}">${esc(String(w.current_job).slice(0, 8))}</a>` : "idle"}</td><td>${esc(w.jobs_done)}</td><td>${esc(w.jobs_failed)}</td></tr>`).join("")}
         </tbody></table></div>` : '<p class="muted">No worker is alive. Start one: <code>arq workers.main.WorkerSettings</code>.</p>'}
-        <h2>GPU slots</h2>${gpus.length ? `<p class="muted">${waiting} waiting</p><ul>${gpus.map((s) => `<li>${esc(s.slot)}: ${s.state === "held" ? `held by ${esc(s.owner)} (job ${esc(s.job_id)}), expires ${new Date(s.expires_at_ms).toLocaleTimeString()}` : "free"}</li>`).join("")}</ul>` : '<p class="muted">No GPUs configured.</p>'}
+        <h2>GPU slots</h2>${gpus.length ? `<p class="muted">${esc(waiting)} waiting</p><ul>${gpus.map((s) => `<li>${esc(s.slot)}: ${s.state === "held" ? `held by ${esc(s.owner)} (job ${esc(s.job_id)}), expires ${esc(new Date(s.expires_at_ms).toLocaleTimeString())}` : "free"}</li>`).join("")}</ul>` : '<p class="muted">No GPUs configured.</p>'}
         <h2>Recent failures</h2>${m.recent_failures.length ? `<ul class="failures">${m.recent_failures.map((f) => `<li>${esc(f.kind)} <b>${esc(f.path || f.id)}</b>: ${esc(f.error)}</li>`).join("")}</ul>` : '<p class="muted">None.</p>'}`;
     } catch (error) { showError(target, error); }
   };

@@ -1,0 +1,323 @@
+"""Extraction (read + sha256, parse, tokenize, chunk) in a small pool of killable child processes.
+
+Untrusted files are parsed where a crash cannot hurt: a zip bomb, a PDF whose page tree lists one
+node 90,000 times or a parser stuck for hours costs one child process, never the worker. A child:
+
+- is a fresh interpreter (``python -m semantik.indexing.sandbox_child``: spawn semantics, never a
+  fork of the worker, which has torch's threads running). Not ``multiprocessing.Process``: its
+  spawn and forkserver methods re-import the worker's ``__main__`` in every child. It never imports
+  torch or transformers: the chunker needs only ``tokenizers``;
+- runs under ``RLIMIT_AS`` (``SEMANTIK_EXTRACT_MEMORY_MB``), single-threaded, and dies with the worker
+  (``PR_SET_PDEATHSIG``), even one killed with SIGKILL;
+- talks to the worker over a multiprocessing Pipe (a socket pair); a dedicated thread per child
+  waits for its replies, so the event loop never blocks on one and the default executor is unused.
+
+The worker kills a child (SIGKILL) when a file outlasts ``SEMANTIK_EXTRACT_TIMEOUT_S``, when the
+task awaiting it is cancelled (job cancelled, worker stopping), and when the pool closes. A child
+that dies or is killed is replaced at once, and only the file it held fails, with the reason.
+
+A file takes two requests on one child: ``read`` (its sha256, every check made on the opened
+descriptor) and, unless the store already holds that content, ``extract`` (the chunks of the bytes
+just read). One pool per event loop and settings is shared by the jobs running on it (``shared_pool``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+import semantik
+from semantik.indexing.extract import ExtractionError
+from semantik.indexing.sandbox_child import SandboxConfig
+
+__all__ = ["ExtractPool", "Extraction", "SandboxConfig", "shared_pool"]
+
+log = structlog.get_logger(__name__)
+
+START_TIMEOUT_S = 60.0
+_REAP_TIMEOUT_S = 10.0
+_CHILD_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+class _Died(Exception):
+    def __init__(self, returncode: int | None) -> None:
+        super().__init__(f"exit status {returncode}")
+        self.returncode = returncode
+
+
+class _Child:
+    """One extraction process, and the thread that reads its replies into the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, process: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.loop, self.process, self.conn = loop, process, conn
+        self.pid = process.pid
+        self.dead = False  # its pipe reached EOF: it has exited and is reaped
+        self.killed = False  # we killed it (timeout, cancellation, shutdown)
+        self.retiring = False  # it asked to be replaced (it came near its memory limit)
+        self.returncode: int | None = None
+        self._waiter: asyncio.Future[Any] | None = loop.create_future()  # for its "ready"
+        threading.Thread(target=self._read_replies, name=f"semantik-extract-{self.pid}", daemon=True).start()
+
+    @property
+    def usable(self) -> bool:
+        return not (self.dead or self.killed or self.retiring)
+
+    def _read_replies(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # a reply that does not unpickle
+                message = ("error", f"unreadable reply from the extraction process: {exc}", True)
+            if not self._post(message):
+                break
+        try:
+            self.process.wait(_REAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # it closed its end but lives on: it goes all the same
+            self.process.kill()
+            self.process.wait()
+        if not self._post(None):
+            self.conn.close()  # the loop is gone; nobody else holds it
+
+    def _post(self, message: Any) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, message)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    def _deliver(self, message: Any) -> None:
+        waiter = self._waiter if self._waiter is not None and not self._waiter.done() else None
+        if message is None:  # end of file: it exited, and is reaped
+            self.dead, self.returncode = True, self.process.returncode
+            self.conn.close()  # the reader thread is done with it
+            if waiter is not None:
+                waiter.set_exception(_Died(self.returncode))
+        elif waiter is not None:
+            waiter.set_result(message)
+
+    async def request(self, message: Any, timeout_s: float) -> Any:
+        """Send ``message`` (None: only wait, for "ready") and wait for the reply. On timeout or
+        cancellation the child is killed at once; raises ``_Died`` when it dies meanwhile."""
+        if self.dead:
+            raise _Died(self.returncode)
+        if message is not None:
+            self._waiter = self.loop.create_future()
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError) as exc:  # its end is closed: it is dying
+                self.kill()
+                raise _Died(None) from exc
+        assert self._waiter is not None
+        try:
+            return await asyncio.wait_for(self._waiter, max(timeout_s, 0.001))
+        except BaseException:  # timeout, cancellation: it may be stuck for hours, so it goes
+            self.kill()
+            raise
+        finally:
+            self._waiter = None
+
+    def kill(self) -> None:
+        if not (self.dead or self.killed):
+            self.killed = True
+            with contextlib.suppress(OSError):
+                self.process.kill()
+
+
+class Extraction:
+    """One file on one child: ``read`` it (its sha256), then, if it is new, ``extract`` its chunks.
+    Both together may take ``SEMANTIK_EXTRACT_TIMEOUT_S``."""
+
+    def __init__(self, child: _Child, config: SandboxConfig) -> None:
+        self._child, self._config = child, config
+        self._spent_s = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    async def read(self, path: str | bytes) -> str:
+        """The file's sha256, after every check on the opened descriptor."""
+        reply = await self._request(("read", path))
+        return str(reply[2])
+
+    async def extract(self) -> list[str]:
+        """The chunks of the text of the bytes ``read`` just hashed."""
+        reply = await self._request(("extract",))
+        return list(reply[1])
+
+    async def _request(self, message: tuple[Any, ...]) -> Any:
+        loop = asyncio.get_running_loop()
+        began_s = loop.time()
+        try:
+            reply = await self._child.request(message, self._config.timeout_s - self._spent_s)
+        except TimeoutError:
+            raise ExtractionError(self._config.timeout_reason()) from None
+        except _Died as exc:
+            raise ExtractionError(self._config.death_reason(exc.returncode)) from None
+        finally:
+            self._spent_s += loop.time() - began_s
+        self._child.retiring = self._child.retiring or bool(reply[-1])  # a fresh process for the next file
+        if reply[0] == "error":
+            raise ExtractionError(str(reply[1]))
+        return reply
+
+
+class ExtractPool:
+    """``size`` child processes, leased one file at a time. Use it from one event loop."""
+
+    def __init__(self, config: SandboxConfig, size: int) -> None:
+        self.config, self.size = config, size
+        self._slots: asyncio.Queue[_Child | None] = asyncio.Queue()  # None: start one when leased
+        for _ in range(size):
+            self._slots.put_nowait(None)
+        self._children: set[_Child] = set()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def pids(self) -> list[int]:
+        """The live children's process ids."""
+        return sorted(child.pid for child in self._children if child.usable)
+
+    def prestart(self) -> None:
+        """Start every child now, in the background, rather than on first use."""
+        while not self._slots.empty():
+            if self._slots.get_nowait() is None:
+                self._start_in_background()
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Extraction]:
+        """A child for one file (waits while all are busy). It goes back to the pool after, or is
+        replaced when it was killed or died meanwhile."""
+        if self._closed:
+            raise ExtractionError("extraction is shutting down")
+        child = await self._slots.get()
+        try:
+            if child is None or not child.usable:
+                if child is not None:
+                    self._children.discard(child)
+                child = await self._start()
+        except BaseException:
+            self._slots.put_nowait(None)
+            raise
+        try:
+            yield Extraction(child, self.config)
+        finally:
+            self._release(child)
+
+    def _release(self, child: _Child) -> None:
+        if child.usable and not self._closed:
+            self._slots.put_nowait(child)
+            return
+        child.kill()
+        self._children.discard(child)
+        if not self._closed:
+            self._start_in_background()  # so that the next file does not wait for it
+
+    def _start_in_background(self) -> None:
+        async def start() -> None:
+            child: _Child | None = None
+            try:
+                child = await self._start()
+            except ExtractionError as exc:
+                log.warning("extract_process_start_failed", error=str(exc))
+            finally:
+                self._slots.put_nowait(child)  # None: the next lease tries again
+
+        task = asyncio.get_running_loop().create_task(start())
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start(self) -> _Child:
+        loop = asyncio.get_running_loop()
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        try:
+            process = _spawn(child_end)
+        except OSError as exc:
+            parent_end.close()
+            raise ExtractionError(f"cannot start an extraction process: {exc}") from exc
+        finally:
+            child_end.close()  # the child holds its own copy: its death is our end of file
+        child = _Child(loop, process, parent_end)
+        self._children.add(child)
+        try:
+            if self._closed:
+                raise ExtractionError("extraction is shutting down")
+            parent_end.send(self.config)
+            ready = await child.request(None, START_TIMEOUT_S)
+            if ready[0] != "ready":
+                raise ExtractionError(f"the extraction process did not start: {ready[1]}")
+        except (TimeoutError, _Died, OSError) as exc:
+            child.kill()
+            self._children.discard(child)
+            raise ExtractionError(f"the extraction process did not start ({type(exc).__name__})") from None
+        except BaseException:
+            child.kill()
+            self._children.discard(child)
+            raise
+        log.debug("extract_process_started", pid=child.pid, vm_size_kb=ready[2], vm_rss_kb=ready[3])
+        return child
+
+    def close(self) -> None:
+        """Kill every child at once (nothing they hold is worth waiting for); never blocks."""
+        self._closed = True
+        for task in list(self._starting):
+            task.cancel()
+        for child in list(self._children):
+            child.kill()
+        self._children.clear()
+        for _ in range(self.size):  # a lease still waiting wakes up, and hears that it is over
+            self._slots.put_nowait(None)
+
+
+def _spawn(child_end: Connection) -> subprocess.Popen[bytes]:
+    """Start a child (vfork and exec: a few milliseconds, so on the loop's own thread). That thread
+    is the child's parent thread, the one whose end kills it (``PR_SET_PDEATHSIG`` follows the thread
+    that forked, not the process): a short-lived helper thread would take its children with it."""
+    package_parent = str(Path(semantik.__file__).resolve().parents[1])  # this very code, installed or not
+    python_path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "semantik.indexing.sandbox_child", str(child_end.fileno())],
+        pass_fds=[child_end.fileno()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, **_CHILD_ENV, "PYTHONPATH": python_path},
+    )
+
+
+_shared: dict[tuple[asyncio.AbstractEventLoop, SandboxConfig, int], tuple[ExtractPool, int]] = {}
+
+
+@asynccontextmanager
+async def shared_pool(config: SandboxConfig, size: int) -> AsyncIterator[ExtractPool]:
+    """The pool of this event loop for these settings, shared by the jobs running on it; the
+    last one out closes it (kills its children), so a stopping worker leaves no child behind."""
+    key = (asyncio.get_running_loop(), config, size)
+    pool, users = _shared.get(key, (None, 0))
+    if pool is None:
+        pool = ExtractPool(config, size)
+        pool.prestart()
+    _shared[key] = (pool, users + 1)
+    try:
+        yield pool
+    finally:
+        pool, users = _shared[key]
+        if users > 1:
+            _shared[key] = (pool, users - 1)
+        else:
+            del _shared[key]
+            pool.close()

@@ -1,0 +1,216 @@
+"""The extraction process (``python -m semantik.indexing.sandbox_child FD``): limits, then one
+request at a time from ``semantik.indexing.sandbox`` over the connection on file descriptor FD.
+
+It must stay light: no torch, no transformers, no asyncio machinery; ``tokenizers`` and the parsers
+are all it needs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import signal
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from semantik.indexing.chunk import Chunker
+from semantik.indexing.extract import ExtractionError, ExtractLimits, FileContent, extract_text, read_file
+from semantik.settings import Settings
+
+_PR_SET_PDEATHSIG = 1
+_MB = 1024 * 1024
+# Fractions of the memory limit: a failure past the first is out of memory whatever its type; a
+# request that took the process past the second is its last (a fresh process takes the next file).
+_OUT_OF_MEMORY_AT = 0.9
+_RETIRE_AT = 0.6
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """What a child needs: every limit, and the model folder its chunker is built from."""
+
+    model_dir: str
+    allowed_roots: tuple[str, ...]
+    max_file_bytes: int
+    timeout_s: float
+    memory_mb: int
+    chunk_size: int
+    chunk_overlap: int
+    chunk_max_chars: int
+    limits: ExtractLimits
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_dir: Path) -> SandboxConfig:
+        s = settings
+        return cls(
+            model_dir=str(model_dir),
+            allowed_roots=tuple(str(root) for root in s.allowed_roots),
+            max_file_bytes=s.max_file_size_bytes,
+            timeout_s=s.extract_timeout_s,
+            memory_mb=s.extract_memory_mb,
+            chunk_size=s.chunk_size_tokens,
+            chunk_overlap=s.chunk_overlap_tokens,
+            chunk_max_chars=s.chunk_max_chars,
+            limits=ExtractLimits(
+                max_pages=s.extract_max_pages,
+                max_chars=s.extract_max_chars,
+                max_unzipped_bytes=int(s.extract_max_unzipped_mb * _MB),
+            ),
+        )
+
+    def timeout_reason(self) -> str:
+        return f"extraction took longer than {self.timeout_s:g} s (SEMANTIK_EXTRACT_TIMEOUT_S)"
+
+    def memory_reason(self) -> str:
+        return f"needs more than {self.memory_mb} MB of memory (SEMANTIK_EXTRACT_MEMORY_MB)"
+
+    def death_reason(self, returncode: int | None) -> str:
+        if returncode is not None and returncode < 0:
+            number = -returncode
+            name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+            if number in (signal.SIGKILL, signal.SIGABRT):  # the kernel's OOM killer; an allocator's abort
+                return f"the extraction process was killed ({name}): it probably {self.memory_reason()}"
+            return f"the extraction process crashed ({name})"
+        return f"the extraction process exited unexpectedly (code {returncode})"
+
+
+def child_main(conn: Connection) -> None:
+    """Receive the config, set the limits, say "ready", then answer ``read`` and ``extract`` until
+    the connection closes (or a request took this process near its memory limit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the worker decides
+    _die_with_parent()
+    logging.disable(logging.CRITICAL)  # parsers' warnings about odd files are not the worker's log
+    try:
+        config: SandboxConfig = conn.recv()
+    except (EOFError, OSError):
+        return
+    try:
+        chunker = Chunker.from_model_dir(
+            Path(config.model_dir),
+            chunk_size=config.chunk_size,
+            overlap=config.chunk_overlap,
+            max_chars=config.chunk_max_chars,
+        )
+        import bs4  # noqa: F401  (loaded before the limit: the baseline pays for them, not a file)
+        import docx  # noqa: F401
+        import pypdf  # noqa: F401
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit_bytes = config.memory_mb * _MB if hard == resource.RLIM_INFINITY else min(config.memory_mb * _MB, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc} (model folder {config.model_dir})"))
+        return
+    conn.send(("ready", os.getpid(), *vm_usage_kb()))
+    server = _Server(conn, config, chunker)
+    while server.serve_one():
+        pass
+
+
+class _Server:
+    def __init__(self, conn: Connection, config: SandboxConfig, chunker: Chunker) -> None:
+        self.conn, self.config, self.chunker = conn, config, chunker
+        self.content: FileContent | None = None  # what the last ``read`` read, for ``extract``
+        self.limit_bytes = config.memory_mb * _MB
+
+    def serve_one(self) -> bool:
+        """Answer one request; False when the worker is gone or this process should be replaced.
+        Every reply ends with that flag: a request that took the process near its memory limit
+        leaves a fresh process for the next file (and a clean high-water mark to judge by)."""
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            return False
+        try:
+            reply: tuple[Any, ...] = self._handle(message)
+        except Exception as exc:
+            self.content = None
+            cause = exc.__cause__ if isinstance(exc, ExtractionError) else exc
+            if isinstance(cause, Exception) and self._out_of_memory(cause):
+                reply = ("error", self.config.memory_reason())
+            elif isinstance(exc, ExtractionError):
+                reply = ("error", str(exc))
+            else:  # a parser bug on a strange file fails that file, not the process
+                reply = ("error", f"cannot extract text: {type(exc).__name__}: {exc}")
+        retire = vm_peak_kb() * 1024 >= _RETIRE_AT * self.limit_bytes
+        try:
+            self.conn.send((*reply, retire))
+        except MemoryError:  # the reply itself did not fit
+            self.conn.send(("error", self.config.memory_reason(), True))
+            return False
+        except OSError:
+            return False
+        return not retire
+
+    def _out_of_memory(self, exc: Exception) -> bool:
+        """MemoryError, or a parser's own report of a failed allocation (lxml says "ERR_NO_MEMORY"),
+        or any failure once the process came within reach of its limit."""
+        return (
+            isinstance(exc, MemoryError)
+            or "NO_MEMORY" in str(getattr(exc, "error_log", ""))
+            or vm_peak_kb() * 1024 >= _OUT_OF_MEMORY_AT * self.limit_bytes
+        )
+
+    def _handle(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        if message[0] == "read":
+            self.content = None
+            self.content = read_file(
+                message[1],
+                max_bytes=self.config.max_file_bytes,
+                allowed_roots=[Path(root) for root in self.config.allowed_roots],
+            )
+            return ("read", len(self.content.data), self.content.sha256)
+        if message[0] == "extract":
+            content, self.content = self.content, None
+            if content is None:
+                raise ExtractionError("nothing read to extract")
+            text = extract_text(content.data, Path(content.real_path).suffix, self.config.limits)
+            del content
+            # A lone surrogate (from a PDF's odd character map) is not text the tokenizer takes.
+            text = text.encode("utf-8", "replace").decode("utf-8")
+            return ("chunks", self.chunker.chunk(text) if text else [])
+        raise ExtractionError(f"unknown request {message[0]!r}")
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the worker that started it exits, even by SIGKILL."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)
+
+
+def _status_kb(*names: str) -> list[int]:
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    return [int(fields[name].split()[0]) for name in names]
+
+
+def vm_usage_kb() -> tuple[int, int]:
+    """This process's virtual size and resident set, in KiB."""
+    size, resident = _status_kb("VmSize", "VmRSS")
+    return size, resident
+
+
+def vm_peak_kb() -> int:
+    """The largest virtual size this process has had, in KiB."""
+    return _status_kb("VmPeak")[0]
+
+
+if __name__ == "__main__":
+    from semantik.indexing.sandbox_child import child_main as main  # this module by its own name
+
+    main(Connection(int(sys.argv[1])))
