@@ -120,7 +120,6 @@ class Settings(BaseSettings):
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
 
-
     @property
     def redis_names(self) -> RedisNames:
         return RedisNames(self.namespace)
