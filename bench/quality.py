@@ -1,12 +1,14 @@
 """Retrieval quality on BEIR NFCorpus (test split) through the full product path.
 
 Indexes every document as a job through the API (one file per document, title + " " + text), runs
-the test queries through POST /api/search, scores a document by its best chunk, and prints nDCG@10
-as pytrec_eval's ndcg_cut_10 computes it (graded relevance, linear gain). MTEB's published figure
-for all-MiniLM-L6-v2 is 0.3159. `--exact` instead embeds whole documents with plain
+the test queries through POST /api/search in `--mode` hybrid (the default), dense or keyword,
+scores a document by its best chunk, and prints the mode and nDCG@10 as pytrec_eval's ndcg_cut_10
+computes it (graded relevance, linear gain). MTEB's published figure for all-MiniLM-L6-v2 (dense)
+is 0.3159. `--exact` instead embeds whole documents with plain
 sentence-transformers and searches exactly: a check of the scoring code itself (expect 0.3159 fp32).
 
-    .venv/bin/python bench/quality.py            # the product path
+    .venv/bin/python bench/quality.py                 # the product path, hybrid search (the default)
+    .venv/bin/python bench/quality.py --mode dense    # dense only (keyword: BM25 only)
     .venv/bin/python bench/quality.py --exact --dtype fp32
 """
 
@@ -67,7 +69,7 @@ async def product_path(args: argparse.Namespace, docs: list[dict[str, str]], que
             latencies_ms = []
             for qid, text in queries.items():
                 began = time.perf_counter()
-                response = await product.client.search(text, "nfcorpus", k=args.k)
+                response = await product.client.search(text, "nfcorpus", k=args.k, mode=args.mode)
                 latencies_ms.append((time.perf_counter() - began) * 1000)
                 best: dict[str, float] = {}
                 for hit in response["results"]:
@@ -77,7 +79,7 @@ async def product_path(args: argparse.Namespace, docs: list[dict[str, str]], que
     ordered = sorted(latencies_ms)
     print(f"documents {done['files_done']}  chunks {done['chunks']}  dtype {args.dtype}")
     print(f"indexing: {index_s:.1f} s end to end, {done['chunks'] / index_s:.1f} chunks/s")
-    print(f"search ({len(queries)} queries, k={args.k}): p50 {ordered[len(ordered) // 2]:.1f} ms,"
+    print(f"search ({len(queries)} queries, k={args.k}, mode {args.mode}): p50 {ordered[len(ordered) // 2]:.1f} ms,"
           f" p99 {ordered[int(len(ordered) * 0.99)]:.1f} ms")  # fmt: skip
     report(rankings, args)
 
@@ -102,7 +104,9 @@ def exact_path(args: argparse.Namespace, docs: list[dict[str, str]], queries: di
 def report(rankings: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     _, qrels = load_queries(args.data)
     qrels = {qid: judged for qid, judged in qrels.items() if qid in rankings}
-    print(f"nDCG@10 = {mean_ndcg(rankings, qrels):.4f}  over {len(qrels)} queries   (MTEB published: {MTEB_NDCG10})")
+    mode = "exact dense" if args.exact else args.mode
+    print(f"mode {mode}  nDCG@10 = {mean_ndcg(rankings, qrels):.4f}  over {len(qrels)} queries"
+          f"   (MTEB published, dense: {MTEB_NDCG10})")  # fmt: skip
 
 
 def main() -> None:
@@ -110,6 +114,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=NFCORPUS)
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument(
+        "--mode", default="hybrid", choices=["hybrid", "dense", "keyword"], help="search mode (the product path)"
+    )
     parser.add_argument("--exact", action="store_true", help="plain sentence-transformers, exact search")
     parser.add_argument("--quick", action="store_true", help="first 300 documents and their queries only")
     args = parser.parse_args()

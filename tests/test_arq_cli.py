@@ -65,7 +65,7 @@ async def test_embedded_store_held_by_another_process_is_a_clear_503(
     api: TestClient[Any, Any], settings: Settings, docs: Path
 ) -> None:
     """With embedded Qdrant, a second process cannot open the store: the API says so instead of crashing."""
-    with embedded_store_held(settings.qdrant_path):
+    with embedded_store_held(settings.vectors_path):
         await api.post("/api/collections", json={"name": "busy"})
         response = await api.post("/api/search", json={"query": "anything", "collection": "busy"})
         assert response.status == 503

@@ -205,7 +205,7 @@ async def test_vector_store_outage_inside_a_job_retries_with_backoff_and_complet
     """A real outage: while another process holds the embedded Qdrant store, the worker's store
     cannot open it and answers Unavailable, as it does for an unreachable Qdrant server."""
     long_corpus(docs, files=6)
-    with embedded_store_held(runtime.settings.qdrant_path):
+    with embedded_store_held(runtime.settings.vectors_path):
         job_id = await create(api, docs)
         requeued = await wait_for_job(api, job_id, lambda j: j["status"] == "queued" and bool(j["error"]))
         assert "retrying in" in requeued["error"] and "held by another process" in requeued["error"]

@@ -26,7 +26,6 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from arq.worker import Worker
-from qdrant_client import QdrantClient
 from redis.asyncio import Redis
 
 from semantik.cli.redis_server import free_port
@@ -38,7 +37,7 @@ from semantik.indexing.chunk import chunker_for
 from semantik.indexing.worker import in_process_worker
 from semantik.runtime import Runtime
 from semantik.settings import Settings
-from semantik.store.vectors import qdrant_name
+from semantik.store.edge import stored_point_ids
 from semantik.web.app import create_app
 from semantik.web.appkeys import HUB
 from tests.conftest import ClientFactory, write
@@ -152,17 +151,8 @@ LIGHTHOUSE = "The lighthouse keeper polished the brass lens every evening before
 
 def stored_points(settings: Settings, collection: str) -> tuple[int, int]:
     """(points, distinct ids) in the embedded store, read once the runtime has let it go."""
-    client = QdrantClient(path=str(settings.qdrant_path))
-    try:
-        ids: list[Any] = []
-        offset = None
-        while True:
-            page, offset = client.scroll(qdrant_name(collection), limit=1000, offset=offset, with_payload=False)
-            ids.extend(point.id for point in page)
-            if offset is None:
-                return len(ids), len(set(ids))
-    finally:
-        client.close()
+    ids = stored_point_ids(settings.vectors_path, collection)
+    return len(ids), len(set(ids))
 
 
 # -- 1. `semantik up` restarted re-queues an interrupted job ---------------------------------------

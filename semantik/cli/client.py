@@ -67,5 +67,9 @@ class Client:
                 return job
             await asyncio.sleep(poll_s)
 
-    async def search(self, query: str, collection: str, k: int = 10) -> dict[str, Any]:
-        return dict(await self.request("POST", "/api/search", {"query": query, "collection": collection, "k": k}))
+    async def search(self, query: str, collection: str, k: int = 10, mode: str | None = None) -> dict[str, Any]:
+        """POST /api/search; ``mode`` hybrid, dense or keyword (None: the server's default, hybrid)."""
+        body: dict[str, Any] = {"query": query, "collection": collection, "k": k}
+        if mode is not None:
+            body["mode"] = mode
+        return dict(await self.request("POST", "/api/search", body))

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from semantik.settings import Settings
+from semantik.store.hybrid import SearchMode
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -207,17 +208,24 @@ async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
 @click.argument("query")
 @click.option("--collection", "-c", required=True)
 @click.option("-k", default=5, show_default=True, type=click.IntRange(1, 100), help="How many results.")
+@click.option(
+    "--mode",
+    type=click.Choice([mode.value for mode in SearchMode]),
+    default=SearchMode.HYBRID.value,
+    show_default=True,
+    help="hybrid: keywords and meaning fused; dense: meaning only; keyword: exact terms (BM25) only.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON response.")
 @click.option("--url", help="Server URL [SEMANTIK_URL].")
-def search(query: str, collection: str, k: int, as_json: bool, url: str | None) -> None:
-    """Search a collection and print the best chunks."""
+def search(query: str, collection: str, k: int, mode: str, as_json: bool, url: str | None) -> None:
+    """Search a collection and print the best chunks, each with the retrievers that found it."""
     from semantik.cli.client import Client
 
     settings = _settings()
 
     async def run() -> dict[str, Any]:
         async with Client(_api_url(settings, url), _token(settings)) as client:
-            return await client.search(query, collection, k)
+            return await client.search(query, collection, k, mode=mode)
 
     from semantik.cli.term import safe
 
@@ -230,7 +238,11 @@ def search(query: str, collection: str, k: int, as_json: bool, url: str | None) 
     for rank, hit in enumerate(response["results"], start=1):
         text = safe(" ".join(str(hit["text"]).split()))  # the document's text: it chose its bytes
         score = float(hit["score"])
-        click.echo(f"{rank}. {score:.3f}  {safe(hit['path'])}  [chunk {safe(hit['chunk_index'])}]")
+        found_by = "+".join(safe(r) for r in hit.get("retrievers") or [])
+        click.echo(
+            f"{rank}. {score:.3f}  {safe(hit['path'])}  [chunk {safe(hit['chunk_index'])}]"
+            + (f"  [{found_by}]" if found_by else "")
+        )
         click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
 
 

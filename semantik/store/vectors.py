@@ -1,31 +1,39 @@
-"""Vectors in Qdrant: a Qdrant server by URL, or qdrant-client's embedded mode under the data dir.
+"""Vectors: a Qdrant server by URL, or the embedded engine (Qdrant Edge) under the data dir.
 
-Embedded mode allows one process per storage path, and its "async" client runs every call inline
-on the event loop (an on-disk upsert commits SQLite once per point, ~1.4 ms each). So embedded calls
-go to the synchronous client in one dedicated thread instead: same calls, the loop stays free.
-The embedded store opens on first use, so a server that only queues jobs never holds the lock.
+Every chunk is one point: a dense vector from the model, a BM25 sparse vector from its text, and
+its payload (path, chunk index, text, job id, sha256, file type). A search is dense, keyword (BM25)
+or hybrid (both, fused by reciprocal rank fusion); each hit says which retrievers found it. Both
+engines run the same plan (``hybrid.py``): the embedded one in its own process (``engine.py``,
+``edge.py``), the server through qdrant-client (``server.py``).
+
+The embedded engine starts on first use, so a server that only queues jobs never holds the store;
+on its first start it moves a store written by qdrant-client's local mode into it (``migrate.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from semantik.errors import Unavailable
+from semantik.store.engine import EngineProcess
+from semantik.store.hybrid import DEFAULT_CANDIDATES, Retriever, SearchMode, plan_search, retrievers_of
+from semantik.store.hybrid import file_type as _file_type
+
+if TYPE_CHECKING:
+    from semantik.settings import Settings
+    from semantik.store.server import ServerBackend
+
+__all__ = ["Hit", "SearchMode", "VectorStore", "point_id", "qdrant_name"]
 
 # uuid5 namespace for point ids: the same (collection, content, chunk) always maps to the same point.
 POINT_NAMESPACE = uuid.UUID("5c1e4f3a-7d2b-4c8e-9f60-2b1d8e7a9c11")
-UPSERT_BATCH = 256
 # Qdrant collection backing Semantik collection NAME; the prefix keeps a shared Qdrant server tidy.
 QDRANT_COLLECTION_PREFIX = "semantik_"
 
@@ -42,83 +50,111 @@ def qdrant_name(collection: str) -> str:
 class Hit:
     score: float
     payload: dict[str, Any]
+    id: str = ""
+    # Retriever ("dense", "keyword"; "identifier" when it holds an identifier-like query term) ->
+    # its 0-based rank in that retriever's candidates.
+    ranks: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def retrievers(self) -> tuple[str, ...]:
+        """Which retrievers found it: ("dense",), ("keyword",) or ("dense", "keyword")."""
+        return retrievers_of(self.ranks)
+
+    @property
+    def exact(self) -> bool:
+        """It holds every token of an identifier-like term of the query (hybrid searches)."""
+        return Retriever.IDENTIFIER in self.ranks
 
 
 class VectorStore:
-    def __init__(self, *, url: str | None, api_key: str | None, path: Path) -> None:
-        self._url, self._api_key, self._path = url, api_key, path
-        self._async: AsyncQdrantClient | None = None
-        self._sync: QdrantClient | None = None
-        self._executor: ThreadPoolExecutor | None = None
+    def __init__(
+        self,
+        *,
+        url: str | None,
+        api_key: str | None,
+        path: Path,
+        legacy_path: Path | None = None,
+        rrf_k: int = 60,
+        candidates: int = DEFAULT_CANDIDATES,
+    ) -> None:
+        """``path``: the embedded store's directory (one Edge shard per collection); ``legacy_path``:
+        where qdrant-client's local mode kept vectors before, migrated on first open."""
+        self._url, self._api_key, self._path, self._legacy = url, api_key, path, legacy_path
+        self.rrf_k, self.candidates = rrf_k, candidates
+        self._server: ServerBackend | None = None
+        self._engine: EngineProcess | None = None
         self._open_lock = asyncio.Lock()
         self._known: set[str] = set()
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        async with self._open_lock:
-            if self._async is None and self._sync is None:
-                if self._url is not None:
-                    self._async = AsyncQdrantClient(url=self._url, api_key=self._api_key, timeout=30)
-                else:
-                    await self._open_embedded()
-        if self._async is not None:
-            return await getattr(self._async, method)(*args, **kwargs)
-        assert self._sync is not None and self._executor is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(getattr(self._sync, method), *args, **kwargs))
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VectorStore:
+        return cls(
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            path=settings.vectors_path,
+            legacy_path=settings.qdrant_path,
+            rrf_k=settings.search_rrf_k,
+        )
 
-    async def _open_embedded(self) -> None:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-qdrant")
-        self._path.mkdir(parents=True, exist_ok=True)
+    @property
+    def embedded(self) -> bool:
+        return self._url is None
+
+    async def _backend(self) -> ServerBackend | EngineProcess:
+        async with self._open_lock:
+            if self._server is None and self._engine is None:
+                if self._url is not None:
+                    from semantik.store.server import ServerBackend
+
+                    self._server = ServerBackend(self._url, self._api_key)
+                else:
+                    engine = EngineProcess(self._path, legacy=self._legacy)
+                    await engine.start()
+                    self._engine = engine
+            if self._server is not None:
+                return self._server
+            assert self._engine is not None
+            return self._engine
+
+    async def _engine_call(self, op: str, **kwargs: Any) -> Any:
+        backend = await self._backend()
+        assert isinstance(backend, EngineProcess)
         try:
-            client = await asyncio.get_running_loop().run_in_executor(
-                executor, partial(QdrantClient, path=str(self._path))
-            )
-        except RuntimeError as exc:
-            executor.shutdown(wait=False)
-            if "already accessed" in str(exc):
-                raise Unavailable(
-                    f"the embedded vector store {self._path} is held by another process; only one process can"
-                    " open it. Run `semantik up` alone, or share a Qdrant server via SEMANTIK_QDRANT_URL.",
-                    code="vector_store_busy",
-                ) from exc
+            return await backend.call(op, **kwargs)
+        except Exception as exc:
+            if getattr(exc, "code", None) == "vector_engine_stopped":
+                await self._forget(backend)
             raise
-        self._sync, self._executor = client, executor
+
+    async def _forget(self, engine: EngineProcess) -> None:
+        """A dead engine: the next call starts a fresh one."""
+        async with self._open_lock:
+            if self._engine is engine:
+                self._engine = None
+                self._known.clear()
+        await engine.close()
 
     async def close(self) -> None:
         async with self._open_lock:
-            if self._async is not None:
-                await self._async.close()
-                self._async = None
-            if self._sync is not None and self._executor is not None:
-                sync, self._sync = self._sync, None
-                await asyncio.get_running_loop().run_in_executor(self._executor, sync.close)
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            if self._server is not None:
+                await self._server.close()
+                self._server = None
+            if self._engine is not None:
+                engine, self._engine = self._engine, None
+                await engine.close()
             self._known.clear()
 
     async def ensure_collection(self, collection: str, dim: int) -> None:
-        name = qdrant_name(collection)
-        if name in self._known:
+        """Create the collection's index (dense + BM25 vectors, payload indexes) unless it exists."""
+        if collection in self._known:
             return
-        if not await self._call("collection_exists", name):
-            try:
-                await self._call(
-                    "create_collection",
-                    name,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                )
-            except Exception:
-                # Another worker may have created it between our check and create.
-                if not await self._call("collection_exists", name):
-                    raise
-            if self._url is not None:
-                await self._call(
-                    "create_payload_index",
-                    name,
-                    field_name="sha256",
-                    field_schema=models.PayloadSchemaType.KEYWORD,
-                )
-        self._known.add(name)
+        backend = await self._backend()
+        if self.embedded:
+            await self._engine_call("ensure", collection=collection, dim=dim)
+        else:
+            assert not isinstance(backend, EngineProcess)
+            await backend.ensure(qdrant_name(collection), dim)
+        self._known.add(collection)
 
     async def upsert_file(
         self,
@@ -129,45 +165,98 @@ class VectorStore:
         job_id: str,
         texts: Sequence[str],
         vectors: npt.NDArray[np.float32],
+        file_type: str | None = None,
     ) -> None:
-        """Write every chunk of one file; ids are deterministic, so a repeat overwrites, never duplicates."""
-        points = [
-            models.PointStruct(
-                id=point_id(collection, sha256, index),
-                vector=vectors[index].tolist(),
-                payload={
-                    "path": path,
-                    "chunk_index": index,
-                    "text": text,
-                    "job_id": job_id,
-                    "sha256": sha256,
-                },
-            )
+        """Write every chunk of one file; ids are deterministic, so a repeat overwrites, never
+        duplicates. Returns once the points are in the engine's write-ahead log (embedded) or
+        acknowledged with ``wait=True`` (server): an answered file survives a kill of the process."""
+        kind = _file_type(path) if file_type is None else file_type
+        ids = [point_id(collection, sha256, index) for index in range(len(texts))]
+        payloads = [
+            {"path": path, "chunk_index": index, "text": text, "job_id": job_id, "sha256": sha256, "file_type": kind}
             for index, text in enumerate(texts)
         ]
-        for start in range(0, len(points), UPSERT_BATCH):
-            await self._call("upsert", qdrant_name(collection), points=points[start : start + UPSERT_BATCH], wait=True)
+        array = np.ascontiguousarray(vectors, dtype=np.float32)
+        backend = await self._backend()
+        if self.embedded:
+            await self._engine_call("upsert", collection=collection, ids=ids, vectors=array, payloads=payloads)
+        else:
+            assert not isinstance(backend, EngineProcess)
+            await backend.upsert(qdrant_name(collection), ids, array, payloads)
 
     async def delete_contents(self, collection: str, hashes: Sequence[str]) -> None:
         """Remove the points of file contents that are no longer current."""
         if not hashes:
             return
-        selector = models.FilterSelector(
-            filter=models.Filter(must=[models.FieldCondition(key="sha256", match=models.MatchAny(any=list(hashes)))])
-        )
-        await self._call("delete", qdrant_name(collection), points_selector=selector, wait=True)
+        backend = await self._backend()
+        if self.embedded:
+            await self._engine_call("delete", collection=collection, field="sha256", values=list(hashes))
+        else:
+            assert not isinstance(backend, EngineProcess)
+            name = qdrant_name(collection)
+            if collection in self._known or await backend.exists(name):
+                await backend.delete(name, "sha256", list(hashes))
 
-    async def search(self, collection: str, vector: npt.NDArray[np.float32], k: int) -> list[Hit]:
-        name = qdrant_name(collection)
-        if name not in self._known and not await self._call("collection_exists", name):
-            return []  # the collection exists but nothing has been indexed into it yet
-        response = await self._call("query_points", name, query=vector.tolist(), limit=k, with_payload=True)
-        return [Hit(score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
+    async def search(
+        self,
+        collection: str,
+        vector: npt.NDArray[np.float32] | None,
+        k: int,
+        *,
+        query_text: str | None = None,
+        mode: SearchMode | str = SearchMode.DENSE,
+        where: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[Hit]:
+        """The k best chunks, best first. ``mode``: dense (needs ``vector``), keyword (needs
+        ``query_text``) or hybrid (both). ``where``: payload field -> accepted values
+        (path, sha256, job_id, file_type), every field must match."""
+        plan = plan_search(
+            SearchMode(mode),
+            vector=None if vector is None else np.asarray(vector, dtype=np.float32).tolist(),
+            query_text=query_text,
+            k=k,
+            where=where,
+            rrf_k=self.rrf_k,
+            candidates=self.candidates,
+        )
+        backend = await self._backend()
+        if self.embedded:
+            found = await self._engine_call("search", collection=collection, plan=plan)
+        else:
+            assert not isinstance(backend, EngineProcess)
+            name = qdrant_name(collection)
+            if collection not in self._known and not await backend.exists(name):
+                return []  # the collection exists but nothing has been indexed into it yet
+            found = await backend.search(name, plan)
+        return [Hit(score=row["score"], payload=row["payload"], id=row["id"], ranks=row["ranks"]) for row in found]
 
     async def count(self, collection: str) -> int:
         """How many points the collection holds (0 before anything was indexed into it)."""
-        name = qdrant_name(collection)
-        if not await self._call("collection_exists", name):
-            return 0
-        result = await self._call("count", name, exact=True)
-        return int(result.count)
+        backend = await self._backend()
+        if self.embedded:
+            return int(await self._engine_call("count", collection=collection))
+        assert not isinstance(backend, EngineProcess)
+        return await backend.count(qdrant_name(collection))
+
+    async def optimize(self, collection: str | None = None) -> None:
+        """Build the HNSW index for every waiting point now (the embedded engine does it by itself
+        when idle; benchmarks and tests call this to measure or wait for it). No-op on a server."""
+        if self.embedded:
+            await self._engine_call("optimize", collection=collection)
+
+    async def flush(self) -> None:
+        """fsync everything written so far (embedded engine; it also does so by itself once writes
+        pause for a second, and on close). Survives a power cut, not only a killed process."""
+        if self.embedded:
+            await self._engine_call("flush")
+
+    async def stats(self, collection: str) -> dict[str, Any]:
+        """Points, segments and vectors waiting for the index (embedded engine)."""
+        if not self.embedded:
+            return {"points": await self.count(collection)}
+        return dict(await self._engine_call("stats", collection=collection))
+
+    @property
+    def engine_pid(self) -> int | None:
+        """The embedded engine's process id while it runs."""
+        return self._engine.pid if self._engine is not None else None

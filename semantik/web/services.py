@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import cast
 
 import structlog
 from arq.connections import ArqRedis
@@ -16,8 +17,9 @@ from semantik.events.publish import EventPublisher, JobEvents, envelope
 from semantik.jobqueue import abort_arq_job, enqueue_embed_job, queue_unavailable
 from semantik.paths import is_within
 from semantik.runtime import Runtime
+from semantik.store.hybrid import SearchMode
 from semantik.store.jobs import job_state
-from semantik.web.models import JobCreate, SearchHit, SearchRequest
+from semantik.web.models import JobCreate, RetrieverName, SearchHit, SearchRequest
 
 log = structlog.get_logger(__name__)
 
@@ -133,12 +135,14 @@ async def retry_job(rt: Runtime, queue: ArqRedis, job_id: str) -> Job:
 
 
 async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], float]:
-    """Best chunks first, and the milliseconds it took."""
+    """Best chunks first, and the milliseconds it took. A keyword search does not embed the query."""
     started = time.perf_counter()
     await rt.jobs.get_collection(request.collection)  # 404 for an unknown collection
-    embedder = await rt.embedder()
-    vector = (await embedder.encode([request.query]))[0]
-    hits = await rt.vectors.search(request.collection, vector, request.k)
+    vector = None
+    if request.mode is not SearchMode.KEYWORD:
+        embedder = await rt.embedder()
+        vector = (await embedder.encode([request.query]))[0]
+    hits = await rt.vectors.search(request.collection, vector, request.k, query_text=request.query, mode=request.mode)
     results = [
         SearchHit(
             score=hit.score,
@@ -146,6 +150,7 @@ async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], 
             chunk_index=int(hit.payload.get("chunk_index", 0)),
             text=str(hit.payload.get("text", "")),
             job_id=hit.payload.get("job_id"),
+            retrievers=cast("list[RetrieverName]", list(hit.retrievers)),  # validated by the model
         )
         for hit in hits
     ]

@@ -184,10 +184,20 @@ function highlight(text, query) {
   return words.length ? safe.replace(new RegExp(`(${words.join("|")})`, "giu"), "<mark>$1</mark>") : safe;
 }
 
+// [value, label, tooltip]; the first is the default (the API's too).
+const SEARCH_MODES = [
+  ["hybrid", "Hybrid", "Keywords and meaning, fused"],
+  ["dense", "Dense", "Meaning only (the embedding model)"],
+  ["keyword", "Keyword", "Exact terms (BM25) only"],
+];
+const retrievers = (hit) => (Array.isArray(hit.retrievers) && hit.retrievers.length
+  ? ` · <span class="retrievers">${hit.retrievers.map((r) => `<span class="retriever">${esc(r)}</span>`).join("+")}</span>` : "");
+
 async function searchPage() {
   view.innerHTML = `<h1>Search</h1><form class="grid card" id="search-form">
       <div class="field"><label for="s-collection">Collection</label><select id="s-collection" required></select></div>
-      <div class="field" style="grid-column: span 2"><label for="s-query">Query</label><input id="s-query" type="search" required placeholder="Ask by meaning…"></div>
+      <div class="field" style="grid-column: span 2"><label for="s-query">Query</label><input id="s-query" type="search" required placeholder="Ask by meaning or exact terms…"></div>
+      <fieldset class="field modes"><legend>Mode</legend><div class="toggle">${SEARCH_MODES.map(([value, label, title], i) => `<label title="${esc(title)}"><input type="radio" name="s-mode" value="${esc(value)}"${i === 0 ? " checked" : ""}> ${esc(label)}</label>`).join("")}</div></fieldset>
       <div class="actions"><button class="primary" type="submit">Search</button></div>
     </form><p id="s-status" class="muted" role="status"></p><div id="results"></div>`;
   const select = document.getElementById("s-collection");
@@ -200,13 +210,14 @@ async function searchPage() {
     event.preventDefault();
     const query = document.getElementById("s-query").value.trim();
     const info = document.getElementById("s-status"), results = document.getElementById("results");
+    const mode = (document.querySelector('input[name="s-mode"]:checked') || {}).value || "hybrid";
     if (!query || !select.value) return;
     info.textContent = "Searching…"; results.innerHTML = "";
     try {
-      const data = await api("/api/search", { method: "POST", body: { query, collection: select.value, k: 10 } });
+      const data = await api("/api/search", { method: "POST", body: { query, collection: select.value, k: 10, mode } });
       info.textContent = data.results.length ? `${data.results.length} results in ${data.took_ms} ms`
         : "No results. If the collection is still indexing, try again when its job has finished.";
-      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · ${esc(hit.path)} · chunk ${esc(hit.chunk_index)}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
+      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · ${esc(hit.path)} · chunk ${esc(hit.chunk_index)}${retrievers(hit)}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
     } catch (error) { info.textContent = ""; showError(results, error); }
   });
 }

@@ -1,0 +1,480 @@
+"""The embedded vector engine: one Qdrant Edge shard per collection under one directory.
+
+This module runs inside the engine process (see ``engine.py``), never in the server or a worker:
+qdrant-edge-py holds the GIL for the whole of every call, and building an HNSW index (``optimize``)
+takes seconds to minutes, which would freeze an event loop, its WebSockets and its job heartbeats.
+Everything here is synchronous and single-threaded; the process serves one request at a time.
+
+Layout of the directory (``SEMANTIK_DATA_DIR/vectors``)::
+
+    .lock                 flock held by the one process that may open these shards
+    <collection>/         an Edge shard (segments, WAL, edge_config.json)
+    .meta/<collection>.json   what the shard's sparse vectors were made with
+    .migrating/<collection>/  a shard being filled from an old store (removed if a migration died)
+
+Durability: Edge writes every update to its write-ahead log before ``update`` returns, so a point
+whose upsert returned survives ``kill -9`` of this process (tested); ``flush`` (fsync of WAL and
+segments) runs after writes once the engine has been idle for ``FLUSH_IDLE_S`` and on close.
+
+Indexing: Edge has no background optimizer. Points land in a plain (brute force) appendable
+segment; once ``INDEX_AFTER_POINTS`` points are waiting, ``optimize`` builds HNSW for them as soon as
+no search has come for ``OPTIMIZE_IDLE_S`` (writes wait meanwhile; a search arriving then waits for
+the build), or at once, searches or not, when ``OPTIMIZE_FORCE_POINTS`` are waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import numpy.typing as npt
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeOptimizersConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    HnswIndexConfig,
+    MatchAny,
+    Memory,
+    Modifier,
+    PayloadSchemaType,
+    Point,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    SearchParams,
+    SparseVector,
+    UpdateOperation,
+)
+
+from semantik.store import hybrid
+from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR, SearchPlan
+
+LOCK_FILE = ".lock"
+META_DIR = ".meta"
+MIGRATING_DIR = ".migrating"
+LAYOUT = 1
+# A collection name is a directory name here: the API's own rule (no leading dot, no slash).
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+UPDATE_BATCH = 512
+# HNSW for the points waiting in the plain segment once this many are there ...
+INDEX_AFTER_POINTS = 20_000
+# ... when no search came for this long, or at once when this many are waiting.
+OPTIMIZE_IDLE_S = 5.0
+OPTIMIZE_FORCE_POINTS = 100_000
+# Merged segments stay below this many points, so one optimize never rebuilds the whole index.
+MAX_SEGMENT_POINTS = 200_000
+SEGMENTS = 8
+FLUSH_IDLE_S = 1.0
+MAINTENANCE_RETRY_S = 60.0
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+# Search-time beam: at least this, and at least the number of candidates asked for.
+HNSW_EF = 128
+
+Log = Callable[..., None]
+
+
+class EngineError(Exception):
+    """An error the engine process reports to its client with a code (see ``engine.py``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def busy_message(root: Path) -> str:
+    return (
+        f"the embedded vector store {root} is held by another process; only one process can open it."
+        " Run `semantik up` alone, or share a Qdrant server via SEMANTIK_QDRANT_URL."
+    )
+
+
+def lock_store(root: Path) -> TextIO:
+    """Take the store's lock (non-blocking) and return the open lock file that holds it; the lock
+    goes with the process (or when the file is closed). Raises EngineError("vector_store_busy")."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = (root / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise EngineError("vector_store_busy", busy_message(root)) from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def kb(points: int, dim: int) -> int:
+    """Qdrant sizes segments in KB of dense vectors."""
+    return max(1, points * dim * 4 // 1024)
+
+
+def shard_config(dim: int) -> EdgeConfig:
+    return EdgeConfig(
+        vectors={DENSE_VECTOR: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
+        sparse_vectors={SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+        payload_memory=Memory.Cold,
+        hnsw_config=HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=kb(10_000, dim)),
+        optimizers=EdgeOptimizersConfig(
+            indexing_threshold=kb(INDEX_AFTER_POINTS, dim),
+            max_segment_size=kb(MAX_SEGMENT_POINTS, dim),
+            default_segment_number=SEGMENTS,
+        ),
+    )
+
+
+def where_filter(where: Mapping[str, Sequence[str]]) -> Filter | None:
+    if not where:
+        return None
+    return Filter(must=[FieldCondition(key=key, match=MatchAny(list(values))) for key, values in where.items()])
+
+
+def make_points(
+    ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]
+) -> list[Point]:
+    points = []
+    for point_id, vector, payload in zip(ids, vectors, payloads, strict=True):
+        sparse = hybrid.document_sparse(str(payload.get("text", "")))
+        named: dict[str, Any] = {DENSE_VECTOR: vector.tolist()}
+        if sparse.indices:
+            named[SPARSE_VECTOR] = SparseVector(sparse.indices, sparse.values)
+        points.append(Point(point_id, named, payload))
+    return points
+
+
+class Shard:
+    """One open Edge shard and what the engine knows about its indexing."""
+
+    def __init__(self, path: Path, edge: EdgeShard, dim: int) -> None:
+        self.path, self.edge, self.dim = path, edge, dim
+        info = edge.info()
+        # Dense vectors not in an HNSW index yet (sparse ones are indexed as they come).
+        self.waiting = max(0, 2 * info.points_count - info.indexed_vectors_count)
+        self.dirty = False
+        self.index_seconds = 0.0  # spent in optimize since the shard was opened
+
+    @classmethod
+    def create(cls, path: Path, dim: int) -> Shard:
+        edge = EdgeShard.create(str(path), shard_config(dim))
+        for name in INDEXED_FIELDS:
+            edge.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+        edge.flush()
+        return cls(path, edge, dim)
+
+    @classmethod
+    def load(cls, path: Path) -> Shard:
+        config = json.loads((path / "edge_config.json").read_text())
+        dim = int(config["vectors"][DENSE_VECTOR]["size"])
+        # This version's tuning (index thresholds, segment sizes) replaces what the shard was made with.
+        return cls(path, EdgeShard.load(str(path), shard_config(dim)), dim)
+
+    def upsert(self, ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise EngineError("bad_request", f"vectors of shape {vectors.shape} for a {self.dim}-dimension collection")
+        for start in range(0, len(ids), UPDATE_BATCH):
+            end = start + UPDATE_BATCH
+            self.edge.update(
+                UpdateOperation.upsert_points(make_points(ids[start:end], vectors[start:end], payloads[start:end]))
+            )
+        self.waiting += len(ids)
+        self.dirty = True
+
+    def delete(self, field: str, values: Sequence[str]) -> None:
+        self.edge.update(
+            UpdateOperation.delete_points_by_filter(
+                Filter(must=[FieldCondition(key=field, match=MatchAny(list(values)))])
+            )
+        )
+        self.dirty = True
+
+    def count(self) -> int:
+        return int(self.edge.count(CountRequest(exact=True)))
+
+    def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
+        flt = where_filter(plan.where)
+        requests = []
+        for spec in plan.lists:
+            if spec.dense is not None:
+                query = Query.Nearest(spec.dense, using=DENSE_VECTOR)
+            else:
+                assert spec.sparse is not None
+                query = Query.Nearest(SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE_VECTOR)
+            requests.append(
+                QueryRequest(
+                    limit=spec.limit,
+                    query=query,
+                    filter=flt,
+                    params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit)),
+                    with_payload=not plan.fused,
+                    with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
+                )
+            )
+        live = hybrid.searchable(plan)
+        answers: list[list[Any]] = [[] for _ in plan.lists]
+        if live:
+            found = self.edge.query_batch(QueryBatchRequest([requests[i] for i in live]))
+            for i, answer in zip(live, found, strict=True):
+                answers[i] = answer
+        fused = hybrid.fuse(plan, hybrid.collect(plan, answers, _sparse_indices))
+        if plan.fused and fused:
+            payloads = {
+                str(r.id): r.payload
+                for r in self.edge.retrieve([h.id for h in fused], with_payload=True, with_vector=False)
+            }
+        else:
+            payloads = {str(p.id): p.payload for p in answers[0]}
+        return hybrid.rows(fused, payloads)
+
+    def optimize(self) -> bool:
+        changed = bool(self.edge.optimize())
+        self.waiting = 0
+        return changed
+
+    def flush(self) -> None:
+        self.edge.flush()
+        self.dirty = False
+
+    def close(self) -> None:
+        self.edge.close()
+
+
+def _sparse_indices(point: Any) -> frozenset[int]:
+    vector = point.vector
+    if isinstance(vector, dict) and vector.get(SPARSE_VECTOR) is not None:
+        return frozenset(vector[SPARSE_VECTOR].indices)
+    return frozenset()
+
+
+def _no_log(event: str, **fields: Any) -> None:
+    pass
+
+
+class EdgeEngine:
+    """Every shard of one store directory, opened on first use, behind the store's lock."""
+
+    def __init__(self, root: Path, *, log: Log = _no_log) -> None:
+        self.root = root
+        self.log = log
+        self._lock = lock_store(root)
+        self._shards: dict[str, Shard] = {}
+        self.last_search = 0.0
+        self.last_write = 0.0
+        self._retry_at = 0.0
+        self._clear_dead_migrations()
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def shard_path(self, collection: str) -> Path:
+        if not COLLECTION_NAME.match(collection):
+            raise EngineError("bad_request", f"invalid collection name {collection!r}")
+        return self.root / collection
+
+    def meta_path(self, collection: str) -> Path:
+        return self.root / META_DIR / f"{collection}.json"
+
+    def write_meta(self, collection: str, dim: int, **extra: Any) -> None:
+        path = self.meta_path(collection)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"layout": LAYOUT, "dim": dim, "sparse": hybrid.BM25_SIGNATURE, **extra}))
+        os.replace(tmp, path)
+
+    def read_meta(self, collection: str) -> dict[str, Any]:
+        path = self.meta_path(collection)
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def check_meta(self, collection: str) -> None:
+        meta = self.read_meta(collection)
+        if meta and meta.get("sparse") != hybrid.BM25_SIGNATURE:
+            raise EngineError(
+                "vector_store_incompatible",
+                f"collection {collection!r} holds keyword vectors made with {meta.get('sparse')!r}, this version"
+                f" makes {hybrid.BM25_SIGNATURE!r}; re-index it into a new collection",
+            )
+
+    def _clear_dead_migrations(self) -> None:
+        # A migration that died half-way left a partial shard here; its source is still intact.
+        shutil.rmtree(self.root / MIGRATING_DIR, ignore_errors=True)
+
+    def collections(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and COLLECTION_NAME.match(p.name))
+
+    # -- shards -----------------------------------------------------------------------------
+
+    def shard(self, collection: str) -> Shard | None:
+        """The collection's open shard, loading it on first use; None when it has none yet."""
+        shard = self._shards.get(collection)
+        if shard is None:
+            path = self.shard_path(collection)
+            if not (path / "edge_config.json").exists():
+                return None
+            self.check_meta(collection)
+            shard = self._shards[collection] = Shard.load(path)
+        return shard
+
+    def ensure(self, collection: str, dim: int) -> None:
+        shard = self.shard(collection)
+        if shard is None:
+            path = self.shard_path(collection)
+            if path.exists():
+                shutil.rmtree(path)  # a directory without a config: a creation that died half-way
+            shard = self._shards[collection] = Shard.create(path, dim)
+            self.write_meta(collection, dim)
+            self.log("vector_collection_created", collection=collection, dim=dim, path=str(path))
+        elif shard.dim != dim:
+            raise EngineError(
+                "bad_request", f"collection {collection!r} holds {shard.dim}-dimension vectors, not {dim}"
+            )
+
+    def adopt(self, collection: str, shard_dir: Path, dim: int, **meta: Any) -> None:
+        """Make a shard built elsewhere under the root (a migration) the collection's shard."""
+        self.write_meta(collection, dim, **meta)
+        os.replace(shard_dir, self.shard_path(collection))
+
+    def upsert(
+        self, collection: str, ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]
+    ) -> int:
+        shard = self.shard(collection)
+        if shard is None:
+            raise EngineError("bad_request", f"collection {collection!r} has no vector index yet (ensure it first)")
+        shard.upsert(ids, vectors, payloads)
+        self.last_write = time.monotonic()
+        if shard.waiting >= OPTIMIZE_FORCE_POINTS:
+            self._optimize(collection, shard, reason="backlog")
+        return len(ids)
+
+    def delete(self, collection: str, field: str, values: Sequence[str]) -> None:
+        if field not in INDEXED_FIELDS:
+            raise EngineError("bad_request", f"cannot delete by {field!r}")
+        shard = self.shard(collection)
+        if shard is not None and values:
+            shard.delete(field, values)
+            self.last_write = time.monotonic()
+
+    def search(self, collection: str, plan: SearchPlan) -> list[dict[str, Any]]:
+        self.last_search = time.monotonic()
+        shard = self.shard(collection)
+        return [] if shard is None else shard.search(plan)
+
+    def count(self, collection: str) -> int:
+        shard = self.shard(collection)
+        return 0 if shard is None else shard.count()
+
+    def stats(self, collection: str) -> dict[str, Any]:
+        shard = self.shard(collection)
+        if shard is None:
+            return {"points": 0}
+        info = shard.edge.info()
+        return {
+            "points": info.points_count,
+            "segments": info.segments_count,
+            "indexed_vectors": info.indexed_vectors_count,
+            "waiting": shard.waiting,
+            "index_seconds": round(shard.index_seconds, 3),
+        }
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def due_in(self) -> float | None:
+        """Seconds until ``maintain`` has something to do, None when nothing is pending."""
+        now = time.monotonic()
+        due: list[float] = []
+        if any(s.dirty for s in self._shards.values()):
+            due.append(self.last_write + FLUSH_IDLE_S - now)
+        if any(s.waiting >= INDEX_AFTER_POINTS for s in self._shards.values()):
+            due.append(self.last_search + OPTIMIZE_IDLE_S - now)
+        if not due:
+            return None
+        return max(0.0, min(due), self._retry_at - now)
+
+    def maintain(self) -> None:
+        """Build HNSW for waiting points when no search came for a while; flush (fsync) once
+        writes paused. A failure is logged and tried again a minute later."""
+        now = time.monotonic()
+        try:
+            for collection, shard in list(self._shards.items()):
+                if shard.waiting >= INDEX_AFTER_POINTS and now - self.last_search >= OPTIMIZE_IDLE_S:
+                    self._optimize(collection, shard, reason="idle")
+                if shard.dirty and now - self.last_write >= FLUSH_IDLE_S:
+                    shard.flush()
+        except Exception as exc:
+            self._retry_at = time.monotonic() + MAINTENANCE_RETRY_S
+            self.log("vector_maintenance_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=MAINTENANCE_RETRY_S)
+
+    def optimize(self, collection: str | None = None) -> None:
+        for name, shard in list(self._shards.items()):
+            if collection is None or name == collection:
+                self._optimize(name, shard, reason="asked")
+
+    def _optimize(self, collection: str, shard: Shard, *, reason: str) -> None:
+        began = time.monotonic()
+        waiting = shard.waiting
+        changed = shard.optimize()
+        shard.flush()
+        shard.index_seconds += time.monotonic() - began
+        if changed:
+            self.log(
+                "vector_index_built",
+                collection=collection,
+                points=waiting,
+                reason=reason,
+                seconds=round(time.monotonic() - began, 2),
+            )
+
+    def flush(self) -> None:
+        for shard in self._shards.values():
+            shard.flush()
+
+    def close_shard(self, collection: str) -> None:
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            shard.close()
+
+    def close(self) -> None:
+        for collection in list(self._shards):
+            self.close_shard(collection)
+        with contextlib.suppress(OSError):
+            self._lock.close()
+
+
+def stored_point_ids(root: Path, collection: str) -> list[str]:
+    """Every point id of a collection, read from its shard directly (tests, tools). The store must
+    be free: no engine may hold it (raises EngineError("vector_store_busy") otherwise)."""
+    lock = lock_store(root)
+    try:
+        path = root / collection
+        if not (path / "edge_config.json").exists():
+            return []
+        shard = EdgeShard.load(str(path))
+        try:
+            ids: list[str] = []
+            offset: Any = None
+            while True:
+                records, offset = shard.scroll(ScrollRequest(offset=offset, limit=1000, with_payload=False))
+                ids.extend(str(r.id) for r in records)
+                if offset is None:
+                    return ids
+        finally:
+            shard.close()
+    finally:
+        lock.close()

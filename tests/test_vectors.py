@@ -1,0 +1,668 @@
+"""The vector store: the embedded engine (Qdrant Edge in its own process), hybrid search, the
+Qdrant server path (run against qdrant-client's in-memory mode, which executes the same requests),
+durability across kill -9, one process per store, and the migration of local-mode stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_edge import (
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    Fusion,
+    Modifier,
+    Point,
+    Prefetch,
+    Query,
+    QueryRequest,
+    UpdateOperation,
+)
+
+from semantik.cli.redis_server import free_port
+from semantik.errors import Unavailable
+from semantik.settings import Settings
+from semantik.store import hybrid
+from semantik.store.edge import stored_point_ids
+from semantik.store.hybrid import Candidate, CandidateList, Retriever, SearchMode, SearchPlan, fuse, identifier_terms
+from semantik.store.server import ServerBackend, query_requests
+from semantik.store.vectors import VectorStore, point_id, qdrant_name
+
+# A client for an unreachable server checks the server's version in the background.
+pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
+
+DIM = 16
+REPO = Path(__file__).resolve().parents[1]
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> npt.NDArray[np.float32]:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[VectorStore]:
+    vectors = VectorStore(url=None, api_key=None, path=tmp_path / "vectors", legacy_path=tmp_path / "qdrant")
+    yield vectors
+    await vectors.close()
+
+
+TEXTS = [
+    "The lighthouse keeper polished the brass lens every evening.",
+    "Billing failed with error E4521 after the nightly batch.",
+    "Ships at sea follow the light home.",
+    "Volcanoes erupt when magma pressure builds up.",
+    "Rotate the API keys every ninety days.",
+]
+
+
+async def test_dense_keyword_and_hybrid_search_say_which_retrievers_found_each_hit(store: VectorStore) -> None:
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, len(TEXTS))
+    await store.ensure_collection("notes", DIM)
+    await store.ensure_collection("notes", DIM)  # twice is fine
+    await store.upsert_file("notes", sha256="a" * 64, path="/d/Notes.MD", job_id="j1", texts=TEXTS, vectors=vectors)
+    assert await store.count("notes") == len(TEXTS)
+
+    dense = await store.search("notes", vectors[3], 2)  # the old call: dense by default
+    assert dense[0].payload["chunk_index"] == 3 and dense[0].retrievers == ("dense",)
+    assert dense[0].payload == {
+        "path": "/d/Notes.MD",
+        "chunk_index": 3,
+        "text": TEXTS[3],
+        "job_id": "j1",
+        "sha256": "a" * 64,
+        "file_type": "md",
+    }
+    assert dense[0].id == point_id("notes", "a" * 64, 3)
+
+    keyword = await store.search("notes", None, 3, query_text="E4521", mode="keyword")
+    assert [h.payload["chunk_index"] for h in keyword] == [1] and keyword[0].retrievers == ("keyword",)
+
+    hybrid_hits = await store.search("notes", vectors[1], 3, query_text="billing error E4521", mode=SearchMode.HYBRID)
+    assert hybrid_hits[0].payload["chunk_index"] == 1
+    assert hybrid_hits[0].retrievers == ("dense", "keyword") and hybrid_hits[0].exact
+    assert all(h.retrievers == ("dense",) for h in hybrid_hits[1:])
+    assert hybrid_hits[0].score > hybrid_hits[1].score
+
+    # Stop words only: nothing on the keyword side, the dense side still answers.
+    only_dense = await store.search("notes", vectors[0], 2, query_text="the of and", mode="hybrid")
+    assert only_dense[0].payload["chunk_index"] == 0 and only_dense[0].retrievers == ("dense",)
+    assert await store.search("notes", None, 2, query_text="the", mode="keyword") == []
+
+    # Filters on indexed payload fields.
+    assert await store.search("notes", vectors[0], 5, where={"file_type": ["pdf"]}) == []
+    assert len(await store.search("notes", vectors[0], 5, where={"file_type": ["md"], "job_id": ["j1"]})) == 5
+    with pytest.raises(ValueError, match="cannot filter by"):
+        await store.search("notes", vectors[0], 5, where={"text": ["x"]})
+    with pytest.raises(ValueError, match="needs the query text"):
+        await store.search("notes", vectors[0], 5, mode="hybrid")
+
+    # A collection nothing was indexed into yet.
+    assert await store.search("empty", vectors[0], 5, query_text="x", mode="hybrid") == []
+    assert await store.count("empty") == 0
+
+
+async def test_repeat_upserts_overwrite_and_delete_contents_removes_a_files_points(store: VectorStore) -> None:
+    rng = np.random.default_rng(1)
+    await store.ensure_collection("c", DIM)
+    for _ in range(2):
+        await store.upsert_file("c", sha256="a" * 64, path="/d/a.txt", job_id="j", texts=TEXTS, vectors=unit(rng, 5))
+    await store.upsert_file("c", sha256="b" * 64, path="/d/b", job_id="j", texts=TEXTS[:2], vectors=unit(rng, 2))
+    assert await store.count("c") == 7
+    hits = await store.search("c", None, 10, query_text="lighthouse", mode="keyword", where={"sha256": ["b" * 64]})
+    assert [h.payload["file_type"] for h in hits] == [""]  # no suffix, no type
+    await store.delete_contents("c", ["a" * 64])
+    await store.delete_contents("c", [])
+    assert await store.count("c") == 2
+    with pytest.raises(ValueError, match="16-dimension"):
+        await store.upsert_file("c", sha256="c" * 64, path="/x", job_id="j", texts=["x"], vectors=unit(rng, 1, 8))
+    await store.close()  # it remembers the collections it ensured; a fresh start checks the shard
+    with pytest.raises(ValueError, match="holds 16-dimension vectors, not 8"):
+        await store.ensure_collection("c", 8)
+
+
+async def test_searches_while_jobs_write_into_the_same_collection_stay_consistent(store: VectorStore) -> None:
+    rng = np.random.default_rng(2)
+    await store.ensure_collection("busy", DIM)
+    written: set[str] = set()
+    errors: list[BaseException] = []
+    writers_done = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        for f in range(25):
+            sha = f"{w:02d}{f:02d}".ljust(64, "0")
+            texts = [f"writer{w} file{f} chunk{c} tag{w}x{f}" for c in range(6)]
+            await store.upsert_file(
+                "busy", sha256=sha, path=f"/w{w}/{f}.txt", job_id=f"j{w}", texts=texts, vectors=unit(rng, 6)
+            )
+            written.add(f"tag{w}x{f}")
+            # Read your own write: the file is searchable as soon as its upsert returned.
+            found = await store.search("busy", None, 6, query_text=f"tag{w}x{f}", mode="keyword")
+            assert {h.payload["chunk_index"] for h in found} == set(range(6))
+            if f % 5 == 4:
+                await store.delete_contents("busy", [sha])
+                written.discard(f"tag{w}x{f}")
+
+    async def searcher() -> None:
+        while not writers_done.is_set():
+            for mode in ("dense", "keyword", "hybrid"):
+                hits = await store.search("busy", unit(rng, 1)[0], 10, query_text="writer1 chunk3", mode=mode)
+                for hit in hits:
+                    p = hit.payload
+                    assert p["text"].startswith(p["path"].split("/")[1].replace("w", "writer") + " ")
+                    assert p["text"].split()[2] == f"chunk{p['chunk_index']}"
+                    assert hit.id == point_id("busy", p["sha256"], p["chunk_index"])
+            await asyncio.sleep(0)
+
+    async def guarded(coro: Any) -> None:
+        try:
+            await coro
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    searchers = [asyncio.create_task(guarded(searcher())) for _ in range(2)]
+    await asyncio.gather(*(guarded(writer(w)) for w in range(4)))
+    writers_done.set()
+    await asyncio.gather(*searchers)
+    assert errors == []
+    assert await store.count("busy") == 4 * 20 * 6
+
+
+async def test_the_event_loop_never_waits_for_the_engine(store: VectorStore) -> None:
+    """Edge holds the GIL for a whole call, an index build included; in its own process it cannot
+    stall this loop, and searches find the same points before and after the build."""
+    rng = np.random.default_rng(3)
+    await store.ensure_collection("big", DIM)
+    vectors = unit(rng, 21_000)
+    stalls: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            stalls.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    for f in range(0, 21_000, 1000):
+        texts = [f"chunk {f + i} of the big file" for i in range(1000)]
+        await store.upsert_file(
+            "big", sha256=f"{f:064d}", path="/big.txt", job_id="j", texts=texts, vectors=vectors[f : f + 1000]
+        )
+    before = [h.id for h in await store.search("big", vectors[7], 5)]
+    await store.optimize("big")
+    after = [h.id for h in await store.search("big", vectors[7], 5)]
+    tick.cancel()
+    stats = await store.stats("big")
+    assert stats["points"] == 21_000 and stats["waiting"] == 0 and stats["index_seconds"] > 0
+    assert after[0] == before[0] == point_id("big", f"{0:064d}", 7)
+    assert max(stalls) < 0.25, max(stalls)
+
+
+# -- one process per store ----------------------------------------------------------------------
+
+HOLDER = (
+    "import sys; from pathlib import Path; from semantik.store.edge import lock_store;"
+    " lock = lock_store(Path(sys.argv[1])); print('ready', flush=True); sys.stdin.read()"
+)
+
+
+def hold(path: Path) -> subprocess.Popen[bytes]:
+    """Another process holding the embedded store (what tests/helpers.py embedded_store_held runs)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+    return holder
+
+
+async def test_a_store_held_by_another_process_is_a_clear_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "vectors"
+    holder = hold(path)
+    store = VectorStore(url=None, api_key=None, path=path)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await store.count("x")
+        assert caught.value.code == "vector_store_busy"
+        assert "held by another process" in caught.value.message and "SEMANTIK_QDRANT_URL" in caught.value.message
+        # A second store in this very process is another opener too.
+        holder.kill()
+        holder.wait()
+        assert await store.count("x") == 0  # the holder is gone: it opens now
+        second = VectorStore(url=None, api_key=None, path=path)
+        with pytest.raises(Unavailable, match="held by another process"):
+            await second.count("x")
+        await second.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        await store.close()
+
+
+async def test_a_killed_engine_answers_unavailable_once_then_restarts_with_every_answered_write(
+    store: VectorStore,
+) -> None:
+    rng = np.random.default_rng(4)
+    await store.ensure_collection("k", DIM)
+    for f in range(20):
+        await store.upsert_file(
+            "k", sha256=f"{f:064d}", path=f"/{f}.txt", job_id="j", texts=TEXTS, vectors=unit(rng, 5)
+        )
+    pid = store.engine_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # no flush, no close: only what the WAL holds
+    with pytest.raises(Unavailable) as caught:
+        await store.count("k")
+    assert caught.value.code == "vector_engine_stopped"
+    assert await store.count("k") == 100
+    assert store.engine_pid not in (None, pid)
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    import numpy as np
+    from semantik.store.vectors import VectorStore
+
+    async def main() -> None:
+        store = VectorStore(url=None, api_key=None, path=Path(sys.argv[1]))
+        await store.ensure_collection("crash", 16)
+        rng = np.random.default_rng(0)
+        for f in range(100000):
+            vectors = rng.standard_normal((10, 16)).astype(np.float32)
+            texts = [f"file {f} chunk {c}" for c in range(10)]
+            sha = f"{f:064d}"
+            await store.upsert_file("crash", sha256=sha, path=f"/{f}.txt", job_id="j", texts=texts, vectors=vectors)
+            print("ack", f, store.engine_pid, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_files_answered_before_kill_9_of_the_process_are_all_there(tmp_path: Path) -> None:
+    """kill -9 of the server or worker: its engine dies with it (the store is free at once) and every
+    file whose upsert_file returned is in the store."""
+    path = tmp_path / "vectors"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, cwd=REPO)
+    assert writer.stdout is not None
+    acked, engine_pid = -1, 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline or acked < 5:
+        line = writer.stdout.readline().split()
+        if line[:1] == [b"ack"]:  # other lines: the store's log
+            acked, engine_pid = int(line[1]), int(line[2])
+    writer.kill()
+    writer.wait()
+    for _ in range(100):  # PR_SET_PDEATHSIG: the engine gets SIGKILL with its parent
+        if not Path(f"/proc/{engine_pid}").exists():
+            break
+        await asyncio.sleep(0.05)
+    store = VectorStore(url=None, api_key=None, path=path)
+    try:
+        count = await store.count("crash")
+    finally:
+        await store.close()
+    assert (acked + 1) * 10 <= count <= (acked + 2) * 10, (acked, count)
+    ids = stored_point_ids(path, "crash")  # read straight from the shard, as tests/helpers.py does
+    assert len(ids) == len(set(ids)) == count
+
+
+# -- fusion ---------------------------------------------------------------------------------------
+
+
+def plan_of(*lists: CandidateList, identifiers: list[frozenset[int]] | None = None, k: int = 10) -> SearchPlan:
+    return SearchPlan(SearchMode.HYBRID, k, list(lists), {}, 60, identifiers or [])
+
+
+DENSE = CandidateList(Retriever.DENSE, 50, dense=[1.0])
+KEYWORD = CandidateList(Retriever.KEYWORD, 50, sparse=hybrid.Sparse([1], [1.0]), with_sparse=True)
+
+
+def test_rrf_ties_go_to_documents_both_found_then_to_the_keyword_side() -> None:
+    # "d" only dense at rank 0, "w" only keyword at rank 0: both 1/60. "b" is found by both.
+    fused = fuse(
+        plan_of(DENSE, KEYWORD),
+        [[Candidate("d", 0.9), Candidate("b", 0.8)], [Candidate("w", 9.0), Candidate("b", 5.0)]],
+    )
+    assert [h.id for h in fused] == ["b", "w", "d"]
+    assert fused[1].score == fused[2].score == 1 / 60
+    assert fused[0].ranks == {"dense": 1, "keyword": 1}
+
+
+def test_an_identifier_in_the_query_lifts_the_chunks_that_hold_it() -> None:
+    # Near-identical notes: the dense side cannot tell them apart and puts the code's note at rank 8;
+    # the keyword side has it first. Plain RRF puts note "n0" (dense 0, keyword 1) first.
+    notes = [f"n{i}" for i in range(10)]
+    dense = [Candidate(n, 0.9 - i / 100) for i, n in enumerate(notes)]
+    dense.insert(8, dense.pop(dense.index(next(c for c in dense if c.id == "n5"))))
+    code = frozenset({42, 7})
+    keyword = [Candidate("n5", 12.0, frozenset({1, 42, 7}))] + [
+        Candidate(n, 2.0, frozenset({1})) for n in notes if n != "n5"
+    ]
+    plain = fuse(plan_of(DENSE, KEYWORD), [dense, keyword])
+    assert plain[0].id == "n0"
+    lifted = fuse(plan_of(DENSE, KEYWORD, identifiers=[code]), [dense, keyword])
+    assert lifted[0].id == "n5" and lifted[0].ranks == {"dense": 8, "keyword": 0, "identifier": 0}
+
+
+@pytest.mark.parametrize(
+    ("query", "terms"),
+    [
+        ("E4521", ["E4521"]),
+        ("what does ERR-451-B mean?", ["ERR-451-B"]),
+        ("0x8007000E on install", ["0x8007000E"]),
+        ("disk_quota_42 again", ["disk_quota_42"]),
+        ("call getUserName twice", ["getUserName"]),
+        ("upgrade to v2.3.1.", ["v2.3.1"]),
+        ("port 8080 refused", ["8080"]),
+        ("plant-based diets and X-Rays", []),
+        ("antioxidant content of 300 foods", []),
+        ("IGF-1 and cancer", ["IGF-1"]),
+    ],
+)
+def test_identifier_like_terms(query: str, terms: list[str]) -> None:
+    assert identifier_terms(query) == terms
+
+
+def test_our_rrf_is_qdrants_rrf(tmp_path: Path) -> None:
+    """Without ties and identifiers, fuse() gives the scores Edge's own Fusion.Rrf gives."""
+    rng = np.random.default_rng(5)
+    shard = EdgeShard.create(
+        str(tmp_path / "s"),
+        EdgeConfig(
+            vectors={hybrid.DENSE_VECTOR: EdgeVectorParams(size=DIM, distance=Distance.Cosine)},
+            sparse_vectors={hybrid.SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+        ),
+    )
+    words = [f"w{i}" for i in range(60)]
+    vectors = unit(rng, 400)
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(400)]
+    points = []
+    for i in range(400):
+        sparse = hybrid.document_sparse(texts[i])
+        points.append(Point(i, {hybrid.DENSE_VECTOR: vectors[i].tolist(), hybrid.SPARSE_VECTOR: hybrid_sparse(sparse)}))
+    shard.update(UpdateOperation.upsert_points(points))
+    for q in range(20):
+        text = " ".join(rng.choice(words, 3))
+        plan = hybrid.plan_search(SearchMode.HYBRID, vector=vectors[q].tolist(), query_text=text, k=10, candidates=30)
+        answers = shard.query_batch(edge_batch(plan))
+        ours = fuse(plan, hybrid.collect(plan, answers, lambda p: frozenset()))
+        theirs = shard.query(
+            QueryRequest(
+                limit=10,
+                prefetches=[
+                    Prefetch(limit=30, query=Query.Nearest(vectors[q].tolist(), using=hybrid.DENSE_VECTOR)),
+                    Prefetch(
+                        limit=30,
+                        query=Query.Nearest(hybrid_sparse(hybrid.query_sparse(text)), using=hybrid.SPARSE_VECTOR),
+                    ),
+                ],
+                query=Fusion.Rrf(k=60),  # type: ignore[arg-type]  # the stub's union leaves Rrf out
+            )
+        )
+        assert np.allclose([h.score for h in ours], [p.score for p in theirs], rtol=1e-6, atol=0)  # Edge sums in f32
+    shard.close()
+
+
+def hybrid_sparse(sparse: hybrid.Sparse) -> Any:
+    from qdrant_edge import SparseVector
+
+    return SparseVector(sparse.indices, sparse.values)
+
+
+def edge_vector(spec: CandidateList) -> Any:
+    if spec.dense is not None:
+        return spec.dense
+    assert spec.sparse is not None
+    return hybrid_sparse(spec.sparse)
+
+
+def edge_batch(plan: SearchPlan) -> Any:
+    from qdrant_edge import QueryBatchRequest
+
+    return QueryBatchRequest(
+        [
+            QueryRequest(limit=spec.limit, query=Query.Nearest(edge_vector(spec), using=spec.using))
+            for spec in plan.lists
+        ]
+    )
+
+
+# -- the Qdrant server path -----------------------------------------------------------------------
+
+
+class InMemoryQdrant(AsyncQdrantClient):
+    """qdrant-client's in-memory mode, which runs the requests a server would; it ignores payload
+    indexes, so this records the ones asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(location=":memory:")
+        self.indexed: list[tuple[str, str]] = []
+
+    async def create_payload_index(self, collection_name: str, field_name: str, *args: Any, **kwargs: Any) -> Any:
+        self.indexed.append((collection_name, field_name))
+        return await super().create_payload_index(collection_name, field_name, *args, **kwargs)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ServerBackend]:
+    backend = ServerBackend(None, None, client=InMemoryQdrant())
+    yield backend
+    await backend.close()
+
+
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning", "ignore:Local mode:UserWarning")
+async def test_the_server_path_builds_both_vectors_and_answers_like_the_embedded_engine(
+    server: ServerBackend, store: VectorStore
+) -> None:
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, len(TEXTS))
+    name = qdrant_name("notes")
+    await server.ensure(name, DIM)
+    await server.ensure(name, DIM)
+    info = await server.client.get_collection(name)
+    assert isinstance(info.config.params.vectors, dict)
+    assert info.config.params.vectors[hybrid.DENSE_VECTOR].size == DIM
+    assert info.config.params.vectors[hybrid.DENSE_VECTOR].distance == models.Distance.COSINE
+    assert info.config.params.sparse_vectors is not None
+    assert info.config.params.sparse_vectors[hybrid.SPARSE_VECTOR].modifier == models.Modifier.IDF
+    assert server.client.indexed == [(name, f) for f in hybrid.INDEXED_FIELDS]  # type: ignore[attr-defined]
+
+    ids = [point_id("notes", "a" * 64, i) for i in range(len(TEXTS))]
+    payloads = [
+        {"path": "/n.md", "chunk_index": i, "text": t, "sha256": "a" * 64, "job_id": "j", "file_type": "md"}
+        for i, t in enumerate(TEXTS)
+    ]
+    await server.upsert(name, ids, vectors, payloads)
+    await store.ensure_collection("notes", DIM)
+    await store.upsert_file("notes", sha256="a" * 64, path="/n.md", job_id="j", texts=TEXTS, vectors=vectors)
+    for mode, text in [("dense", None), ("keyword", "lighthouse light ships"), ("hybrid", "error E4521 light")]:
+        plan = hybrid.plan_search(SearchMode(mode), vector=vectors[2].tolist(), query_text=text, k=4)
+        remote = await server.search(name, plan)
+        local = await store.search("notes", vectors[2], 4, query_text=text, mode=mode)
+        assert [r["id"] for r in remote] == [h.id for h in local], mode
+        assert [r["ranks"] for r in remote] == [dict(h.ranks) for h in local], mode
+        assert np.allclose([r["score"] for r in remote], [h.score for h in local], atol=1e-4), mode
+    assert await server.count(name) == 5
+    await server.delete(name, "sha256", ["a" * 64])
+    assert await server.count(name) == 0
+    assert await server.count(qdrant_name("never")) == 0
+
+
+def test_server_requests_have_the_same_shape_as_the_plan() -> None:
+    plan = hybrid.plan_search(
+        SearchMode.HYBRID, vector=[0.5] * DIM, query_text="ERR-451-B billing", k=5, where={"file_type": ["pdf", "md"]}
+    )
+    dense, keyword = query_requests(plan)
+    assert (
+        dense.using == hybrid.DENSE_VECTOR and dense.limit == hybrid.DEFAULT_CANDIDATES and dense.query == [0.5] * DIM
+    )
+    assert keyword.using == hybrid.SPARSE_VECTOR and isinstance(keyword.query, models.SparseVector)
+    assert keyword.with_vector == [hybrid.SPARSE_VECTOR]  # to see which candidates hold the identifier
+    assert dense.with_payload is False and keyword.with_payload is False
+    assert (
+        dense.filter
+        == keyword.filter
+        == models.Filter(must=[models.FieldCondition(key="file_type", match=models.MatchAny(any=["pdf", "md"]))])
+    )
+    (only,) = query_requests(hybrid.plan_search(SearchMode.DENSE, vector=[0.5] * DIM, query_text=None, k=5))
+    assert only.limit == 5 and only.with_payload is True
+
+
+async def test_a_collection_made_by_an_older_semantik_on_the_server_is_refused_with_the_way_forward(
+    server: ServerBackend,
+) -> None:
+    name = qdrant_name("old")
+    await server.client.create_collection(
+        name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+    )
+    with pytest.raises(Unavailable) as caught:
+        await server.ensure(name, DIM)
+    assert (
+        caught.value.code == "vector_store_incompatible" and "DELETE /collections/semantik_old" in caught.value.message
+    )
+
+
+async def test_an_unreachable_server_is_a_connection_error(tmp_path: Path) -> None:
+    store = VectorStore(url=f"http://127.0.0.1:{free_port()}", api_key=None, path=tmp_path / "unused")
+    try:
+        with pytest.raises(Exception, match=r"(?i)connect"):
+            await store.ensure_collection("x", DIM)
+        with pytest.raises(Exception, match=r"(?i)connect"):
+            await store.search("x", np.ones(DIM, dtype=np.float32), 3, query_text="x", mode="hybrid")
+    finally:
+        await store.close()
+    assert not (tmp_path / "unused").exists()  # the server path never touches the embedded store
+
+
+def test_the_store_lives_under_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, search_rrf_k=30)
+    store = VectorStore.from_settings(settings)
+    assert store._path == tmp_path / "vectors" and store._legacy == tmp_path / "qdrant"
+    assert store.rrf_k == 30 and store.embedded
+
+
+# -- migration from qdrant-client's local mode ----------------------------------------------------
+
+
+def old_store(
+    path: Path, collection: str, n: int, rng: np.random.Generator
+) -> tuple[list[str], npt.NDArray[np.float32], list[dict[str, Any]]]:
+    """A store as the previous Semantik wrote it: local mode, unnamed cosine vector, no BM25."""
+    client = QdrantClient(path=str(path))
+    name = qdrant_name(collection)
+    client.create_collection(name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+    vectors = unit(rng, n)
+    words = ["harbour", "lantern", "magma", "ledger", "invoice", "glacier", "orbit", "pollen"]
+    ids, payloads = [], []
+    for i in range(n):
+        sha = f"{i // 10:064x}"
+        payload = {
+            "path": f"/docs/{i // 10}.{['txt', 'pdf', 'md'][i // 10 % 3]}",
+            "chunk_index": i % 10,
+            "text": f"{words[i % 8]} {words[(i * 3) % 8]} item{i}",
+            "job_id": "old-job",
+            "sha256": sha,
+        }
+        ids.append(point_id(collection, sha, i % 10))
+        payloads.append(payload)
+    client.upsert(
+        name, points=[models.PointStruct(id=ids[i], vector=vectors[i].tolist(), payload=payloads[i]) for i in range(n)]
+    )
+    client.close()
+    return ids, vectors, payloads
+
+
+def dense_top(path: Path, collection: str, queries: npt.NDArray[np.float32]) -> list[list[str]]:
+    client = QdrantClient(path=str(path))
+    try:
+        return [
+            [str(p.id) for p in client.query_points(qdrant_name(collection), query=q.tolist(), limit=10).points]
+            for q in queries
+        ]
+    finally:
+        client.close()
+
+
+async def test_a_local_mode_store_is_migrated_on_first_open(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(7)
+    legacy = tmp_path / "qdrant"
+    ids, vectors, payloads = old_store(legacy, "docs", 350, rng)
+    old_store(legacy, "more", 40, rng)
+    queries = unit(rng, 5)
+    before = dense_top(legacy, "docs", queries)
+    (tmp_path / "vectors" / ".migrating" / "docs").mkdir(parents=True)  # a migration that died half-way
+    (tmp_path / "vectors" / ".migrating" / "docs" / "junk").write_text("x")
+
+    store = VectorStore(url=None, api_key=None, path=tmp_path / "vectors", legacy_path=legacy)
+    try:
+        assert await store.count("docs") == 350 and await store.count("more") == 40
+        after = [[h.id for h in await store.search("docs", q, 10)] for q in queries]
+        assert after == before
+        # Payloads as they were, plus file_type; BM25 vectors made from the stored text.
+        hits = await store.search("docs", None, 5, query_text="item123", mode="keyword")
+        assert hits[0].id == ids[123] and hits[0].payload == {**payloads[123], "file_type": "txt"}
+        pdfs = await store.search("docs", queries[0], 100, where={"file_type": ["pdf"]})
+        assert len(pdfs) == 100 and {h.payload["path"].rsplit(".")[-1] for h in pdfs} == {"pdf"}
+    finally:
+        await store.close()
+
+    assert not legacy.exists()
+    (moved,) = tmp_path.glob("qdrant.migrated-*")
+    assert (moved / "meta.json").exists()  # renamed, never deleted
+    assert not (tmp_path / "vectors" / ".migrating" / "docs").exists()
+    shard = EdgeShard.load(str(tmp_path / "vectors" / "docs"))
+    try:
+        records = shard.retrieve(list[Any](ids), with_payload=False, with_vector=True)
+        stored = {str(r.id): cast(dict[str, Any], r.vector)[hybrid.DENSE_VECTOR] for r in records}
+        assert np.allclose(np.array([stored[i] for i in ids]), vectors, atol=1e-6)
+    finally:
+        shard.close()
+    out = capsys.readouterr().out
+    assert "vector_migration_finished" in out and "vector_migration_collection_done" in out
+
+    # Opening again: nothing left to migrate, everything still there.
+    again = VectorStore(url=None, api_key=None, path=tmp_path / "vectors", legacy_path=legacy)
+    try:
+        assert await again.count("docs") == 350
+    finally:
+        await again.close()
+
+
+async def test_a_collection_in_both_stores_is_refused_with_the_way_forward(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    legacy = tmp_path / "qdrant"
+    new = VectorStore(url=None, api_key=None, path=tmp_path / "vectors")
+    await new.ensure_collection("docs", DIM)
+    await new.upsert_file("docs", sha256="a" * 64, path="/a.txt", job_id="j", texts=["kept"], vectors=unit(rng, 1))
+    await new.close()
+    old_store(legacy, "docs", 20, rng)
+    store = VectorStore(url=None, api_key=None, path=tmp_path / "vectors", legacy_path=legacy)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await store.count("docs")
+        assert caught.value.code == "vector_store_incompatible" and f"mv {legacy} {legacy}.old" in caught.value.message
+    finally:
+        await store.close()
+    assert (legacy / "meta.json").exists()  # untouched
