@@ -50,6 +50,16 @@ class Conflict(SemantikError):
     code = "conflict"
 
 
+class UnsupportedMediaType(SemantikError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequest(SemantikError):
+    status = 421
+    code = "host_not_allowed"
+
+
 class ValidationFailed(SemantikError):
     status = 422
     code = "validation_error"

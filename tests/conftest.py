@@ -7,6 +7,7 @@ order: workers, then apps, then runtimes. The plain helpers are in ``tests/helpe
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import pytest
 import redis
+import structlog
 from aiohttp.test_utils import TestClient
 from arq.worker import Worker
 
@@ -160,6 +162,16 @@ def run_worker(runtime: Runtime) -> Callable[[], Awaitable[Worker]]:
         return await run_burst(runtime)
 
     return run
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state; put it back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = handlers, level
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

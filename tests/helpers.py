@@ -92,6 +92,16 @@ async def wait_until(
         await asyncio.sleep(interval_s)
 
 
+def assert_error(body: Any, code: str) -> dict[str, Any]:
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert set(error) <= {"code", "message", "details"}
+    assert "Traceback" not in str(body)
+    return dict(error)
+
+
 # --- jobs -----------------------------------------------------------------------------------------
 
 

@@ -12,17 +12,7 @@ from pydantic import SecretStr
 from semantik.cli.redis_server import free_port
 from semantik.runtime import Runtime
 from tests.conftest import ApiFactory
-from tests.helpers import write
-
-
-def assert_error(body: Any, code: str) -> dict[str, Any]:
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert set(error) <= {"code", "message", "details"}
-    assert "Traceback" not in str(body)
-    return dict(error)
+from tests.helpers import assert_error, write
 
 
 async def job_count(runtime: Runtime) -> int:

@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +35,13 @@ from semantik.runtime import Runtime
 from semantik.settings import Settings
 from semantik.web.app import create_app
 from tests.conftest import ApiFactory
-from tests.helpers import new_job, wait_for_job, write
+from tests.helpers import assert_error, new_job, wait_for_job, write
 
 TOKEN = "a-long-enough-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BIN = Path(sys.executable).parent
 ESC = "\x1b"
 HOSTILE = "\x1b]0;pwned\x07 and \x1b[31mred\x1b[0m"
-
-
-def assert_error(body: Any, code: str) -> dict[str, Any]:
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert set(error) <= {"code", "message", "details"}
-    return dict(error)
 
 
 async def job_count(runtime: Runtime) -> int:
@@ -198,16 +188,6 @@ async def test_the_websocket_subprotocol_token_is_not_accepted_on_rest_requests(
     async with api.ws_connect("/api/ws/jobs", protocols=("semantik", f"bearer.{TOKEN}")) as ws:
         assert ws.protocol == "semantik"
         assert (await ws.receive_json(timeout=30))["type"] == EventType.SNAPSHOT
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state; put it back for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
 
 
 class _Records(logging.Handler):

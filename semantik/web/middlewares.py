@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from semantik.errors import Forbidden, SemantikError, Unauthorized, Unavailable, ValidationFailed
+from semantik.errors import Forbidden, MisdirectedRequest, SemantikError, Unauthorized, Unavailable, ValidationFailed
 from semantik.web.appkeys import HOSTS, SETTINGS
 from semantik.web.origins import Origin, split_host
 
@@ -26,16 +26,6 @@ PUBLIC_PATHS = frozenset({"/api/health"})
 ANY_HOST_PATHS = frozenset({"/api/health"})
 WS_TOKEN_PREFIX = "bearer."
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class MisdirectedRequest(SemantikError):
-    status = 421
-    code = "host_not_allowed"
-
-
-class UnsupportedMediaType(SemantikError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:

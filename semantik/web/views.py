@@ -11,11 +11,11 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from semantik.domain import FileStatus, JobStatus
-from semantik.errors import BadRequest, Unavailable, field_error
+from semantik.errors import BadRequest, Unavailable, UnsupportedMediaType, field_error
 from semantik.redis_names import PING_FUNCTION
 from semantik.web import monitor, services
 from semantik.web.appkeys import HUB, METRICS, QUEUE, RUNTIME, SETTINGS
-from semantik.web.middlewares import UnsupportedMediaType, has_token, host_allowed
+from semantik.web.middlewares import has_token, host_allowed
 from semantik.web.models import CollectionCreate, JobCreate, SearchRequest, SearchResponse
 
 M = TypeVar("M", bound=BaseModel)
