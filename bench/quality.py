@@ -59,7 +59,7 @@ async def product_path(args: argparse.Namespace, docs: list[dict[str, str]], que
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         write_corpus(docs, tmp / "docs")
-        async with running_product(tmp, tmp / "docs", embed_dtype=args.dtype) as product:
+        async with running_product(tmp, tmp / "docs", embed_dtype=args.dtype, embed_backend=args.backend) as product:
             started = time.perf_counter()
             job = await product.client.create_job("nfcorpus", str(tmp / "docs"))
             done = await product.client.wait(job["id"], poll_s=0.25)
@@ -77,7 +77,7 @@ async def product_path(args: argparse.Namespace, docs: list[dict[str, str]], que
                     best[doc_id] = max(best.get(doc_id, -1.0), hit["score"])
                 rankings[qid] = best
     ordered = sorted(latencies_ms)
-    print(f"documents {done['files_done']}  chunks {done['chunks']}  dtype {args.dtype}")
+    print(f"documents {done['files_done']}  chunks {done['chunks']}  backend {args.backend}  dtype {args.dtype}")
     print(f"indexing: {index_s:.1f} s end to end, {done['chunks'] / index_s:.1f} chunks/s")
     print(f"search ({len(queries)} queries, k={args.k}, mode {args.mode}): p50 {ordered[len(ordered) // 2]:.1f} ms,"
           f" p99 {ordered[int(len(ordered) * 0.99)]:.1f} ms")  # fmt: skip
@@ -87,10 +87,10 @@ async def product_path(args: argparse.Namespace, docs: list[dict[str, str]], que
 def exact_path(args: argparse.Namespace, docs: list[dict[str, str]], queries: dict[str, str]) -> None:
     from semantik.inference.embedder import Embedder, default_model_path
 
-    embedder = Embedder(default_model_path(), device="cpu", dtype=args.dtype, batch_size=32)
+    embedder = Embedder(default_model_path(), device="cpu", dtype=args.dtype, backend=args.backend, batch_size=32)
     started = time.perf_counter()
     doc_vectors = embedder.encode_sync([f"{d['title']} {d['text']}".strip() for d in docs])
-    print(f"exact: {len(docs)} documents embedded whole in {time.perf_counter() - started:.1f} s ({embedder.dtype})")
+    print(f"exact: {len(docs)} documents embedded whole in {time.perf_counter() - started:.1f} s ({embedder.label})")
     ids = [d["_id"] for d in docs]
     query_ids = list(queries)
     scores = embedder.encode_sync([queries[q] for q in query_ids]) @ doc_vectors.T
@@ -112,7 +112,8 @@ def report(rankings: dict[str, dict[str, float]], args: argparse.Namespace) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=NFCORPUS)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument(
         "--mode", default="hybrid", choices=["hybrid", "dense", "keyword"], help="search mode (the product path)"

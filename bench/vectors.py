@@ -103,7 +103,7 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[key] = int(value.split()[0]) / 1024
     return fields
 
@@ -235,6 +235,9 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     memory = proc_memory_mb(pid)
     result["rss_mb"] = round(memory["VmHWM"], 1)
     result["rss_now_mb"] = round(memory["VmRSS"], 1)
+    # Anonymous memory is what the engine holds; file pages are mmapped segments the kernel can drop.
+    result["rss_anon_now_mb"] = round(memory["RssAnon"], 1)
+    result["rss_file_now_mb"] = round(memory["RssFile"], 1)
     await store.close()
     result["disk_mb"] = round(du_mb(root / "vectors"), 1)
     began = time.perf_counter()

@@ -50,7 +50,13 @@ class Runtime:
             if device not in self._embedders:
                 s = self.settings
                 self._embedders[device] = await asyncio.to_thread(
-                    Embedder, self.model_path, device=device, dtype=s.embed_dtype, batch_size=s.embed_batch_size
+                    Embedder,
+                    self.model_path,
+                    device=device,
+                    dtype=s.embed_dtype,
+                    batch_size=s.embed_batch_size,
+                    backend=s.embed_backend,
+                    cache_dir=s.effective_model_cache_dir,
                 )
         return self._embedders[device]
 

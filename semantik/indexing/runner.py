@@ -137,7 +137,7 @@ async def _run(
     gpu: tuple[int, asyncio.Event] | None,
 ) -> JobState | None:
     embedder = await rt.embedder(rt.device_for(gpu[0] if gpu else None))
-    device = f"{embedder.device}/{embedder.dtype}"
+    device = embedder.label
 
     async def should_stop() -> bool:
         if gpu is not None and gpu[1].is_set():

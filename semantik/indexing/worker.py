@@ -38,9 +38,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["worker_id"] = worker_identity()
     embedder = await runtime.embedder()  # load the model now, not inside the first job
     names = runtime.settings.redis_names
-    ctx[PRESENCE_KEY] = WorkerPresence(ctx["redis"], names, ctx["worker_id"], f"{embedder.device}/{embedder.dtype}")
+    ctx[PRESENCE_KEY] = WorkerPresence(ctx["redis"], names, ctx["worker_id"], embedder.label)
     await ctx[PRESENCE_KEY].start()
-    log.info("worker_started", worker_id=ctx["worker_id"], device=embedder.device, dtype=embedder.dtype)
+    log.info("worker_started", worker_id=ctx["worker_id"], device=embedder.device, backend=embedder.spec.name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -85,7 +85,7 @@ async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
         "worker_id": ctx["worker_id"],
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "device": f"{embedder.device}/{embedder.dtype}",
+        "device": embedder.label,
     }
 
 

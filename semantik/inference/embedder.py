@@ -1,7 +1,13 @@
-"""The embedding model: loaded once per process from the installed package, offline, run in one thread.
+"""The embedding model: loaded once per process from the installed package, offline, with two paths.
 
-``encode`` runs in a dedicated single-thread executor so the event loop stays free while torch
-uses every core; calls from several jobs queue there in order.
+- ``encode`` (indexing) runs in its own thread and works in sub-batches of about
+  ``SUB_BATCH_S`` seconds each; before each sub-batch it lets any query in flight finish first.
+- ``encode_query`` (search) runs in another thread and never queues behind indexing: it starts at
+  once; on ONNX Runtime the indexing sub-batch in flight is stopped (and run again after the
+  query); on torch and OpenVINO the query shares the cores with it until it ends.
+
+Which backend runs the model (torch, ONNX Runtime, OpenVINO; fp32, bf16, int8, fp16 on CUDA) is
+decided by ``choose.py`` from ``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DTYPE``.
 """
 
 from __future__ import annotations
@@ -10,14 +16,16 @@ import asyncio
 import json
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from semantik.inference.backends import Backend, Preempted, Spec, load_backend
+from semantik.inference.choose import choose
 from semantik.inference.oom_batch import AdaptiveBatch
 
 # Nothing may reach a model hub at run time: not here, not on an air-gapped box.
@@ -28,8 +36,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = structlog.get_logger(__name__)
 
+# An indexing sub-batch aims at this much model time: the longest a query can share the cores.
+SUB_BATCH_S = 0.05
+FIRST_SUB_BATCH = 4
+MAX_PREEMPTIONS = 3
+# Indexing waits at most this long for queries in flight (a stream of searches cannot stall a job).
+QUERY_PRIORITY_MAX_WAIT_S = 2.0
+
 _load_lock = threading.Lock()
-_loaded: dict[tuple[str, str, str], Any] = {}
+_loaded: dict[tuple[str, Spec], Backend] = {}
 
 
 def default_model_path() -> Path:
@@ -46,71 +61,137 @@ def model_dimension(model_path: Path) -> int:
     return int(json.loads((model_path / "config.json").read_text())["hidden_size"])
 
 
-def resolve_dtype(requested: str, device: str) -> str:
-    """``auto``: fp16 on CUDA, bf16 on a CPU with native bf16 (measured 2.5-3x fp32 with the same
-    retrieval quality, see docs/benchmarks.md), else fp32."""
-    if requested != "auto":
-        return requested
-    if device.startswith("cuda"):
-        return "fp16"
-    import torch
+def default_cache_dir() -> Path:
+    """``SEMANTIK_MODEL_CACHE_DIR``, else ``<SEMANTIK_DATA_DIR>/models``."""
+    from semantik.settings import Settings
 
-    supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()  # type: ignore[no-untyped-call]
-    return "bf16" if supported else "fp32"
+    return Settings().effective_model_cache_dir
 
 
-def _load(model_path: Path, device: str, dtype: str) -> Any:
-    key = (str(model_path), device, dtype)
+def _load(model_path: Path, *, device: str, backend: str, dtype: str, cache_dir: Path) -> Backend:
     with _load_lock:
+        choice = choose(model_path, cache_dir, device=device, backend=backend, dtype=dtype)
+        key = (str(model_path), choice.spec)
         if key not in _loaded:
-            import torch
-            from sentence_transformers import SentenceTransformer
-
-            torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-            model = SentenceTransformer(
-                str(model_path),
+            began = time.perf_counter()
+            _loaded[key] = choice.backend or load_backend(choice.spec, model_path, cache_dir)
+            log.info(
+                "model_loaded",
+                path=str(model_path),
                 device=device,
-                local_files_only=True,
-                model_kwargs={"torch_dtype": torch_dtype},
+                backend=choice.spec.name,
+                reason=choice.reason,
+                seconds=round(time.perf_counter() - began, 2),
             )
-            model.eval()
-            _loaded[key] = model
-            log.info("model_loaded", path=str(model_path), device=device, dtype=dtype)
         return _loaded[key]
 
 
 class Embedder:
-    def __init__(self, model_path: Path, *, device: str, dtype: str, batch_size: int) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        device: str,
+        dtype: str = "auto",
+        batch_size: int = 32,
+        backend: str = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
         self.model_path = model_path
         self.device = device
-        self.dtype = resolve_dtype(dtype, device)
         self.batch_size = batch_size
-        self.model = _load(model_path, device, self.dtype)
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
-        self.max_seq_length = int(self.model.max_seq_length)
+        self.model = _load(
+            model_path, device=device, backend=backend, dtype=dtype, cache_dir=cache_dir or default_cache_dir()
+        )
+        self.spec = self.model.spec
+        self.dtype = self.spec.dtype
+        self.backend = self.spec.backend
+        self.dim = self.model.dim
+        self.max_seq_length = self.model.max_seq_length
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-encode")
+        self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-query")
+        self._queries = 0
+        self._idle = threading.Condition()
+        self._seconds_per_text = 0.0  # measured; sizes the indexing sub-batches
+        self.preemptions = 0  # indexing sub-batches stopped part-way for a query (ONNX Runtime)
         # On a GPU, CUDA out-of-memory halves the batch (down to 1) and grows it back later.
         self._adaptive = AdaptiveBatch(batch_size) if device.startswith("cuda") else None
 
     @property
-    def tokenizer(self) -> Any:
-        return self.model.tokenizer
+    def label(self) -> str:
+        """``device/backend-dtype``, as workers report it (``cpu/onnx-int8``)."""
+        return f"{self.device}/{self.spec.name}"
 
-    def _encode_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size if self._adaptive is None else len(texts) or 1,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+    # -- indexing ------------------------------------------------------------------------------
 
     def encode_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        if self._adaptive is None:
-            return self._encode_batch(texts)
-        return self._adaptive.encode(self._encode_batch, texts, on_oom=self.release_memory)
+        """Vectors for ``texts`` in order. Texts are sorted by length first (less padding)."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        ordered = [texts[i] for i in order]
+        if self._adaptive is not None:
+            vectors = self._adaptive.encode(self.model.encode, ordered, on_oom=self.release_memory)
+        else:
+            vectors = self._encode_yielding(ordered)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+    def _encode_yielding(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        parts = []
+        start = 0
+        stopped = 0  # times the current sub-batch was preempted
+        while start < len(texts):
+            self._wait_for_queries()
+            size = min(self.batch_size, FIRST_SUB_BATCH)  # until the model's speed here is known
+            if self._seconds_per_text > 0:
+                size = max(1, min(self.batch_size, int(SUB_BATCH_S / self._seconds_per_text)))
+            batch = texts[start : start + size]
+            began = time.perf_counter()
+            try:
+                # A steady stream of queries may stop a sub-batch a few times, not forever.
+                parts.append(self.model.encode(batch, preemptible=stopped < MAX_PREEMPTIONS))
+            except Preempted:
+                self.preemptions += 1
+                stopped += 1
+                continue  # the query goes first; then this sub-batch again
+            stopped = 0
+            # Texts come longest first, so the estimate only errs on the short side of SUB_BATCH_S.
+            self._seconds_per_text = (time.perf_counter() - began) / len(batch)
+            start += len(batch)
+        return np.concatenate(parts)
+
+    def _wait_for_queries(self) -> None:
+        with self._idle:
+            if self._queries:
+                self._idle.wait_for(lambda: self._queries == 0, timeout=QUERY_PRIORITY_MAX_WAIT_S)
+
+    async def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def encode_query_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        with self._idle:
+            self._queries += 1
+        self.model.preempt()  # an indexing sub-batch in flight stops (where the backend can) and waits
+        try:
+            return self.model.encode(texts)
+        finally:
+            with self._idle:
+                self._queries -= 1
+                self._idle.notify_all()
+
+    async def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Search queries: their own thread, ahead of indexing (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._query_executor, self.encode_query_sync, texts)
+
+    # -- housekeeping --------------------------------------------------------------------------
 
     def release_memory(self) -> None:
         """Give cached GPU memory back (after an OOM, and after each job on a GPU)."""
@@ -119,9 +200,6 @@ class Embedder:
 
             torch.cuda.empty_cache()
 
-    async def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
-
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._query_executor.shutdown(wait=False, cancel_futures=True)

@@ -16,10 +16,12 @@ Durability: Edge writes every update to its write-ahead log before ``update`` re
 whose upsert returned survives ``kill -9`` of this process (tested); ``flush`` (fsync of WAL and
 segments) runs after writes once the engine has been idle for ``FLUSH_IDLE_S`` and on close.
 
-Indexing: Edge has no background optimizer. Points land in a plain (brute force) appendable
-segment; once ``INDEX_AFTER_POINTS`` points are waiting, ``optimize`` builds HNSW for them as soon as
-no search has come for ``OPTIMIZE_IDLE_S`` (writes wait meanwhile; a search arriving then waits for
-the build), or at once, searches or not, when ``OPTIMIZE_FORCE_POINTS`` are waiting.
+Indexing: Edge has no background optimizer, and ``optimize`` holds the GIL (and so this process) for
+the whole build. Points land in a plain (brute force) appendable segment (``shard.py``); once
+``INDEX_AFTER_POINTS`` points are waiting, ``optimize`` builds HNSW for them as soon as nothing (no
+write, no search) has come for ``OPTIMIZE_IDLE_S``, or at once when ``OPTIMIZE_FORCE_POINTS`` are
+waiting; requests arriving during a build wait for it. Building on every pause of a bulk load made
+many small segments that merges then rebuilt: at 1M points 737 s of a 901 s load.
 """
 
 from __future__ import annotations
@@ -31,39 +33,19 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
-from qdrant_edge import (
-    CountRequest,
-    Distance,
-    EdgeConfig,
-    EdgeOptimizersConfig,
-    EdgeShard,
-    EdgeSparseVectorParams,
-    EdgeVectorParams,
-    FieldCondition,
-    Filter,
-    HnswIndexConfig,
-    MatchAny,
-    Memory,
-    Modifier,
-    PayloadSchemaType,
-    Point,
-    Query,
-    QueryBatchRequest,
-    QueryRequest,
-    ScrollRequest,
-    SearchParams,
-    SparseVector,
-    UpdateOperation,
-)
+from qdrant_edge import EdgeShard, ScrollRequest
 
 from semantik.store import hybrid
-from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR, SearchPlan
+from semantik.store.hybrid import INDEXED_FIELDS, SearchPlan
+from semantik.store.shard import INDEX_AFTER_POINTS, MAX_SEGMENT_POINTS, EngineError, Shard
+
+__all__ = ["EdgeEngine", "EngineError", "lock_store", "stored_point_ids"]
 
 LOCK_FILE = ".lock"
 META_DIR = ".meta"
@@ -72,32 +54,16 @@ LAYOUT = 1
 # A collection name is a directory name here: the API's own rule (no leading dot, no slash).
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-UPDATE_BATCH = 512
-# HNSW for the points waiting in the plain segment once this many are there ...
-INDEX_AFTER_POINTS = 20_000
-# ... when no search came for this long, or at once when this many are waiting.
+# Waiting points get their HNSW index once nothing (no write, no search) came for this long, so a
+# bulk load is not interrupted by builds that later merges would redo ...
 OPTIMIZE_IDLE_S = 5.0
-OPTIMIZE_FORCE_POINTS = 100_000
-# Merged segments stay below this many points, so one optimize never rebuilds the whole index.
-MAX_SEGMENT_POINTS = 200_000
-SEGMENTS = 8
+# ... or at once when this many wait: one full-size segment, built once, never merged again. Until
+# then searches scan the waiting points (brute force over up to this many: tens of milliseconds).
+OPTIMIZE_FORCE_POINTS = MAX_SEGMENT_POINTS
 FLUSH_IDLE_S = 1.0
 MAINTENANCE_RETRY_S = 60.0
-HNSW_M = 16
-HNSW_EF_CONSTRUCT = 100
-# Search-time beam: at least this, and at least the number of candidates asked for.
-HNSW_EF = 128
 
 Log = Callable[..., None]
-
-
-class EngineError(Exception):
-    """An error the engine process reports to its client with a code (see ``engine.py``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def busy_message(root: Path) -> str:
@@ -122,147 +88,6 @@ def lock_store(root: Path) -> TextIO:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
-
-
-def kb(points: int, dim: int) -> int:
-    """Qdrant sizes segments in KB of dense vectors."""
-    return max(1, points * dim * 4 // 1024)
-
-
-def shard_config(dim: int) -> EdgeConfig:
-    return EdgeConfig(
-        vectors={DENSE_VECTOR: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
-        sparse_vectors={SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)},
-        payload_memory=Memory.Cold,
-        hnsw_config=HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=kb(10_000, dim)),
-        optimizers=EdgeOptimizersConfig(
-            indexing_threshold=kb(INDEX_AFTER_POINTS, dim),
-            max_segment_size=kb(MAX_SEGMENT_POINTS, dim),
-            default_segment_number=SEGMENTS,
-        ),
-    )
-
-
-def where_filter(where: Mapping[str, Sequence[str]]) -> Filter | None:
-    if not where:
-        return None
-    return Filter(must=[FieldCondition(key=key, match=MatchAny(list(values))) for key, values in where.items()])
-
-
-def make_points(
-    ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]
-) -> list[Point]:
-    points = []
-    for point_id, vector, payload in zip(ids, vectors, payloads, strict=True):
-        sparse = hybrid.document_sparse(str(payload.get("text", "")))
-        named: dict[str, Any] = {DENSE_VECTOR: vector.tolist()}
-        if sparse.indices:
-            named[SPARSE_VECTOR] = SparseVector(sparse.indices, sparse.values)
-        points.append(Point(point_id, named, payload))
-    return points
-
-
-class Shard:
-    """One open Edge shard and what the engine knows about its indexing."""
-
-    def __init__(self, path: Path, edge: EdgeShard, dim: int) -> None:
-        self.path, self.edge, self.dim = path, edge, dim
-        info = edge.info()
-        # Dense vectors not in an HNSW index yet (sparse ones are indexed as they come).
-        self.waiting = max(0, 2 * info.points_count - info.indexed_vectors_count)
-        self.dirty = False
-        self.index_seconds = 0.0  # spent in optimize since the shard was opened
-
-    @classmethod
-    def create(cls, path: Path, dim: int) -> Shard:
-        edge = EdgeShard.create(str(path), shard_config(dim))
-        for name in INDEXED_FIELDS:
-            edge.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
-        edge.flush()
-        return cls(path, edge, dim)
-
-    @classmethod
-    def load(cls, path: Path) -> Shard:
-        config = json.loads((path / "edge_config.json").read_text())
-        dim = int(config["vectors"][DENSE_VECTOR]["size"])
-        # This version's tuning (index thresholds, segment sizes) replaces what the shard was made with.
-        return cls(path, EdgeShard.load(str(path), shard_config(dim)), dim)
-
-    def upsert(self, ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]) -> None:
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise EngineError("bad_request", f"vectors of shape {vectors.shape} for a {self.dim}-dimension collection")
-        for start in range(0, len(ids), UPDATE_BATCH):
-            end = start + UPDATE_BATCH
-            self.edge.update(
-                UpdateOperation.upsert_points(make_points(ids[start:end], vectors[start:end], payloads[start:end]))
-            )
-        self.waiting += len(ids)
-        self.dirty = True
-
-    def delete(self, field: str, values: Sequence[str]) -> None:
-        self.edge.update(
-            UpdateOperation.delete_points_by_filter(
-                Filter(must=[FieldCondition(key=field, match=MatchAny(list(values)))])
-            )
-        )
-        self.dirty = True
-
-    def count(self) -> int:
-        return int(self.edge.count(CountRequest(exact=True)))
-
-    def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
-        flt = where_filter(plan.where)
-        requests = []
-        for spec in plan.lists:
-            if spec.dense is not None:
-                query = Query.Nearest(spec.dense, using=DENSE_VECTOR)
-            else:
-                assert spec.sparse is not None
-                query = Query.Nearest(SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE_VECTOR)
-            requests.append(
-                QueryRequest(
-                    limit=spec.limit,
-                    query=query,
-                    filter=flt,
-                    params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit)),
-                    with_payload=not plan.fused,
-                    with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
-                )
-            )
-        live = hybrid.searchable(plan)
-        answers: list[list[Any]] = [[] for _ in plan.lists]
-        if live:
-            found = self.edge.query_batch(QueryBatchRequest([requests[i] for i in live]))
-            for i, answer in zip(live, found, strict=True):
-                answers[i] = answer
-        fused = hybrid.fuse(plan, hybrid.collect(plan, answers, _sparse_indices))
-        if plan.fused and fused:
-            payloads = {
-                str(r.id): r.payload
-                for r in self.edge.retrieve([h.id for h in fused], with_payload=True, with_vector=False)
-            }
-        else:
-            payloads = {str(p.id): p.payload for p in answers[0]}
-        return hybrid.rows(fused, payloads)
-
-    def optimize(self) -> bool:
-        changed = bool(self.edge.optimize())
-        self.waiting = 0
-        return changed
-
-    def flush(self) -> None:
-        self.edge.flush()
-        self.dirty = False
-
-    def close(self) -> None:
-        self.edge.close()
-
-
-def _sparse_indices(point: Any) -> frozenset[int]:
-    vector = point.vector
-    if isinstance(vector, dict) and vector.get(SPARSE_VECTOR) is not None:
-        return frozenset(vector[SPARSE_VECTOR].indices)
-    return frozenset()
 
 
 def _no_log(event: str, **fields: Any) -> None:
@@ -352,12 +177,17 @@ class EdgeEngine:
         os.replace(shard_dir, self.shard_path(collection))
 
     def upsert(
-        self, collection: str, ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: npt.NDArray[np.float32],
+        payloads: Sequence[dict[str, Any]],
+        sparse: Sequence[hybrid.Sparse] | None = None,
     ) -> int:
         shard = self.shard(collection)
         if shard is None:
             raise EngineError("bad_request", f"collection {collection!r} has no vector index yet (ensure it first)")
-        shard.upsert(ids, vectors, payloads)
+        shard.upsert(ids, vectors, payloads, sparse)
         self.last_write = time.monotonic()
         if shard.waiting >= OPTIMIZE_FORCE_POINTS:
             self._optimize(collection, shard, reason="backlog")
@@ -395,6 +225,10 @@ class EdgeEngine:
 
     # -- housekeeping -------------------------------------------------------------------------
 
+    @property
+    def last_request(self) -> float:
+        return max(self.last_search, self.last_write)
+
     def due_in(self) -> float | None:
         """Seconds until ``maintain`` has something to do, None when nothing is pending."""
         now = time.monotonic()
@@ -402,18 +236,18 @@ class EdgeEngine:
         if any(s.dirty for s in self._shards.values()):
             due.append(self.last_write + FLUSH_IDLE_S - now)
         if any(s.waiting >= INDEX_AFTER_POINTS for s in self._shards.values()):
-            due.append(self.last_search + OPTIMIZE_IDLE_S - now)
+            due.append(self.last_request + OPTIMIZE_IDLE_S - now)
         if not due:
             return None
         return max(0.0, min(due), self._retry_at - now)
 
     def maintain(self) -> None:
-        """Build HNSW for waiting points when no search came for a while; flush (fsync) once
+        """Build HNSW for waiting points when no request came for a while; flush (fsync) once
         writes paused. A failure is logged and tried again a minute later."""
         now = time.monotonic()
         try:
             for collection, shard in list(self._shards.items()):
-                if shard.waiting >= INDEX_AFTER_POINTS and now - self.last_search >= OPTIMIZE_IDLE_S:
+                if shard.waiting >= INDEX_AFTER_POINTS and now - self.last_request >= OPTIMIZE_IDLE_S:
                     self._optimize(collection, shard, reason="idle")
                 if shard.dirty and now - self.last_write >= FLUSH_IDLE_S:
                     shard.flush()

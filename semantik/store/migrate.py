@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from semantik.store.edge import MIGRATING_DIR, EdgeEngine, EngineError, Log, Shard
+from semantik.store.edge import MIGRATING_DIR, EdgeEngine, EngineError, Log
 from semantik.store.hybrid import file_type
+from semantik.store.shard import Shard
 
 LEGACY_PREFIX = "semantik_"
 READ_BATCH = 1000

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from semantik.store import hybrid
 from semantik.store.engine import EngineProcess
 from semantik.store.hybrid import DEFAULT_CANDIDATES, Retriever, SearchMode, plan_search, retrievers_of
 from semantik.store.hybrid import file_type as _file_type
@@ -179,7 +180,11 @@ class VectorStore:
         array = np.ascontiguousarray(vectors, dtype=np.float32)
         backend = await self._backend()
         if self.embedded:
-            await self._engine_call("upsert", collection=collection, ids=ids, vectors=array, payloads=payloads)
+            # BM25 here, in the caller (a worker), not in the one engine process all writers share.
+            sparse = await asyncio.to_thread(lambda: [hybrid.document_sparse(text) for text in texts])
+            await self._engine_call(
+                "upsert", collection=collection, ids=ids, vectors=array, payloads=payloads, sparse=sparse
+            )
         else:
             assert not isinstance(backend, EngineProcess)
             await backend.upsert(qdrant_name(collection), ids, array, payloads)

@@ -141,7 +141,7 @@ async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], 
     vector = None
     if request.mode is not SearchMode.KEYWORD:
         embedder = await rt.embedder()
-        vector = (await embedder.encode([request.query]))[0]
+        vector = (await embedder.encode_query([request.query]))[0]
     hits = await rt.vectors.search(request.collection, vector, request.k, query_text=request.query, mode=request.mode)
     results = [
         SearchHit(

@@ -1,0 +1,270 @@
+"""The ways this machine can run the model, behind one interface.
+
+Every backend turns texts into L2-normalised float32 vectors the way sentence-transformers does
+(same tokenizer and truncation, mean pooling, normalisation) and may be called from two threads at
+once (the indexing thread and the query thread of ``embedder.py``): tokenizers are per thread, the
+model is read-only.
+
+- ``torch``: fp32; bf16 where the CPU has native bf16; fp16 on CUDA (the GPU path).
+- ``onnx``: ONNX Runtime on the locally exported graph (``export.py``), fp32 or int8 weights.
+- ``openvino``: OpenVINO on the same exported fp32 graph, when the ``openvino`` package is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from tokenizers import Tokenizer
+
+from semantik.inference.export import ExportError, onnx_model
+
+BACKENDS = ("torch", "onnx", "openvino")
+
+log = structlog.get_logger(__name__)
+
+
+class BackendUnavailable(Exception):
+    """This backend or precision cannot run here (missing package, no native bf16, no GPU ...)."""
+
+
+class Preempted(Exception):
+    """A preemptible run was stopped part-way so a query could have the cores; run it again."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One candidate: a backend at a precision on a device."""
+
+    backend: str
+    dtype: str
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.dtype}"
+
+
+class Backend(Protocol):
+    spec: Spec
+    preemptible: bool  # ``preempt`` can stop a run part-way
+    max_seq_length: int
+    dim: int
+
+    def encode(self, texts: list[str], preemptible: bool = False) -> npt.NDArray[np.float32]:
+        """One model batch: normalised vectors, one row per text, in order. A ``preemptible`` run
+        may raise ``Preempted`` when ``preempt`` is called meanwhile (ONNX Runtime only)."""
+        ...
+
+    def preempt(self) -> None:
+        """Stop the preemptible run in flight, if any and if this backend can (torch cannot)."""
+        ...
+
+
+def model_max_seq_length(model_path: Path) -> int:
+    config = model_path / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length", 512))
+    return 512
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def native_bf16() -> bool:
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # type: ignore[no-untyped-call]
+
+
+class _Tokens:
+    """The model's tokenizer with sentence-transformers' truncation, one copy per thread."""
+
+    def __init__(self, model_path: Path, max_seq_length: int) -> None:
+        self._json = Tokenizer.from_file(str(model_path / "tokenizer.json")).to_str()
+        self._max = max_seq_length
+        self._local = threading.local()
+
+    def _tokenizer(self) -> Tokenizer:
+        tokenizer: Tokenizer | None = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = Tokenizer.from_str(self._json)
+            tokenizer.enable_truncation(max_length=self._max)
+            tokenizer.enable_padding()  # to the longest in the batch
+            self._local.tokenizer = tokenizer
+        return tokenizer
+
+    def __call__(self, texts: list[str]) -> dict[str, npt.NDArray[np.int64]]:
+        encoded = self._tokenizer().encode_batch(texts)
+        return {
+            "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.asarray([e.type_ids for e in encoded], dtype=np.int64),
+        }
+
+
+def _normalise(vectors: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    out = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.maximum(norms, 1e-12)
+    return out
+
+
+class TorchBackend:
+    preemptible = False
+
+    def __init__(self, spec: Spec, model_path: Path, *, max_seq_length: int | None = None) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        on_cpu = not spec.device.startswith("cuda")
+        if spec.dtype == "fp16" and on_cpu:
+            raise BackendUnavailable("torch fp16 runs on CUDA only (on a CPU: fp32, or bf16)")
+        if spec.dtype == "bf16" and on_cpu and not native_bf16():
+            log.warning("embed_bf16_emulated", note="this CPU has no native bf16: expect it slower than fp32")
+        if spec.dtype not in ("fp32", "bf16", "fp16"):
+            raise BackendUnavailable(f"torch has no {spec.dtype}")
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.dtype]
+        self.spec = spec
+        self.model = SentenceTransformer(
+            str(model_path), device=spec.device, local_files_only=True, model_kwargs={"torch_dtype": torch_dtype}
+        )
+        self.model.eval()
+        if max_seq_length is not None:
+            self.model.max_seq_length = max_seq_length
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim() or 0)
+        self._tokens = _Tokens(model_path, self.max_seq_length)
+        self._torch = torch
+
+    def preempt(self) -> None:
+        pass  # a torch forward cannot be stopped part-way; indexing sub-batches stay short instead
+
+    def encode(self, texts: list[str], preemptible: bool = False) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        torch = self._torch
+        features = {k: torch.from_numpy(v).to(self.spec.device) for k, v in self._tokens(texts).items()}
+        with torch.inference_mode():
+            out = self.model(features)["sentence_embedding"]
+        return _normalise(out.float().cpu().numpy())
+
+
+class OnnxBackend:
+    preemptible = True
+
+    def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a dependency; only a broken install lacks it
+            raise BackendUnavailable(f"onnxruntime is not installed: {exc}") from exc
+        if spec.device != "cpu":
+            raise BackendUnavailable("the ONNX backend runs on the CPU here (the GPU path is torch fp16)")
+        try:
+            path = onnx_model(cache_root, model_path, spec.dtype)
+        except ExportError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would steal the cores from the other thread (queries vs indexing).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spec = spec
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._ort = ort
+        self._lock = threading.Lock()
+        self._preemptible: Any = None
+        self.max_seq_length = model_max_seq_length(model_path)
+        self._tokens = _Tokens(model_path, self.max_seq_length)
+        self.dim = int(self.encode(["dimension"]).shape[1])
+
+    def preempt(self) -> None:
+        with self._lock:
+            if self._preemptible is not None:
+                self._preemptible.terminate = True  # the run stops between two graph nodes
+
+    def encode(self, texts: list[str], preemptible: bool = False) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.empty((0, getattr(self, "dim", 0)), dtype=np.float32)
+        inputs = self._tokens(texts)
+        options = self._ort.RunOptions() if preemptible else None
+        if options is not None:
+            with self._lock:
+                self._preemptible = options
+        try:
+            (out,) = self.session.run(["embedding"], inputs, options)
+        except Exception:
+            if options is not None and options.terminate:
+                raise Preempted from None
+            raise
+        finally:
+            if options is not None:
+                with self._lock:
+                    self._preemptible = None
+        return _normalise(out)
+
+
+class OpenVinoBackend:
+    preemptible = False
+
+    def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendUnavailable("openvino is not installed (pip install 'semantik[openvino]')") from exc
+        if spec.device != "cpu" or spec.dtype != "fp32":
+            raise BackendUnavailable("the OpenVINO backend runs fp32 on the CPU")
+        try:
+            path = onnx_model(cache_root, model_path, "fp32")
+        except ExportError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        core = ov.Core()
+        self.spec = spec
+        self.compiled = core.compile_model(
+            str(path),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": cpu_threads(), "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+        )
+        self._lock = threading.Lock()
+        self._requests: list[Any] = []
+        self.max_seq_length = model_max_seq_length(model_path)
+        self._tokens = _Tokens(model_path, self.max_seq_length)
+        self.dim = int(self.encode(["dimension"]).shape[1])
+
+    def preempt(self) -> None:
+        # InferRequest.cancel() exists, but a request cancelled mid-graph left the compiled model's
+        # dynamic-shape state broken: the next query failed shape inference. So OpenVINO, like
+        # torch, relies on short indexing sub-batches.
+        pass
+
+    def encode(self, texts: list[str], preemptible: bool = False) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.empty((0, getattr(self, "dim", 0)), dtype=np.float32)
+        inputs = self._tokens(texts)
+        with self._lock:  # one infer request per concurrent caller
+            request = self._requests.pop() if self._requests else self.compiled.create_infer_request()
+        try:
+            return _normalise(np.asarray(next(iter(request.infer(inputs).values()))))
+        finally:
+            with self._lock:
+                self._requests.append(request)
+
+
+def load_backend(spec: Spec, model_path: Path, cache_root: Path) -> Backend:
+    if spec.backend == "torch":
+        return TorchBackend(spec, model_path)
+    if spec.backend == "onnx":
+        return OnnxBackend(spec, model_path, cache_root)
+    if spec.backend == "openvino":
+        return OpenVinoBackend(spec, model_path, cache_root)
+    raise BackendUnavailable(f"unknown backend {spec.backend!r} (one of {', '.join(BACKENDS)})")

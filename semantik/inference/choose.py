@@ -1,0 +1,255 @@
+"""Which backend runs the model: the fastest faithful one on this machine, measured once and cached.
+
+``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DTYPE`` narrow the candidates; when more than one
+is left, each runs a fixed calibration set of real text (``calibration.json``: NFCorpus passages and
+queries, README paragraphs) and the fastest whose every embedding keeps cosine >= ``MIN_COSINE`` to
+torch fp32 wins. The measurement (a few seconds) is cached under the model cache directory, keyed
+by a fingerprint of the CPU (model name, flags, usable cores), the library versions, the model's
+hash and the calibration set, so it runs once per machine; ``choices/<fingerprint>.json`` holds
+every figure and the reason (delete it to measure again).
+
+On CUDA there is nothing to measure: torch fp16 (or the dtype asked for), as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from semantik.inference.backends import (
+    Backend,
+    BackendUnavailable,
+    Spec,
+    cpu_threads,
+    load_backend,
+    native_bf16,
+)
+from semantik.inference.export import EXPORT_VERSION, model_hash
+
+log = structlog.get_logger(__name__)
+
+MIN_COSINE = 0.99
+REFERENCE = Spec("torch", "fp32")
+CALIBRATION_BATCH = 16
+TIMED_PASSES = 2
+# Rates within this factor count as the same speed (two timings of one backend differ by up to ~10%).
+SAME_SPEED = 1.15
+LAYOUT = 2
+
+
+@dataclass
+class Choice:
+    spec: Spec
+    reason: str
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cached: bool = False
+    backend: Backend | None = None  # the loaded winner, when this process measured it
+
+
+def calibration() -> tuple[list[str], list[str]]:
+    data = json.loads(resources.files("semantik.inference").joinpath("calibration.json").read_text("utf-8"))
+    return list(data["passages"]), list(data["queries"])
+
+
+def candidates(device: str, backend: str = "auto", dtype: str = "auto") -> list[Spec]:
+    """What may run here, narrowed by the settings; torch fp32 always comes first when allowed."""
+    if device.startswith("cuda"):
+        # The GPU path is torch; a CPU-only precision (int8) means the GPU's default there.
+        return [Spec("torch", dtype if dtype in ("fp32", "bf16", "fp16") else "fp16", device)]
+    if dtype == "fp16":
+        dtype = "auto"  # fp16 is the GPUs' precision; the CPU (the server's queries) runs its own best
+    specs = [Spec("torch", "fp32"), Spec("onnx", "fp32"), Spec("onnx", "int8"), Spec("openvino", "fp32")]
+    if native_bf16() or dtype == "bf16":  # emulated bf16 is slower than fp32: only when asked for
+        specs.insert(1, Spec("torch", "bf16"))
+    if backend != "auto":
+        specs = [s for s in specs if s.backend == backend]
+    if dtype != "auto":
+        specs = [s for s in specs if s.dtype == dtype]
+    elif backend == "torch":
+        # torch with dtype auto: bf16 where the CPU has it natively (2.5-3x fp32, same quality), else fp32.
+        specs = [Spec("torch", "bf16" if native_bf16() else "fp32")]
+    return specs
+
+
+def _library_versions() -> str:
+    parts = []
+    for name in ("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino", "tokenizers"):
+        try:
+            parts.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name}=-")
+    return ",".join(parts)
+
+
+def cpu_fingerprint() -> str:
+    model, flags = "", ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = " ".join(sorted(value.split()))
+    return f"{model}|{flags}|threads={cpu_threads()}"
+
+
+def fingerprint(model_path: Path, specs: list[Spec], min_cosine: float = MIN_COSINE) -> str:
+    passages, queries = calibration()
+    digest = hashlib.sha256()
+    for part in (
+        f"layout={LAYOUT},export={EXPORT_VERSION}",
+        cpu_fingerprint(),
+        _library_versions(),
+        model_hash(model_path),
+        json.dumps([passages, queries]),
+        ",".join(s.name for s in specs),
+        f"min_cosine={min_cosine}",
+    ):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _encode_all(backend: Backend, texts: list[str]) -> npt.NDArray[np.float32]:
+    return np.concatenate(
+        [backend.encode(texts[i : i + CALIBRATION_BATCH]) for i in range(0, len(texts), CALIBRATION_BATCH)]
+    )
+
+
+def _measure(backend: Backend, passages: list[str], queries: list[str]) -> tuple[float, npt.NDArray[np.float32]]:
+    """Chunks/s (the better of two timed passes, so a moment of other load counts less) and the vectors."""
+    backend.encode(passages[:CALIBRATION_BATCH])  # warm up (first-call allocations, graph init)
+    best = 0.0
+    for _ in range(TIMED_PASSES):
+        began = time.perf_counter()
+        vectors = _encode_all(backend, passages)
+        best = max(best, len(passages) / (time.perf_counter() - began))
+    return best, np.concatenate([vectors, _encode_all(backend, queries)])
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # one process measures; the others wait and read
+        yield
+
+
+def choose(
+    model_path: Path,
+    cache_root: Path,
+    *,
+    device: str = "cpu",
+    backend: str = "auto",
+    dtype: str = "auto",
+    specs: list[Spec] | None = None,
+    min_cosine: float = MIN_COSINE,
+) -> Choice:
+    """The backend to run; ``specs`` replaces the candidates (tests, benchmarks)."""
+    specs = specs if specs is not None else candidates(device, backend, dtype)
+    if not specs:
+        raise BackendUnavailable(f"no {backend} backend runs {dtype} on {device}")
+    if len(specs) == 1:
+        return Choice(specs[0], "the only candidate for these settings")
+    key = fingerprint(model_path, specs, min_cosine)
+    record_path = cache_root / "choices" / f"{key}.json"
+    with _locked(cache_root / "choices" / ".lock"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record = json.loads(record_path.read_text())
+            choice = Choice(Spec(**record["chosen"]), record["reason"], record["measured"], cached=True)
+            log.info("embed_backend_chosen", backend=choice.spec.name, cached=True, reason=choice.reason)
+            return choice
+        choice = _measure_all(model_path, cache_root, specs, min_cosine)
+        record = {
+            "chosen": {"backend": choice.spec.backend, "dtype": choice.spec.dtype, "device": choice.spec.device},
+            "reason": choice.reason,
+            "measured": choice.measured,
+            "cpu": cpu_fingerprint().split("|")[0],
+            "libraries": _library_versions(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, record_path)
+    return choice
+
+
+def _measure_all(model_path: Path, cache_root: Path, specs: list[Spec], min_cosine: float) -> Choice:
+    passages, queries = calibration()
+    began = time.perf_counter()
+    measured: dict[str, dict[str, Any]] = {}
+    reference: npt.NDArray[np.float32] | None = None
+    if REFERENCE not in specs:
+        reference = _measure(load_backend(REFERENCE, model_path, cache_root), passages, queries)[1]
+    faithful_ones: list[tuple[float, Spec, Backend]] = []
+    for spec in sorted(specs, key=lambda s: s != REFERENCE):  # the reference first
+        try:
+            loaded = load_backend(spec, model_path, cache_root)
+            rate, vectors = _measure(loaded, passages, queries)
+        except BackendUnavailable as exc:
+            log.info("embed_backend_unavailable", backend=spec.name, reason=str(exc))
+            continue
+        except Exception as exc:  # a broken optional runtime must not stop the model from loading
+            if spec == REFERENCE:
+                raise
+            log.warning("embed_backend_failed", backend=spec.name, error=f"{type(exc).__name__}: {exc}")
+            continue
+        if reference is None:
+            reference = vectors
+        cosine = np.sum(vectors * reference, axis=1)
+        faithful = bool(cosine.min() >= min_cosine)
+        measured[spec.name] = {
+            "chunks_per_s": round(rate, 1),
+            "min_cosine": round(float(cosine.min()), 4),
+            "mean_cosine": round(float(cosine.mean()), 4),
+            "faithful": faithful,
+        }
+        log.info("embed_backend_measured", backend=spec.name, **measured[spec.name])
+        measured[spec.name]["preemptible"] = bool(getattr(loaded, "preemptible", False))
+        if faithful:
+            faithful_ones.append((rate, spec, loaded))
+        del loaded
+        gc.collect()
+    if not faithful_ones:
+        raise BackendUnavailable(f"no candidate is faithful (cosine >= {min_cosine} to torch fp32): {measured}")
+    fastest = max(faithful_ones, key=lambda item: item[0])
+    # Within SAME_SPEED of the fastest, one that can stop an indexing run for a query wins: searches
+    # during a job then wait for no model run (measured: p99 42 ms against 143 ms, same machine).
+    close = [
+        item for item in faithful_ones if item[0] * SAME_SPEED >= fastest[0] and measured[item[1].name]["preemptible"]
+    ]
+    rate, spec, winner = max(close, key=lambda item: item[0]) if close else fastest
+    others = [f"{name} {m['chunks_per_s']}/s" for name, m in measured.items() if name != spec.name]
+    why = (
+        "fastest faithful backend"
+        if spec == fastest[1]
+        else (
+            f"faithful, within {round((SAME_SPEED - 1) * 100)}% of the fastest ({fastest[1].name}) and able to stop"
+            " an indexing batch for a search"
+        )
+    )
+    reason = (
+        f"{why}: {rate:.1f} chunks/s, min cosine {measured[spec.name]['min_cosine']}"
+        f" to torch fp32 (others: {', '.join(others) or 'none'})"
+    )
+    log.info(
+        "embed_backend_chosen",
+        backend=spec.name,
+        cached=False,
+        reason=reason,
+        seconds=round(time.perf_counter() - began, 1),
+    )
+    return Choice(spec, reason, measured, backend=winner)

@@ -1,0 +1,219 @@
+"""One Qdrant Edge shard: how it is configured, how points are made, and the calls the engine makes on it.
+
+Used only inside the engine process (``edge.py`` holds the shards, ``engine.py`` runs them). Edge
+has no background optimizer: points land in a plain (brute force) appendable segment and
+``optimize`` turns waiting points into HNSW-indexed segments when the engine decides (see
+``EdgeEngine.maintain``). Dense vectors are stored as float32 in memory; payloads stay on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeOptimizersConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    HnswIndexConfig,
+    MatchAny,
+    Memory,
+    Modifier,
+    PayloadSchemaType,
+    Point,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    SearchParams,
+    SparseVector,
+    UpdateOperation,
+)
+
+from semantik.store import hybrid
+from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR, SearchPlan
+
+UPDATE_BATCH = 512
+# Points land in a plain segment; HNSW is built for them once this many wait (when idle, see edge.py) ...
+INDEX_AFTER_POINTS = 20_000
+# Segments stay below this many points, so one optimize never rebuilds the whole index.
+MAX_SEGMENT_POINTS = 200_000
+SEGMENTS = 8
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+# Search-time beam: at least this, and at least the number of candidates asked for.
+HNSW_EF = 128
+
+
+class EngineError(Exception):
+    """An error the engine process reports to its client with a code (see ``engine.py``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def kb(points: int, dim: int) -> int:
+    """Qdrant sizes segments in KB of dense vectors."""
+    return max(1, points * dim * 4 // 1024)
+
+
+def shard_config(dim: int) -> EdgeConfig:
+    return EdgeConfig(
+        vectors={DENSE_VECTOR: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
+        sparse_vectors={SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+        payload_memory=Memory.Cold,
+        hnsw_config=HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=kb(10_000, dim)),
+        optimizers=EdgeOptimizersConfig(
+            indexing_threshold=kb(INDEX_AFTER_POINTS, dim),
+            max_segment_size=kb(MAX_SEGMENT_POINTS, dim),
+            default_segment_number=SEGMENTS,
+        ),
+    )
+
+
+def where_filter(where: Mapping[str, Sequence[str]]) -> Filter | None:
+    if not where:
+        return None
+    return Filter(must=[FieldCondition(key=key, match=MatchAny(list(values))) for key, values in where.items()])
+
+
+def make_points(
+    ids: Sequence[str],
+    vectors: npt.NDArray[np.float32],
+    payloads: Sequence[dict[str, Any]],
+    sparse: Sequence[hybrid.Sparse] | None = None,
+) -> list[Point]:
+    """Edge points; the BM25 vectors are computed from the payloads' text unless given (the store's
+    clients compute them, so the one engine process does not)."""
+    if sparse is None:
+        sparse = [hybrid.document_sparse(str(payload.get("text", ""))) for payload in payloads]
+    points = []
+    for point_id, vector, payload, terms in zip(ids, vectors, payloads, sparse, strict=True):
+        named: dict[str, Any] = {DENSE_VECTOR: vector.tolist()}
+        if terms.indices:
+            named[SPARSE_VECTOR] = SparseVector(terms.indices, terms.values)
+        points.append(Point(point_id, named, payload))
+    return points
+
+
+class Shard:
+    """One open Edge shard and what the engine knows about its indexing."""
+
+    def __init__(self, path: Path, edge: EdgeShard, dim: int) -> None:
+        self.path, self.edge, self.dim = path, edge, dim
+        info = edge.info()
+        # Dense vectors not in an HNSW index yet (sparse ones are indexed as they come).
+        self.waiting = max(0, 2 * info.points_count - info.indexed_vectors_count)
+        self.dirty = False
+        self.index_seconds = 0.0  # spent in optimize since the shard was opened
+
+    @classmethod
+    def create(cls, path: Path, dim: int) -> Shard:
+        edge = EdgeShard.create(str(path), shard_config(dim))
+        for name in INDEXED_FIELDS:
+            edge.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+        edge.flush()
+        return cls(path, edge, dim)
+
+    @classmethod
+    def load(cls, path: Path) -> Shard:
+        config = json.loads((path / "edge_config.json").read_text())
+        dim = int(config["vectors"][DENSE_VECTOR]["size"])
+        # This version's tuning (index thresholds, segment sizes) replaces what the shard was made with.
+        return cls(path, EdgeShard.load(str(path), shard_config(dim)), dim)
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: npt.NDArray[np.float32],
+        payloads: Sequence[dict[str, Any]],
+        sparse: Sequence[hybrid.Sparse] | None = None,
+    ) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise EngineError("bad_request", f"vectors of shape {vectors.shape} for a {self.dim}-dimension collection")
+        if sparse is not None and len(sparse) != len(ids):
+            raise EngineError("bad_request", f"{len(sparse)} keyword vectors for {len(ids)} points")
+        for start in range(0, len(ids), UPDATE_BATCH):
+            end = start + UPDATE_BATCH
+            points = make_points(
+                ids[start:end], vectors[start:end], payloads[start:end], None if sparse is None else sparse[start:end]
+            )
+            self.edge.update(UpdateOperation.upsert_points(points))
+        self.waiting += len(ids)
+        self.dirty = True
+
+    def delete(self, field: str, values: Sequence[str]) -> None:
+        self.edge.update(
+            UpdateOperation.delete_points_by_filter(
+                Filter(must=[FieldCondition(key=field, match=MatchAny(list(values)))])
+            )
+        )
+        self.dirty = True
+
+    def count(self) -> int:
+        return int(self.edge.count(CountRequest(exact=True)))
+
+    def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
+        flt = where_filter(plan.where)
+        requests = []
+        for spec in plan.lists:
+            if spec.dense is not None:
+                query = Query.Nearest(spec.dense, using=DENSE_VECTOR)
+            else:
+                assert spec.sparse is not None
+                query = Query.Nearest(SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE_VECTOR)
+            requests.append(
+                QueryRequest(
+                    limit=spec.limit,
+                    query=query,
+                    filter=flt,
+                    params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit)),
+                    with_payload=not plan.fused,
+                    with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
+                )
+            )
+        live = hybrid.searchable(plan)
+        answers: list[list[Any]] = [[] for _ in plan.lists]
+        if live:
+            found = self.edge.query_batch(QueryBatchRequest([requests[i] for i in live]))
+            for i, answer in zip(live, found, strict=True):
+                answers[i] = answer
+        fused = hybrid.fuse(plan, hybrid.collect(plan, answers, _sparse_indices))
+        if plan.fused and fused:
+            payloads = {
+                str(r.id): r.payload
+                for r in self.edge.retrieve([h.id for h in fused], with_payload=True, with_vector=False)
+            }
+        else:
+            payloads = {str(p.id): p.payload for p in answers[0]}
+        return hybrid.rows(fused, payloads)
+
+    def optimize(self) -> bool:
+        changed = bool(self.edge.optimize())
+        self.waiting = 0
+        return changed
+
+    def flush(self) -> None:
+        self.edge.flush()
+        self.dirty = False
+
+    def close(self) -> None:
+        self.edge.close()
+
+
+def _sparse_indices(point: Any) -> frozenset[int]:
+    vector = point.vector
+    if isinstance(vector, dict) and vector.get(SPARSE_VECTOR) is not None:
+        return frozenset(vector[SPARSE_VECTOR].indices)
+    return frozenset()
