@@ -54,7 +54,8 @@ class WorkerStarter(Protocol):
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache (exported ONNX files, the measured backend choice) for the whole session and
     every process it starts, as one machine has: the choice is measured once, not once per test."""
-    path = tmp_path_factory.getbasetemp() / "model-cache"
+    given = os.environ.get("SEMANTIK_MODEL_CACHE_DIR")  # tox: one per checkout, shared by its sessions
+    path = Path(given) if given else tmp_path_factory.getbasetemp() / "model-cache"
     os.environ["SEMANTIK_MODEL_CACHE_DIR"] = str(path)
     return path
 

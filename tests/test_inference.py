@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ def test_the_export_is_made_once_per_model_and_runtime_and_logged(tmp_path: Path
     assert all(e["seconds"] > 0 for e in exported)
     # Keyed by the model files' hash and the exporter's and runtime's versions.
     assert first.parent == cache_dir_for(tmp_path, MODEL_DIR)
-    assert first.parent.name.startswith(model_hash(MODEL_DIR)[:16] + "-torch")
+    assert first.parent.name.startswith(model_hash(MODEL_DIR)[:16] + "-x")
+    assert f"-ort{version('onnxruntime')}" in first.parent.name and f"-tf{version('transformers')}" in first.parent.name
     record = json.loads((first.parent / "export.json").read_text())
     assert record["model_sha256"] == model_hash(MODEL_DIR) and record["int8"]["seconds"] > 0
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no half-written file left

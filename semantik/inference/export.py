@@ -35,7 +35,12 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger(__name__)
+
+def log() -> Any:
+    """A logger made at each use: these events are rare (once per machine or process), and a logger
+    cached at its first use would keep whatever configuration was current then."""
+    return structlog.get_logger(__name__)
+
 
 # The files that define the model's behaviour (weights, architecture, tokenizer, pooling).
 MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "modules.json")
@@ -113,12 +118,12 @@ def onnx_model(cache_root: Path, model_path: Path, variant: str) -> Path:
             began = time.perf_counter()
             _export_fp32(model_path, fp32)
             record["fp32"] = {"seconds": round(time.perf_counter() - began, 2), "opset": OPSET}
-            log.info("model_exported", variant="fp32", path=str(fp32), seconds=record["fp32"]["seconds"])
+            log().info("model_exported", variant="fp32", path=str(fp32), seconds=record["fp32"]["seconds"])
         if variant == "int8":
             began = time.perf_counter()
             _quantize(fp32, target)
             record["int8"] = {"seconds": round(time.perf_counter() - began, 2), **QUANTIZATION}
-            log.info("model_exported", variant="int8", path=str(target), seconds=record["int8"]["seconds"])
+            log().info("model_exported", variant="int8", path=str(target), seconds=record["int8"]["seconds"])
         record.update(model=str(model_path), model_sha256=model_hash(model_path), versions=runtime_versions())
         _write_atomic(target_dir / "export.json", json.dumps(record, indent=2).encode())
     return target
