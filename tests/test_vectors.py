@@ -666,3 +666,50 @@ async def test_a_collection_in_both_stores_is_refused_with_the_way_forward(tmp_p
     finally:
         await store.close()
     assert (legacy / "meta.json").exists()  # untouched
+
+
+def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from semantik.store import edge
+
+    # The policy at a small scale: 100 points make a build worth doing, 400 force one.
+    monkeypatch.setattr(edge, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(edge, "OPTIMIZE_FORCE_POINTS", 400)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.5)
+    engine = edge.EdgeEngine(tmp_path / "vectors")
+    try:
+        engine.ensure("c", 8)
+        rng = np.random.default_rng(1)
+        written = 0
+
+        def write(n: int) -> None:
+            nonlocal written
+            vectors = rng.standard_normal((n, 8)).astype(np.float32)
+            ids = [point_id("c", f"{written + i:064x}", 0) for i in range(n)]
+            payloads = [{"text": f"chunk {written + i}", "path": f"/d/{written + i}"} for i in range(n)]
+            engine.upsert("c", ids, vectors, payloads)
+            written += n
+
+        # Writes keep coming: no build, however many points wait (below the cap).
+        for _ in range(6):
+            write(50)
+            engine.maintain()
+            assert engine.stats("c")["waiting"] == written
+        due = engine.due_in()
+        assert due is not None and 0 < due <= 0.5
+        time.sleep(0.6)  # the writes paused: the next turn of the engine's loop builds
+        assert engine.due_in() == 0
+        engine.maintain()
+        assert engine.stats("c")["waiting"] == 0 and engine.stats("c")["index_seconds"] > 0
+
+        # A search also counts as activity; a backlog at the cap is built at once, searches or not.
+        write(150)
+        engine.last_search = time.monotonic()
+        engine.maintain()
+        assert engine.stats("c")["waiting"] == 150
+        write(250)  # 400 waiting: built inside this write
+        assert engine.stats("c")["waiting"] == 0
+        assert engine.count("c") == written == 700
+    finally:
+        engine.close()
