@@ -11,7 +11,8 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Collection, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -267,3 +268,24 @@ class FakeGpuRuntime(Runtime):
         if gpu_index is not None:
             self.fake_gpu_indexes.append(gpu_index)
         return "cpu"
+
+
+@contextlib.asynccontextmanager
+async def loop_gaps(every_s: float) -> AsyncIterator[list[float]]:
+    """Seconds between the wakes of a task that sleeps ``every_s`` while the block runs: a gap far
+    above ``every_s`` is the event loop held up by something."""
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(every_s)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield gaps
+    finally:
+        ticker.cancel()

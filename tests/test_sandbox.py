@@ -24,7 +24,7 @@ from semantik.indexing.extract import ExtractionError
 from semantik.indexing.sandbox import ExtractPool, SandboxConfig, shared_pool
 from semantik.inference.embedder import default_model_path
 from semantik.settings import Settings
-from tests.helpers import create_job, job_view, wait_until, write
+from tests.helpers import create_job, job_view, loop_gaps, wait_until, write
 from tests.test_extract import docx_with_body, page_tree_bomb_pdf, slow_pdf, zip_bomb_docx
 
 NOTE = "Rotate the deploy keys every ninety days and record who holds each one."
@@ -220,21 +220,8 @@ async def test_eight_megabytes_on_one_line_keep_chunks_small_and_the_loop_free(
     text = " ".join(rng.choice(words) for _ in range(1_300_000)) + " " + "x" * 300_000 + " the end"
     write(docs / "one-line.txt", text)
     assert len(text) > 8_000_000
-    gaps: list[float] = []
-
-    async def tick() -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
-    ticker = asyncio.create_task(tick())
-    try:
+    async with loop_gaps(0.01) as gaps:
         chunks = await extract(pool, docs / "one-line.txt")
-    finally:
-        ticker.cancel()
     assert max(len(chunk) for chunk in chunks) <= 2000
     assert "".join(chunk for chunk in chunks if set(chunk) == {"x"}) == "x" * 300_000  # the run, all of it
     assert chunks[-1].endswith("the end")

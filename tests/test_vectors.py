@@ -42,6 +42,7 @@ from semantik.store.edge import stored_point_ids
 from semantik.store.hybrid import Candidate, CandidateList, Retriever, SearchMode, SearchPlan, fuse, identifier_terms
 from semantik.store.server import ServerBackend, query_requests
 from semantik.store.vectors import VectorStore, point_id, qdrant_name
+from tests.helpers import loop_gaps
 
 # A client for an unreachable server checks the server's version in the background.
 pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
@@ -192,26 +193,15 @@ async def test_the_event_loop_never_waits_for_the_engine(store: VectorStore) -> 
     rng = np.random.default_rng(3)
     await store.ensure_collection("big", DIM)
     vectors = unit(rng, 21_000)
-    stalls: list[float] = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            stalls.append(now - last)
-            last = now
-
-    tick = asyncio.create_task(ticker())
-    for f in range(0, 21_000, 1000):
-        texts = [f"chunk {f + i} of the big file" for i in range(1000)]
-        await store.upsert_file(
-            "big", sha256=f"{f:064d}", path="/big.txt", job_id="j", texts=texts, vectors=vectors[f : f + 1000]
-        )
-    before = [h.id for h in await store.search("big", vectors[7], 5)]
-    await store.optimize("big")
-    after = [h.id for h in await store.search("big", vectors[7], 5)]
-    tick.cancel()
+    async with loop_gaps(0.005) as stalls:
+        for f in range(0, 21_000, 1000):
+            texts = [f"chunk {f + i} of the big file" for i in range(1000)]
+            await store.upsert_file(
+                "big", sha256=f"{f:064d}", path="/big.txt", job_id="j", texts=texts, vectors=vectors[f : f + 1000]
+            )
+        before = [h.id for h in await store.search("big", vectors[7], 5)]
+        await store.optimize("big")
+        after = [h.id for h in await store.search("big", vectors[7], 5)]
     stats = await store.stats("big")
     assert stats["points"] == 21_000 and stats["waiting"] == 0 and stats["index_seconds"] > 0
     assert after[0] == before[0] == point_id("big", f"{0:064d}", 7)
