@@ -38,6 +38,18 @@ class FileStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
+    # Found by an earlier run, gone now (deleted, moved away, no longer matched): its vectors went
+    # with it, unless the same content is still found at another path.
+    REMOVED = "removed"
+
+
+class JobKind(StrEnum):
+    """``index``: one folder (``POST /api/jobs``, which makes it one of the collection's sources);
+    ``sync``: every source of a collection (``POST /api/collections/{name}/sync``, the schedule,
+    the watcher). Both make the collection mirror what they read: additions, changes, moves, deletions."""
+
+    INDEX = "index"
+    SYNC = "sync"
 
 
 class EventType(StrEnum):
@@ -68,13 +80,18 @@ def utcnow() -> str:
 
 @dataclass(frozen=True)
 class ScannedFile:
-    """One file found by the scan; ``status``/``error`` are set when it is skipped outright."""
+    """One file found by the scan; ``status``/``error`` are set when it is skipped outright.
+    ``mtime_ns``, ``ctime_ns`` and ``inode`` with ``size`` tell a sync that a file is unchanged
+    without reading it (ctime moves on chmod, rename and hard links, so those are noticed too)."""
 
     path: str
     size: int
     mtime: float
     status: FileStatus = FileStatus.PENDING
     error: str | None = None
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,7 @@ class PendingFile:
     path: str
     size: int
     raw_path: bytes | None = None  # the name's bytes, only when they are not valid UTF-8
+    source_id: int | None = None
 
     @property
     def open_path(self) -> str:
@@ -104,6 +122,7 @@ class FileInfo(BaseModel):
 class Job(BaseModel):
     id: str
     name: str | None
+    kind: JobKind = JobKind.INDEX
     status: JobStatus
     collection: str
     directory: str
@@ -122,6 +141,9 @@ class Job(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    files_unchanged: int = 0  # a sync's files found as they were (not read; in files_skipped too)
+    files_removed: int = 0
+    source_id: int | None = None
     seq: int = 0
     attempts: int = 1
     cancel_requested_at: str | None = None
@@ -135,3 +157,20 @@ class Collection(BaseModel):
     created_at: str
     documents: int = 0
     chunks: int = 0
+    sources: int = 0
+    sync_interval_s: int | None = None
+
+
+class Source(BaseModel):
+    """A folder a collection mirrors, and how it is read."""
+
+    id: int
+    collection: str
+    directory: str
+    recursive: bool
+    include: list[str] | None
+    exclude: list[str] | None
+    watch: bool
+    created_at: str
+    files: int = 0  # paths found by its last run
+    indexed: int = 0  # of those, with vectors

@@ -38,6 +38,7 @@ class RedisNames:
         # in the name one deployment's sweeper never blocks another's.
         self.cron_sweep_orphans = f"{ns}:sweep_orphans"
         self.cron_cleanup_jobs = f"{ns}:cleanup_jobs"
+        self.cron_scheduled_syncs = f"{ns}:scheduled_syncs"
 
         # -- events (pub/sub channels; nothing stored) ---------------------------------------
         # Workers and the server publish each job event on the job's channel and on the all-jobs

@@ -11,6 +11,7 @@ from semantik.settings import Settings
 from semantik.store.db import Database, make_private_dir
 from semantik.store.jobs import JobStore
 from semantik.store.lifecycle import Lifecycle
+from semantik.store.sources import Sources
 from semantik.store.vectors import VectorStore
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,7 @@ class Runtime:
         self.jobs = JobStore(self.db)
         self.lifecycle = Lifecycle(self.db)
         self.vectors = VectorStore.from_settings(settings)
+        self.sources = Sources(self.db, self.vectors)
         self.model_path = settings.model_path or default_model_path()
         self.model_dim = model_dimension(self.model_path)
         self.model_name = "all-MiniLM-L6-v2" if settings.model_path is None else self.model_path.name

@@ -122,7 +122,8 @@ async def test_a_job_whose_worker_keeps_dying_fails_naming_the_file(settings: Se
             # A worker takes the run, reaches the file, and dies (no heartbeat, no goodbye).
             started = await rt.jobs.start_job(job.id, worker_id=f"dead:{attempt}", device="cpu")
             assert started is not None and started["attempts"] == attempt
-            await rt.jobs.record_scan(job.id, [ScannedFile(killer, 50, 0.0)])
+            assert job.source_id is not None
+            await rt.sources.record_scan(job.id, job.source_id, [ScannedFile(killer, 50, 0.0)], rows_for_unchanged=True)
             await rt.jobs.set_current_file(job.id, killer)
 
             async def swept() -> str | None:

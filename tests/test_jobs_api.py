@@ -74,6 +74,8 @@ async def test_job_lifecycle_and_search(api: TestClient[Any, Any], docs: Path, r
             "created_at": collections["collections"][0]["created_at"],
             "documents": 4,
             "chunks": 4,
+            "sources": 1,
+            "sync_interval_s": None,
         }
     ]
     listed = await (await api.get("/api/jobs")).json()

@@ -50,11 +50,12 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # uuid4, or a test's 
 MAX_EVENT_BYTES = 256 * 1024
 COUNTERS = frozenset(
     {"files_total", "files_done", "files_failed", "files_skipped", "chunks", "file_chunks", "attempts"}
+    | {"files_unchanged", "files_removed"}
 )
 NUMBERS = frozenset({"rate_chunks_s", "eta_s"})
 STATES = frozenset(JobStatus)
 TEXTS = frozenset({"id", "current_file", "path", "error", "worker_id", "device", "name", "collection", "directory",
-                   "created_at", "started_at", "finished_at"})  # fmt: skip
+                   "kind", "created_at", "started_at", "finished_at"})  # fmt: skip
 
 
 def _is_int(value: object) -> bool:

@@ -9,6 +9,12 @@
 - A file whose chunks are all embedded is upserted and then committed as done, in the background,
   while the model works on the next batch. Point ids are deterministic, so a retried or resumed job
   re-upserts without duplicates.
+- The collection mirrors its sources (``semantik.store.sources``): an index job reads its one
+  folder, a sync every folder of the collection. A file as it was last time (size, mtime, ctime,
+  inode) is not read; content the collection already has is not embedded again, only its path is
+  noted (a copy, or a move when this run removed a path with that content); a path that is gone
+  loses its vectors unless the content is still found elsewhere. Removals go first, except for
+  contents a new file of the same size may turn out to carry (a move): those wait for the end.
 """
 
 from __future__ import annotations
@@ -25,12 +31,12 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.domain import EventType, FileStatus, Job, PendingFile
+from semantik.domain import EventType, FileStatus, Job, JobKind, JobState, PendingFile, ScannedFile, Source
 from semantik.events.publish import JobEvents
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.presence import Stats
 from semantik.indexing.sandbox import ExtractPool, SandboxConfig, shared_pool
-from semantik.indexing.scan import scan_directory
+from semantik.indexing.scan import folder_entry, scan_directory
 from semantik.inference.embedder import Embedder
 from semantik.paths import is_within
 from semantik.runtime import Runtime
@@ -59,7 +65,6 @@ class _Prepared:
     file: PendingFile
     sha256: str
     chunks: list[str]
-    stale: list[str]
     queued: int = 0  # chunks handed to the model so far
     embedded: int = 0
     vectors: npt.NDArray[np.float32] | None = None
@@ -67,31 +72,85 @@ class _Prepared:
 
 
 async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents, should_stop: StopCheck) -> None:
-    """Scan the job's folder and index every pending file; raises JobCancelled when asked to stop."""
+    """Scan the job's folders and make the collection mirror them: index what is new or changed,
+    note copies and moves, remove what is gone. Raises JobCancelled when asked to stop."""
     s = rt.settings
-    directory = await asyncio.to_thread(checked_directory, job.directory, s.allowed_roots)
-    try:
-        scanned = await asyncio.to_thread(
-            scan_directory,
-            directory,
-            recursive=job.recursive,
-            include=job.include,
-            exclude=job.exclude,
-            allowed_roots=s.allowed_roots,
-            max_file_size_bytes=s.max_file_size_bytes,
+    collection = job.collection
+    missing_by_source = []
+    for source in await _job_sources(rt, job):
+        scanned = await _scan_source(rt, job, source)
+        outcome = await rt.sources.record_scan(job.id, source.id, scanned, rows_for_unchanged=job.kind == JobKind.INDEX)
+        await events.emit(EventType.SCAN_COMPLETED, _now(outcome.state), directory=source.directory)
+        log.info(
+            "scan_completed",
+            job_id=job.id,
+            directory=source.directory,
+            files=len(scanned),
+            unchanged=outcome.unchanged,
+            gone=len(outcome.missing),
         )
-    except OSError as exc:
-        raise JobError(f"cannot list {job.directory}: {exc.strerror or exc}") from exc
-    await events.emit(EventType.SCAN_COMPLETED, rt.jobs.record_scan(job.id, scanned))
+        missing_by_source.append((source, outcome.missing))
     pending_files = await rt.jobs.pending_files(job.id)
-    log.info("scan_completed", job_id=job.id, files=len(scanned), pending=len(pending_files))
+    await rt.vectors.ensure_collection(collection, embedder.dim)
+    # Gone paths go first, so deleted files leave search at once. A content that a new file of the
+    # same size may carry (a move) keeps its vectors until that file is read: released at the end.
+    sizes = {f.size for f in pending_files}
+    deferred: set[str] = set()
+    for source, missing in missing_by_source:
+        if missing:
+            await events.emit(EventType.PROGRESS, rt.sources.remove_missing(job.id, source.id, missing))
+        deferred |= {m.sha256 for m in missing if m.sha256 and m.size in sizes}
+    # Everything nothing refers to now (this scan's deletions, what a crashed run left behind).
+    leftover = set(await rt.sources.unreferenced(collection))
+    removed = await rt.sources.settle_contents(collection, leftover - deferred)
+    if removed:
+        log.info("contents_removed", job_id=job.id, contents=removed)
+    log.info("sync_plan", job_id=job.id, pending=len(pending_files), deferred=len(deferred))
     pipeline = _Pipeline(rt, job, embedder, events, len(pending_files), should_stop)
     if pending_files:
-        # The extraction processes start while the collection is made ready.
         async with shared_pool(SandboxConfig.from_settings(s, rt.model_path), s.extract_workers) as pool:
-            await rt.vectors.ensure_collection(job.collection, embedder.dim)
             await pipeline.run(pending_files, pool)
+    # Whatever nothing refers to now (moves are settled, changed files replaced) loses its vectors.
+    await rt.sources.settle_contents(collection, deferred | set(await rt.sources.unreferenced(collection)))
     await pipeline.progress(force=True)
+
+
+async def _now(state: JobState) -> JobState:
+    return state
+
+
+async def _job_sources(rt: Runtime, job: Job) -> list[Source]:
+    if job.kind == JobKind.SYNC:
+        return await rt.sources.of_collection(job.collection)
+    if job.source_id is None:
+        raise JobError("this job's folder is no longer a source of the collection (it was removed)")
+    return [await rt.sources.get(job.collection, job.source_id)]
+
+
+async def _scan_source(rt: Runtime, job: Job, source: Source) -> list[ScannedFile]:
+    """The source's files. A folder that is gone or cannot be listed fails an index job; in a sync
+    it is one failed entry, and what was indexed from it stays (an unmounted drive is not a
+    deletion)."""
+    s = rt.settings
+    try:
+        directory = await asyncio.to_thread(checked_directory, source.directory, s.allowed_roots)
+        try:
+            return await asyncio.to_thread(
+                scan_directory,
+                directory,
+                recursive=source.recursive,
+                include=source.include,
+                exclude=source.exclude,
+                allowed_roots=s.allowed_roots,
+                max_file_size_bytes=s.max_file_size_bytes,
+            )
+        except OSError as exc:
+            raise JobError(f"cannot list {source.directory}: {exc.strerror or exc}") from exc
+    except JobError as exc:
+        if job.kind == JobKind.INDEX:
+            raise
+        reason = f"{exc}; what was indexed from it is kept"
+        return [ScannedFile(folder_entry(Path(source.directory)), 0, 0.0, FileStatus.FAILED, reason)]
 
 
 def checked_directory(directory: str, allowed_roots: list[Path]) -> Path:
@@ -200,17 +259,32 @@ class _Pipeline:
             await self._settle(file, FileStatus.FAILED, str(exc), sha256)
             return None
         if indexed_from is not None:
-            reason = "unchanged since last indexed" if indexed_from == file.path else f"same content as {indexed_from}"
-            await self._settle(file, FileStatus.SKIPPED, reason, sha256)
+            await self._known_content(file, sha256, indexed_from)
             return None
         if not chunks:
             await self._settle(file, FileStatus.SKIPPED, "no text to index", sha256)
             return None
-        stale = await jobs.stale_hashes(collection, file.path, sha256)
-        return _Prepared(file, sha256, chunks, stale)
+        return _Prepared(file, sha256, chunks)
 
-    async def _settle(self, file: PendingFile, status: str, reason: str, sha256: str | None) -> None:
-        change = self.rt.jobs.settle_file(self.job.id, file.id, status, reason, sha256)
+    async def _known_content(self, file: PendingFile, sha256: str, indexed_from: str) -> None:
+        """Content the collection has vectors for: no embedding, only the path is noted."""
+        sources, collection = self.rt.sources, self.job.collection
+        paths = await sources.paths_of(collection, sha256)
+        moved = None if file.path in paths else await sources.moved_from(self.job.id, sha256, file.path)
+        if file.path in paths:
+            reason = "unchanged since last indexed"
+        elif moved is not None:
+            reason = f"moved from {moved} (path updated, not embedded again)"
+        else:
+            reason = f"same content as {paths[0] if paths else indexed_from} (findable at both paths)"
+        await self._settle(file, FileStatus.SKIPPED, reason, sha256, entry_status=FileStatus.DONE)
+        if file.path not in paths:
+            await sources.refresh_paths(collection, [sha256])
+
+    async def _settle(
+        self, file: PendingFile, status: str, reason: str, sha256: str | None, *, entry_status: str | None = None
+    ) -> None:
+        change = self.rt.jobs.settle_file(self.job.id, file.id, status, reason, sha256, entry_status=entry_status)
         await self.events.emit(EventType.FILE_FAILED, change, path=file.path, error=reason)
         self.settled += 1
         await self.progress()
@@ -290,6 +364,10 @@ class _Pipeline:
         assert item.vectors is not None
         async with self.upsert_slots:
             rt, job = self.rt, self.job
+            collection, sha256, chunks = job.collection, item.sha256, len(item.chunks)
+            await rt.jobs.begin_content(
+                collection=collection, sha256=sha256, path=item.file.path, chunks=chunks, job_id=job.id
+            )
             await rt.vectors.upsert_file(
                 job.collection,
                 sha256=item.sha256,
@@ -298,17 +376,28 @@ class _Pipeline:
                 texts=item.chunks,
                 vectors=item.vectors,
             )
-            await rt.vectors.delete_contents(job.collection, item.stale)
-            change = rt.jobs.commit_file(
-                job_id=job.id,
-                file_id=item.file.id,
-                collection=job.collection,
-                path=item.file.path,
-                sha256=item.sha256,
-                chunks=len(item.chunks),
-                stale=item.stale,
+            replaced: list[str] = []
+
+            async def committing() -> JobState:
+                state, previous = await rt.jobs.commit_file(
+                    job_id=job.id,
+                    file_id=item.file.id,
+                    collection=collection,
+                    path=item.file.path,
+                    sha256=sha256,
+                    chunks=chunks,
+                )
+                replaced.extend([previous] if previous else [])
+                return state
+
+            await self.events.emit(
+                EventType.FILE_COMPLETED, committing(), path=item.file.path, file_chunks=len(item.chunks)
             )
-            await self.events.emit(EventType.FILE_COMPLETED, change, path=item.file.path, file_chunks=len(item.chunks))
+            # The file's old content goes (unless another path still has it); a content found at
+            # several paths names them all.
+            await rt.sources.settle_contents(job.collection, replaced)
+            if len(await rt.sources.paths_of(job.collection, item.sha256)) > 1:
+                await rt.sources.refresh_paths(job.collection, [item.sha256])
         self.settled += 1
         log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
         await self.progress()

@@ -31,10 +31,13 @@ from semantik.events.publish import EventPublisher, JobEvents
 from semantik.gpu.leases import GpuUnavailable, acquire_device, gpu_leases, hold
 from semantik.indexing.pipeline import JobCancelled, JobError, index_job
 from semantik.runtime import Runtime
+from semantik.store.jobs import CollectionBusy
 
 log = structlog.get_logger(__name__)
 
 RETRY_BACKOFF_MAX_S = 60.0
+# How often a job waiting for its collection (another of its jobs runs) looks again.
+COLLECTION_WAIT_POLL_S = 0.5
 
 
 def worker_identity() -> str:
@@ -107,6 +110,36 @@ async def run_embed_job(
     With GPUs configured it first takes a GPU lease (or falls back per SEMANTIK_GPU_FALLBACK)."""
     worker_id = worker_id or worker_identity()
     events = JobEvents(EventPublisher(redis, rt.settings.redis_names), job_id)
+    while True:
+        await _wait_for_collection(rt, job_id)
+        try:
+            return await _lease_and_run(rt, job_id, events, worker_id, redis, arq_job_id, job_try)
+        except CollectionBusy:
+            continue  # another worker started a job of the collection first: wait for it
+
+
+async def _wait_for_collection(rt: Runtime, job_id: str) -> None:
+    """Jobs of one collection run one at a time (each reconciles the collection's folders): wait,
+    still queued, while another runs. Cancelling the waiting job ends the wait."""
+    waited_for = None
+    while (other := await rt.jobs.running_beside(job_id)) is not None:
+        if (await rt.jobs.get_job(job_id)).status != JobStatus.QUEUED:
+            return  # cancelled (or taken) meanwhile: start_job will say so
+        if other != waited_for:
+            log.info("job_waiting_for_collection", job_id=job_id, running_job_id=other)
+            waited_for = other
+        await asyncio.sleep(COLLECTION_WAIT_POLL_S)
+
+
+async def _lease_and_run(
+    rt: Runtime,
+    job_id: str,
+    events: JobEvents,
+    worker_id: str,
+    redis: Redis | None,
+    arq_job_id: str | None,
+    job_try: int,
+) -> JobState | None:
     s = rt.settings
     leases = gpu_leases(redis, s) if redis is not None else None
     try:

@@ -38,6 +38,7 @@ class _Entry(NamedTuple):
     target: Path | None  # what it resolves to, when that is a regular file inside the roots
     status: FileStatus | None = None  # set when the entry is accounted for without being read
     reason: str | None = None
+    info: os.stat_result | None = None  # the target's stat, for regular files
 
 
 def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[_Entry]:
@@ -66,10 +67,17 @@ def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[_
         for entry in entries:
             path = Path(entry.path)
             try:
-                target = path.resolve(strict=True) if entry.is_symlink() else path
-                mode = target.stat().st_mode
-            except (OSError, RuntimeError):
-                yield _Entry(path, None, FileStatus.SKIPPED, "broken symlink")
+                if entry.is_symlink():
+                    target = path.resolve(strict=True)
+                    info = target.stat()
+                else:
+                    target, info = path, entry.stat()
+                mode = info.st_mode
+            except (OSError, RuntimeError) as exc:
+                if entry.is_symlink():
+                    yield _Entry(path, None, FileStatus.SKIPPED, "broken symlink")
+                else:  # gone since the folder was listed, or not ours to look at
+                    yield _Entry(path, None, FileStatus.FAILED, f"cannot stat: {getattr(exc, 'strerror', exc)}")
                 continue
             if not is_within(target, roots):
                 yield _Entry(path, None, FileStatus.SKIPPED, "symlink leads outside the allowed roots")
@@ -77,7 +85,7 @@ def _walk(directory: Path, recursive: bool, roots: Sequence[Path]) -> Iterator[_
                 if recursive:
                     stack.append(path)
             elif stat.S_ISREG(mode):
-                yield _Entry(path, target)
+                yield _Entry(path, target, info=info)
             else:
                 yield _Entry(path, None, FileStatus.SKIPPED, f"not a regular file ({file_kind(mode)})")
 
@@ -95,7 +103,7 @@ def scan_directory(
     ``skipped`` or ``failed`` with the reason, and so does a folder that cannot be listed (named by
     ``folder_entry``), so each one is accounted for. Raises OSError when ``directory`` cannot be listed."""
     found: list[ScannedFile] = []
-    for path, target, status, reason in _walk(directory, recursive, allowed_roots):
+    for path, target, status, reason, info in _walk(directory, recursive, allowed_roots):
         relative = path.relative_to(directory).as_posix()
         if exclude and _matches(relative, exclude):
             continue
@@ -108,18 +116,24 @@ def scan_directory(
                 continue
         elif not _matches(relative, include):
             continue
-        if target is None:
+        if target is None or info is None:
             found.append(ScannedFile(str(path), 0, 0.0, status or FileStatus.SKIPPED, reason))
-            continue
-        try:
-            info = target.stat()
-        except OSError as exc:
-            found.append(ScannedFile(str(path), 0, 0.0, FileStatus.FAILED, f"cannot stat: {exc.strerror}"))
             continue
         status, error = FileStatus.PENDING, None
         if (target.suffix.lower() if target != path else suffix) not in SUPPORTED_SUFFIXES:
             status, error = FileStatus.SKIPPED, f"unsupported file type {suffix or '(none)'!r}"
         elif info.st_size > max_file_size_bytes:
             status, error = FileStatus.SKIPPED, f"larger than the {max_file_size_bytes // (1024 * 1024)} MB limit"
-        found.append(ScannedFile(str(path), info.st_size, info.st_mtime, status, error))
+        found.append(
+            ScannedFile(
+                str(path),
+                info.st_size,
+                info.st_mtime,
+                status,
+                error,
+                mtime_ns=info.st_mtime_ns,
+                ctime_ns=info.st_ctime_ns,
+                inode=info.st_ino,
+            )
+        )
     return found

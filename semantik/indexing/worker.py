@@ -18,6 +18,7 @@ from semantik.logs import configure_logging
 from semantik.redis_names import EMBED_JOB_FUNCTION, PING_FUNCTION
 from semantik.runtime import Runtime
 from semantik.settings import Settings
+from semantik.sync import queue_due_syncs
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,10 @@ async def cleanup_jobs(ctx: dict[str, Any]) -> list[str]:
     return await cron_jobs.cleanup_finished_jobs(ctx[RUNTIME_KEY], ctx["redis"])
 
 
+async def scheduled_syncs(ctx: dict[str, Any]) -> list[str]:
+    return await queue_due_syncs(ctx[RUNTIME_KEY], ctx["redis"])
+
+
 async def ping(ctx: dict[str, Any]) -> dict[str, Any]:
     runtime: Runtime = ctx[RUNTIME_KEY]
     embedder = await runtime.embedder()
@@ -111,6 +116,15 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 sweep_orphans,
                 name=names.cron_sweep_orphans,
                 second=set(range(0, 60, cron_jobs.SWEEP_INTERVAL_S)),
+                run_at_startup=True,
+                unique=True,
+                timeout=60,
+            ),
+            # Every 10 s: queue a sync of each collection whose SEMANTIK sync interval has passed.
+            cron(
+                scheduled_syncs,
+                name=names.cron_scheduled_syncs,
+                second=set(range(5, 60, cron_jobs.SWEEP_INTERVAL_S)),
                 run_at_startup=True,
                 unique=True,
                 timeout=60,

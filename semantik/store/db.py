@@ -123,6 +123,67 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE files ADD COLUMN raw_path BLOB;
     """,
+    # Folder sync. A collection remembers its sources (a folder and how to read it), and what each
+    # source's folder held at its last run (``entries``: one row per path, with the stat that lets an
+    # unchanged file go unread). ``documents`` becomes the register of contents that have vectors:
+    # ``writing`` before a content's points are upserted, ``done`` once a file row refers to it, so
+    # vectors left by a crash are always found again and removed. Existing jobs become sources and
+    # what they indexed becomes entries (stat unknown: the first sync reads each file once).
+    """
+    CREATE TABLE sources (
+        id          INTEGER PRIMARY KEY,
+        collection  TEXT NOT NULL REFERENCES collections(name),
+        directory   TEXT NOT NULL,
+        recursive   INTEGER NOT NULL,
+        include     TEXT NOT NULL,
+        exclude     TEXT NOT NULL,
+        watch       INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL,
+        UNIQUE (collection, directory, recursive, include, exclude)
+    );
+    CREATE TABLE entries (
+        source_id   INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+        path        TEXT NOT NULL,
+        raw_path    BLOB,
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        ctime_ns    INTEGER NOT NULL,
+        inode       INTEGER NOT NULL,
+        sha256      TEXT,
+        status      TEXT NOT NULL,
+        error       TEXT,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (source_id, path)
+    );
+    CREATE INDEX entries_sha256 ON entries(sha256);
+    ALTER TABLE documents ADD COLUMN state TEXT NOT NULL DEFAULT 'done';
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'index';
+    ALTER TABLE jobs ADD COLUMN source_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN files_unchanged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN files_removed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_collection_status ON jobs(collection, status);
+    ALTER TABLE files ADD COLUMN source_id INTEGER;
+    ALTER TABLE files ADD COLUMN mtime_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN inode INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE collections ADD COLUMN sync_interval_s INTEGER;
+    INSERT OR IGNORE INTO sources (collection, directory, recursive, include, exclude, created_at)
+        SELECT collection, directory, recursive, COALESCE(include, 'null'), COALESCE(exclude, 'null'),
+               MIN(created_at)
+        FROM jobs GROUP BY collection, directory, recursive, include, exclude;
+    UPDATE jobs SET source_id = (
+        SELECT s.id FROM sources s WHERE s.collection = jobs.collection AND s.directory = jobs.directory
+        AND s.recursive = jobs.recursive AND s.include = COALESCE(jobs.include, 'null')
+        AND s.exclude = COALESCE(jobs.exclude, 'null'));
+    INSERT OR IGNORE INTO entries (source_id, path, size, mtime_ns, ctime_ns, inode, sha256, status, updated_at)
+        SELECT source_id, path, 0, 0, 0, 0, sha256, 'done', indexed_at FROM (
+            SELECT d.path, d.sha256, d.indexed_at, (
+                SELECT s.id FROM sources s WHERE s.collection = d.collection
+                AND substr(d.path, 1, length(s.directory) + 1) = s.directory || '/'
+                ORDER BY length(s.directory) DESC LIMIT 1) AS source_id
+            FROM documents d)
+        WHERE source_id IS NOT NULL;
+    """,
 ]
 
 

@@ -201,6 +201,27 @@ class EdgeEngine:
             shard.delete(field, values)
             self.last_write = time.monotonic()
 
+    def set_paths(self, collection: str, sha256: str, paths: Sequence[str]) -> None:
+        shard = self.shard(collection)
+        if shard is not None and paths:
+            shard.set_paths(sha256, paths)
+            self.last_write = time.monotonic()
+
+    def content_counts(self, collection: str) -> dict[str, int]:
+        shard = self.shard(collection)
+        return {} if shard is None else shard.content_counts()
+
+    def drop(self, collection: str) -> None:
+        """Remove the collection's shard and its metadata from disk."""
+        self.close_shard(collection)
+        path = self.shard_path(collection)
+        if path.exists():
+            doomed = path.with_name(f".dropping-{collection}")
+            os.replace(path, doomed)  # gone from view at once, even if the removal below is cut off
+            shutil.rmtree(doomed, ignore_errors=True)
+        self.meta_path(collection).unlink(missing_ok=True)
+        self.log("vector_collection_dropped", collection=collection)
+
     def search(self, collection: str, plan: SearchPlan) -> list[dict[str, Any]]:
         self.last_search = time.monotonic()
         shard = self.shard(collection)

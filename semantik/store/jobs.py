@@ -5,23 +5,58 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
 
-from semantik.domain import Collection, FileInfo, FileStatus, Job, JobState, JobStatus, PendingFile, ScannedFile, utcnow
+from semantik.domain import (
+    Collection,
+    FileInfo,
+    FileStatus,
+    Job,
+    JobKind,
+    JobState,
+    JobStatus,
+    PendingFile,
+    utcnow,
+)
 from semantik.errors import Conflict, NotFound
-from semantik.paths import storable
 from semantik.store.db import Database
+from semantik.store.sources import ACTIVE_STATES, source_for_job, upsert_entry_from_file
 
 FAILED_FILES_SHOWN = 100
 # What every event carries about its job, read back in the transaction that made the change.
-STATE_FIELDS = ("status", "files_total", "files_done", "files_failed", "files_skipped", "chunks", "current_file")
+STATE_FIELDS = ("status", "files_total", "files_done", "files_failed", "files_skipped", "chunks", "current_file",
+                "files_unchanged", "files_removed")  # fmt: skip
 STATE_COLUMNS = ", ".join(("seq", *STATE_FIELDS))
 
 
-def _not_found_reason(path: str) -> str:
+class CollectionBusy(Exception):
+    """Another job of the same collection is running: jobs of one collection run one at a time."""
+
+    def __init__(self, running_job_id: str) -> None:
+        super().__init__(f"job {running_job_id} of the same collection is running")
+        self.running_job_id = running_job_id
+
+
+async def _refuse_when_active(conn: aiosqlite.Connection, collection: str) -> None:
+    marks = ",".join("?" * len(ACTIVE_STATES))
+    cursor = await conn.execute(
+        f"SELECT id, status FROM jobs WHERE collection = ? AND status IN ({marks})"
+        " ORDER BY status = 'running' DESC, created_at LIMIT 1",
+        (collection, *sorted(ACTIVE_STATES)),
+    )
+    row = await cursor.fetchone()
+    if row is not None:
+        raise Conflict(
+            f"job {row['id']} of collection {collection!r} is {row['status']}",
+            code="collection_busy",
+            details={"job_id": row["id"]},
+        )
+
+
+def not_found_reason(path: str) -> str:
     """Why a row that an earlier scan found is not indexed now that a new scan did not find it."""
     if path.endswith(os.sep):  # scan.folder_entry: a folder that could not be listed before
         return "folder can be listed now: its files are indexed on their own"
@@ -69,13 +104,15 @@ async def is_current_run(conn: aiosqlite.Connection, job_id: str, attempt: int |
 
 
 async def recount(conn: aiosqlite.Connection, job_id: str) -> None:
-    """Set the job's counters from its file rows."""
+    """Set the job's counters from its file rows (and the files a sync found unchanged, which have none)."""
     await conn.execute(
         "UPDATE jobs SET"
-        " files_total = (SELECT COUNT(*) FROM files WHERE job_id = :id),"
+        " files_total = files_unchanged"
+        "   + (SELECT COUNT(*) FROM files WHERE job_id = :id AND status != 'removed'),"
         " files_done = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'done'),"
         " files_failed = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'failed'),"
-        " files_skipped = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'skipped'),"
+        " files_skipped = files_unchanged + (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'skipped'),"
+        " files_removed = (SELECT COUNT(*) FROM files WHERE job_id = :id AND status = 'removed'),"
         " chunks = (SELECT COALESCE(SUM(chunks), 0) FROM files WHERE job_id = :id AND status = 'done')"
         " WHERE id = :id",
         {"id": job_id},
@@ -109,13 +146,29 @@ class JobStore:
 
     async def _collections(self, where: str, params: Sequence[Any]) -> list[Collection]:
         rows = await self.db.fetchall(
-            "SELECT c.name, c.model, c.dim, c.created_at, COUNT(d.sha256) AS documents,"
-            " COALESCE(SUM(d.chunks), 0) AS chunks"
-            f" FROM collections c LEFT JOIN documents d ON d.collection = c.name {where}"
-            " GROUP BY c.name ORDER BY c.name",
+            "SELECT c.name, c.model, c.dim, c.created_at, c.sync_interval_s,"
+            " (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name AND d.state = 'done') AS documents,"
+            " (SELECT COALESCE(SUM(d.chunks), 0) FROM documents d WHERE d.collection = c.name AND d.state = 'done')"
+            " AS chunks, (SELECT COUNT(*) FROM sources s WHERE s.collection = c.name) AS sources"
+            f" FROM collections c {where} ORDER BY c.name",
             params,
         )
         return [Collection(**dict(row)) for row in rows]
+
+    async def set_sync_interval(self, name: str, interval_s: int | None) -> Collection:
+        """Sync the collection every ``interval_s`` seconds (arq cron), or never (None)."""
+        changed = await self.db.execute("UPDATE collections SET sync_interval_s = ? WHERE name = ?", (interval_s, name))
+        if not changed:
+            raise NotFound(f"collection {name!r} does not exist", code="collection_not_found")
+        return await self.get_collection(name)
+
+    async def sync_schedule(self) -> list[tuple[str, int, str | None]]:
+        """(collection, interval, when its newest job was created) for each scheduled collection."""
+        rows = await self.db.fetchall(
+            "SELECT c.name, c.sync_interval_s, (SELECT MAX(j.created_at) FROM jobs j WHERE j.collection = c.name)"
+            " AS last FROM collections c WHERE c.sync_interval_s IS NOT NULL ORDER BY c.name"
+        )
+        return [(row["name"], int(row["sync_interval_s"]), row["last"]) for row in rows]
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -130,9 +183,13 @@ class JobStore:
         name: str | None,
         model: str,
         dim: int,
+        kind: JobKind = JobKind.INDEX,
     ) -> tuple[Job, bool]:
         """Insert a queued job (its ``job_queued`` event is seq 1), creating its collection on first
-        use. Returns the job and whether its collection was created now (see ``discard_job``)."""
+        use. An index job's folder becomes one of the collection's sources (the same folder read the
+        same way is the same source). A sync job covers every source; it is refused (409) while
+        another job of the collection is queued or running. Returns the job and whether its
+        collection was created now (see ``discard_job``)."""
         job_id = str(uuid.uuid4())
         now = utcnow()
         async with self.db.transaction() as conn:
@@ -149,9 +206,14 @@ class JobStore:
                     f" the configured model makes {dim}",
                     code="collection_model_mismatch",
                 )
+            source_id = None
+            if kind == JobKind.INDEX:
+                source_id = await source_for_job(conn, collection, directory, recursive, include, exclude)
+            else:
+                await _refuse_when_active(conn, collection)
             await conn.execute(
                 "INSERT INTO jobs (id, name, collection, directory, recursive, include, exclude, status,"
-                " created_at, seq, arq_job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                " created_at, seq, arq_job_id, kind, source_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                 (
                     job_id,
                     name,
@@ -163,9 +225,30 @@ class JobStore:
                     JobStatus.QUEUED,
                     now,
                     job_id,
+                    kind,
+                    source_id,
                 ),
             )
         return await self.get_job(job_id), created
+
+    async def active_job(self, collection: str) -> str | None:
+        """The id of a queued or running job of the collection, running ones first; None when idle."""
+        marks = ",".join("?" * len(ACTIVE_STATES))
+        value = await self.db.fetchval(
+            f"SELECT id FROM jobs WHERE collection = ? AND status IN ({marks})"
+            " ORDER BY status = 'running' DESC, created_at LIMIT 1",
+            (collection, *sorted(ACTIVE_STATES)),
+        )
+        return str(value) if value is not None else None
+
+    async def running_beside(self, job_id: str) -> str | None:
+        """Another running job of this job's collection (it must wait for it), or None."""
+        value = await self.db.fetchval(
+            "SELECT o.id FROM jobs j JOIN jobs o ON o.collection = j.collection AND o.id != j.id"
+            " WHERE j.id = ? AND o.status = 'running' LIMIT 1",
+            (job_id,),
+        )
+        return str(value) if value is not None else None
 
     async def discard_job(self, job_id: str, *, drop_collection: bool) -> None:
         """Undo ``create_job`` for a job that could not be queued: the row goes, and so does the
@@ -215,10 +298,20 @@ class JobStore:
     ) -> JobState | None:
         """Mark a queued job running. None when it should not run: cancelled, finished, deleted,
         already running elsewhere, or queued again under a newer arq job id (a stale queue entry).
+        Raises CollectionBusy while another job of its collection runs (the caller waits).
         The state carries ``attempts``: the run's number, which the worker's closing calls pass back."""
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
+                "SELECT o.id FROM jobs j JOIN jobs o ON o.collection = j.collection AND o.id != j.id"
+                " WHERE j.id = ? AND j.status = ? AND o.status = ? LIMIT 1",
+                (job_id, JobStatus.QUEUED, JobStatus.RUNNING),
+            )
+            other = await cursor.fetchone()
+            if other is not None:
+                raise CollectionBusy(other["id"])
+            cursor = await conn.execute(
                 "UPDATE jobs SET status = ?, worker_id = ?, device = ?, error = NULL, finished_at = NULL,"
+                " files_unchanged = 0,"
                 " started_at = COALESCE(started_at, ?) WHERE id = ? AND status = ?"
                 " AND (? IS NULL OR arq_job_id = ?)",
                 (JobStatus.RUNNING, worker_id, device, utcnow(), job_id, JobStatus.QUEUED, arq_job_id, arq_job_id),
@@ -263,47 +356,30 @@ class JobStore:
 
     # -- files -------------------------------------------------------------------------------
 
-    async def record_scan(self, job_id: str, files: Iterable[ScannedFile]) -> JobState:
-        """Add the scanned files. A resumed or retried job keeps the rows, and the states, it already
-        has, except rows still waiting to be indexed: those take this scan's verdict (skipped or
-        failed as found now), and are skipped when this scan no longer finds them."""
-        scanned = [(f, *storable(f.path)) for f in files]
-        now = utcnow()
-        pending = FileStatus.PENDING
-        async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO files (job_id, path, raw_path, size, mtime, status, error, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, path) DO UPDATE"
-                " SET status = excluded.status, error = excluded.error, updated_at = excluded.updated_at"
-                " WHERE files.status = ? AND excluded.status != ?",
-                [(job_id, text, raw, f.size, f.mtime, f.status, f.error and storable(f.error)[0], now, pending, pending)
-                 for f, text, raw in scanned],
-            )  # fmt: skip
-            found = {text for _, text, _ in scanned}
-            cursor = await conn.execute("SELECT id, path FROM files WHERE job_id = ? AND status = ?", (job_id, pending))
-            gone = [(file_id, path) for file_id, path in await cursor.fetchall() if path not in found]
-            await conn.executemany(
-                "UPDATE files SET status = ?, error = ?, updated_at = ? WHERE id = ?",
-                [(FileStatus.SKIPPED, _not_found_reason(path), now, file_id) for file_id, path in gone],
-            )
-            await recount(conn, job_id)
-            return await bump(conn, job_id)
-
     async def pending_files(self, job_id: str) -> list[PendingFile]:
         rows = await self.db.fetchall(
-            "SELECT id, path, raw_path, size FROM files WHERE job_id = ? AND status = ? ORDER BY path",
+            "SELECT id, path, raw_path, size, source_id FROM files WHERE job_id = ? AND status = ? ORDER BY path",
             (job_id, FileStatus.PENDING),
         )
-        return [PendingFile(row["id"], row["path"], row["size"], row["raw_path"]) for row in rows]
+        return [PendingFile(row["id"], row["path"], row["size"], row["raw_path"], row["source_id"]) for row in rows]
 
     async def set_current_file(self, job_id: str, path: str) -> None:
         await self.db.execute("UPDATE jobs SET current_file = ? WHERE id = ?", (path, job_id))
 
     async def settle_file(
-        self, job_id: str, file_id: int, status: str, error: str | None, sha256: str | None
+        self,
+        job_id: str,
+        file_id: int,
+        status: str,
+        error: str | None,
+        sha256: str | None,
+        *,
+        entry_status: str | None = None,
     ) -> JobState | None:
-        """A file that ends without vectors: skipped (with why) or failed (with the reason).
-        A failure is an event (its state comes back); a skip only moves the counters."""
+        """A file that ends without new vectors: skipped (with why) or failed (with the reason). Its
+        source remembers it as ``entry_status`` (default: the same): ``done`` for a file whose content
+        the collection already has vectors for (a copy, a move). A failure is an event (its state
+        comes back); a skip only moves the counters."""
         counter = "files_failed" if status == FileStatus.FAILED else "files_skipped"
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
@@ -312,38 +388,41 @@ class JobStore:
             )
             if not cursor.rowcount:
                 return None
+            await upsert_entry_from_file(conn, file_id, entry_status or status)
             await conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
             return await bump(conn, job_id) if status == FileStatus.FAILED else None
 
     async def indexed_path(self, collection: str, sha256: str) -> str | None:
-        """The path this content was indexed from in the collection, or None if it is not there."""
+        """A path this content is indexed from in the collection, or None if it has no vectors there."""
         value = await self.db.fetchval(
-            "SELECT path FROM documents WHERE collection = ? AND sha256 = ?", (collection, sha256)
+            "SELECT path FROM documents WHERE collection = ? AND sha256 = ? AND state = 'done'", (collection, sha256)
         )
         return str(value) if value is not None else None
 
-    async def stale_hashes(self, collection: str, path: str, sha256: str) -> list[str]:
-        """Contents previously indexed from ``path`` that the file no longer has."""
-        rows = await self.db.fetchall(
-            "SELECT sha256 FROM documents WHERE collection = ? AND path = ? AND sha256 != ?",
-            (collection, path, sha256),
+    async def begin_content(self, *, collection: str, sha256: str, path: str, chunks: int, job_id: str) -> None:
+        """Before a content's points are upserted: note it (``writing``), so that points a crash
+        leaves behind without a file row are found and removed by the next run."""
+        await self.db.execute(
+            "INSERT OR IGNORE INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'writing')",
+            (collection, sha256, path, chunks, job_id, utcnow()),
         )
-        return [row["sha256"] for row in rows]
 
     async def commit_file(
-        self,
-        *,
-        job_id: str,
-        file_id: int,
-        collection: str,
-        path: str,
-        sha256: str,
-        chunks: int,
-        stale: list[str],
-    ) -> JobState:
-        """After the file's points are upserted: mark it done and record what the collection holds."""
+        self, *, job_id: str, file_id: int, collection: str, path: str, sha256: str, chunks: int
+    ) -> tuple[JobState, str | None]:
+        """After the file's points are upserted: mark it done and record what the collection holds.
+        Also returns the content its source had at this path before, when that differs: its vectors
+        go once nothing else refers to it (``Sources.release``)."""
         now = utcnow()
         async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT e.sha256 FROM files f JOIN entries e ON e.source_id = f.source_id AND e.path = f.path"
+                " WHERE f.id = ?",
+                (file_id,),
+            )
+            row = await cursor.fetchone()
+            previous = row["sha256"] if row is not None and row["sha256"] != sha256 else None
             cursor = await conn.execute(
                 "UPDATE files SET status = ?, sha256 = ?, chunks = ?, error = NULL, updated_at = ?"
                 " WHERE id = ? AND status = ?",
@@ -354,12 +433,12 @@ class JobStore:
                     "UPDATE jobs SET files_done = files_done + 1, chunks = chunks + ? WHERE id = ?",
                     (chunks, job_id),
                 )
+            await upsert_entry_from_file(conn, file_id, FileStatus.DONE)
             await conn.execute(
-                "INSERT OR REPLACE INTO documents (collection, sha256, path, chunks, job_id, indexed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'done') ON CONFLICT (collection, sha256) DO UPDATE"
+                " SET path = excluded.path, chunks = excluded.chunks, job_id = excluded.job_id,"
+                " indexed_at = excluded.indexed_at, state = 'done'",
                 (collection, sha256, path, chunks, job_id, now),
             )
-            await conn.executemany(
-                "DELETE FROM documents WHERE collection = ? AND sha256 = ?", [(collection, h) for h in stale]
-            )
-            return await bump(conn, job_id)
+            return await bump(conn, job_id), previous

@@ -154,6 +154,23 @@ class ServerBackend:
             payloads = {str(p.id): p.payload for p in answers[0]}
         return hybrid.rows(fused, payloads)
 
+    async def set_paths(self, name: str, sha256: str, paths: Sequence[str]) -> None:
+        match = models.FieldCondition(key="sha256", match=models.MatchAny(any=[sha256]))
+        await self.client.set_payload(
+            name, payload={"path": paths[0], "paths": list(paths)}, points=models.Filter(must=[match]), wait=True
+        )
+
+    async def content_counts(self, name: str) -> dict[str, int]:
+        if not await self.client.collection_exists(name):
+            return {}
+        limit = max(await self.count(name), 1)
+        answer = await self.client.facet(name, key="sha256", limit=limit, exact=True)
+        return {str(hit.value): int(hit.count) for hit in answer.hits}
+
+    async def drop(self, name: str) -> None:
+        if await self.client.collection_exists(name):
+            await self.client.delete_collection(name)
+
     async def count(self, name: str) -> int:
         if not await self.client.collection_exists(name):
             return 0

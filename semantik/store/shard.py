@@ -23,6 +23,7 @@ from qdrant_edge import (
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
+    FacetRequest,
     FieldCondition,
     Filter,
     HnswIndexConfig,
@@ -163,6 +164,22 @@ class Shard:
 
     def count(self) -> int:
         return int(self.edge.count(CountRequest(exact=True)))
+
+    def set_paths(self, sha256: str, paths: Sequence[str]) -> None:
+        """Every point of one content names the paths it is found at (first one as ``path``)."""
+        self.edge.update(
+            UpdateOperation.set_payload_by_filter(
+                Filter(must=[FieldCondition(key="sha256", match=MatchAny([sha256]))]),
+                {"path": paths[0], "paths": list(paths)},
+            )
+        )
+        self.dirty = True
+
+    def content_counts(self) -> dict[str, int]:
+        """Points per content (sha256), exactly."""
+        limit = max(self.count(), 1)
+        answer = self.edge.facet(FacetRequest(key="sha256", limit=limit, exact=True))
+        return {str(hit.value): int(hit.count) for hit in answer.hits}
 
     def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
         flt = where_filter(plan.where)

@@ -235,6 +235,37 @@ class VectorStore:
             found = await backend.search(name, plan)
         return [Hit(score=row["score"], payload=row["payload"], id=row["id"], ranks=row["ranks"]) for row in found]
 
+    async def set_paths(self, collection: str, sha256: str, paths: Sequence[str]) -> None:
+        """Name every path one content is found at on its points (``path``: the first, ``paths``: all)."""
+        if not paths:
+            return
+        backend = await self._backend()
+        if self.embedded:
+            await self._engine_call("set_paths", collection=collection, sha256=sha256, paths=list(paths))
+        else:
+            assert not isinstance(backend, EngineProcess)
+            name = qdrant_name(collection)
+            if collection in self._known or await backend.exists(name):
+                await backend.set_paths(name, sha256, paths)
+
+    async def content_counts(self, collection: str) -> dict[str, int]:
+        """How many points each content (sha256) has in the collection."""
+        backend = await self._backend()
+        if self.embedded:
+            return dict(await self._engine_call("content_counts", collection=collection))
+        assert not isinstance(backend, EngineProcess)
+        return await backend.content_counts(qdrant_name(collection))
+
+    async def drop(self, collection: str) -> None:
+        """Remove the collection's vectors and index entirely."""
+        backend = await self._backend()
+        if self.embedded:
+            await self._engine_call("drop", collection=collection)
+        else:
+            assert not isinstance(backend, EngineProcess)
+            await backend.drop(qdrant_name(collection))
+        self._known.discard(collection)
+
     async def count(self, collection: str) -> int:
         """How many points the collection holds (0 before anything was indexed into it)."""
         backend = await self._backend()

@@ -39,6 +39,28 @@ class CollectionCreate(_Request):
     name: str = Field(pattern=COLLECTION_NAME_PATTERN)
 
 
+# A schedule shorter than this would keep a large collection syncing without pause.
+MIN_SYNC_INTERVAL_S = 10
+
+
+class CollectionUpdate(_Request):
+    sync_interval_s: int | None = Field(
+        ge=MIN_SYNC_INTERVAL_S, le=366 * 86400, description="Sync every this many seconds; null: no schedule"
+    )
+
+
+class SourceCreate(_Request):
+    directory: str = Field(min_length=1, max_length=4096)
+    recursive: bool = True
+    include: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    exclude: list[Pattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    watch: bool = False
+
+
+class SourceUpdate(_Request):
+    watch: bool
+
+
 class SearchRequest(_Request):
     query: str = Field(min_length=1, max_length=10_000)
     collection: str = Field(pattern=COLLECTION_NAME_PATTERN)
@@ -53,6 +75,8 @@ class SearchRequest(_Request):
 class SearchHit(BaseModel):
     score: float
     path: str
+    # Every path this content is found at (copies of one file share their vectors).
+    paths: list[str] = Field(default_factory=list)
     chunk_index: int
     text: str
     job_id: str | None = None

@@ -12,8 +12,17 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from semantik import __version__
-from semantik.domain import Collection, EventType, FileInfo, Job
-from semantik.web.models import CollectionCreate, JobCreate, SearchHit, SearchRequest, SearchResponse
+from semantik.domain import Collection, EventType, FileInfo, Job, Source
+from semantik.web.models import (
+    CollectionCreate,
+    CollectionUpdate,
+    JobCreate,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    SourceCreate,
+    SourceUpdate,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,7 +74,8 @@ EVENT_SCHEMA = {
     "required": ["type", "job_id", "seq", "ts", "data"],
 }
 
-MODELS = (Job, FileInfo, Collection, SearchHit, SearchResponse, JobCreate, CollectionCreate, SearchRequest)
+MODELS = (Job, FileInfo, Collection, Source, SearchHit, SearchResponse, JobCreate, CollectionCreate,
+          CollectionUpdate, SourceCreate, SourceUpdate, SearchRequest)  # fmt: skip
 
 
 def _path_parameters(path: str) -> list[dict[str, Any]]:

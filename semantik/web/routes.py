@@ -10,7 +10,7 @@ from aiohttp import web
 
 from semantik.domain import FileStatus, JobStatus
 from semantik.web import openapi, views, ws
-from semantik.web.models import CollectionCreate, JobCreate, SearchRequest
+from semantik.web.models import CollectionCreate, CollectionUpdate, JobCreate, SearchRequest, SourceCreate, SourceUpdate
 from semantik.web.openapi import Query, Route
 
 
@@ -65,6 +65,22 @@ ROUTES: list[Route] = [
     Route("POST", "/api/collections", views.create_collection, "Create an empty collection",
           {201: ("Created", "Collection")}, request=CollectionCreate),
     Route("GET", "/api/collections/{name}", views.get_collection, "One collection", {200: ("OK", "Collection")}),
+    Route("PATCH", "/api/collections/{name}", views.update_collection, "Set or clear the collection's sync schedule",
+          {200: ("OK", "Collection")}, request=CollectionUpdate),
+    Route("DELETE", "/api/collections/{name}", views.delete_collection,
+          "Delete a collection: its vectors, sources, jobs and files (409 while a job of it runs)", _OK),
+    Route("GET", "/api/collections/{name}/sources", views.list_sources, "The folders the collection mirrors", _OK),
+    Route("POST", "/api/collections/{name}/sources", views.add_source, "Add a folder for the collection to mirror",
+          {201: ("Added", "Source")}, request=SourceCreate),
+    Route("PATCH", "/api/collections/{name}/sources/{source_id}", views.update_source,
+          "Watch a source for changes, or stop", {200: ("OK", "Source")}, request=SourceUpdate),
+    Route("DELETE", "/api/collections/{name}/sources/{source_id}", views.remove_source,
+          "Remove a source and the vectors only it had (409 while a job of the collection runs)", _OK),
+    Route("POST", "/api/collections/{name}/sync", views.sync_collection,
+          "Sync the collection with its folders: additions, changes, moves, deletions (409 while a job runs)",
+          {202: ("Queued", "Job")}),
+    Route("GET", "/api/collections/{name}/check", views.check_collection,
+          "Consistency: vectors without a file, indexed files without vectors, files gone from disk", _OK),
     Route("POST", "/api/search", views.search, "Search a collection by meaning", {200: ("OK", "SearchResponse")},
           request=SearchRequest),
     Route("GET", "/api/monitor", views.monitor_view, "Workers, queue, running jobs, failures, throughput", _OK),

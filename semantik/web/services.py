@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import cast
 
 import structlog
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
 
-from semantik.domain import EventType, Job, JobStatus
+from semantik.domain import EventType, Job, JobStatus, Source
 from semantik.errors import Conflict, Forbidden, field_error
 from semantik.events.publish import EventPublisher, JobEvents, envelope
-from semantik.jobqueue import abort_arq_job, enqueue_embed_job, queue_unavailable
+from semantik.jobqueue import abort_arq_job, enqueue_embed_job
 from semantik.paths import is_within
 from semantik.runtime import Runtime
 from semantik.store.hybrid import SearchMode
-from semantik.store.jobs import job_state
-from semantik.web.models import JobCreate, RetrieverName, SearchHit, SearchRequest
+from semantik.sync import queue_job, queue_reachable
+from semantik.web.models import JobCreate, RetrieverName, SearchHit, SearchRequest, SourceCreate
 
 log = structlog.get_logger(__name__)
 
@@ -50,44 +48,55 @@ def resolve_job_directory(rt: Runtime, directory: str) -> Path:
     return resolved
 
 
-async def _queue_reachable(queue: ArqRedis) -> None:
-    """Refuse (503) before changing anything when the queue cannot take the job anyway."""
-    try:
-        await queue.ping()
-    except (RedisError, OSError) as exc:
-        raise queue_unavailable(queue, exc) from exc
-
-
 async def create_job(rt: Runtime, queue: ArqRedis, request: JobCreate) -> Job:
     """Insert and enqueue a job. A refusal (503 when Redis is down) leaves nothing behind: no job
     row, and no collection created for it."""
     directory = resolve_job_directory(rt, request.directory)
-    for field, patterns in (("include", request.include), ("exclude", request.exclude)):
-        if patterns is not None and any(not pattern.strip() for pattern in patterns):
-            raise field_error(field, f"{field} patterns must not be empty", "empty_pattern")
-    await _queue_reachable(queue)
-    job, new_collection = await rt.jobs.create_job(
+    _check_patterns(request.include, request.exclude)
+    return await queue_job(
+        rt,
+        queue,
         collection=request.collection,
         directory=str(directory),
         recursive=request.recursive,
         include=request.include,
         exclude=request.exclude,
         name=request.name,
-        model=rt.model_name,
-        dim=rt.model_dim,
     )
-    try:
-        await enqueue_embed_job(queue, job.id)
-    except BaseException as exc:  # Redis went away since the ping, or the request was cancelled
-        await asyncio.shield(rt.jobs.discard_job(job.id, drop_collection=new_collection))
-        log.error("job_enqueue_failed", job_id=job.id, error=repr(exc))
-        raise
-    # Announced once queued: a worker that starts it at once publishes seq 2, which a listener
-    # that already has the job's state simply skips if it comes first.
-    publisher = EventPublisher(queue, rt.settings.redis_names)
-    await publisher.publish(envelope(EventType.JOB_QUEUED, job.id, job.seq, job_state(job)))
-    log.info("job_queued", job_id=job.id, collection=job.collection, directory=job.directory)
-    return job
+
+
+def _check_patterns(include: list[str] | None, exclude: list[str] | None) -> None:
+    for field, patterns in (("include", include), ("exclude", exclude)):
+        if patterns is not None and any(not pattern.strip() for pattern in patterns):
+            raise field_error(field, f"{field} patterns must not be empty", "empty_pattern")
+
+
+async def add_source(rt: Runtime, collection: str, request: SourceCreate) -> Source:
+    """A new folder for the collection to mirror (indexed by the next sync)."""
+    await rt.jobs.get_collection(collection)
+    directory = resolve_job_directory(rt, request.directory)
+    _check_patterns(request.include, request.exclude)
+    source = await rt.sources.add(
+        collection,
+        directory=str(directory),
+        recursive=request.recursive,
+        include=request.include,
+        exclude=request.exclude,
+        watch=request.watch,
+    )
+    log.info("source_added", collection=collection, source_id=source.id, directory=source.directory)
+    return source
+
+
+async def remove_source(rt: Runtime, collection: str, source_id: int) -> dict[str, int]:
+    removed = await rt.sources.remove(collection, source_id)
+    log.info("source_removed", collection=collection, source_id=source_id, **removed)
+    return removed
+
+
+async def delete_collection(rt: Runtime, name: str) -> None:
+    await rt.sources.drop_collection(name)
+    log.info("collection_deleted", collection=name)
 
 
 async def cancel_job(rt: Runtime, queue: ArqRedis, job_id: str) -> tuple[Job, bool]:
@@ -119,7 +128,7 @@ async def retry_job(rt: Runtime, queue: ArqRedis, job_id: str) -> Job:
             f"only failed, cancelled or completed_with_errors jobs can be retried; job {job_id} is {job.status}",
             code="not_retryable",
         )
-    await _queue_reachable(queue)
+    await queue_reachable(queue)
     events = JobEvents(EventPublisher(queue, rt.settings.redis_names), job_id)
     change = rt.lifecycle.requeue(job_id, reason=None, new_run=True, from_status=job.status)
     if await events.emit(EventType.JOB_QUEUED, change) is None:
@@ -147,6 +156,7 @@ async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], 
         SearchHit(
             score=hit.score,
             path=str(hit.payload.get("path", "")),
+            paths=[str(p) for p in hit.payload.get("paths") or [hit.payload.get("path", "")]],
             chunk_index=int(hit.payload.get("chunk_index", 0)),
             text=str(hit.payload.get("text", "")),
             job_id=hit.payload.get("job_id"),

@@ -11,12 +11,21 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from semantik.domain import FileStatus, JobStatus
-from semantik.errors import BadRequest, Unavailable, UnsupportedMediaType, field_error
+from semantik.errors import BadRequest, NotFound, Unavailable, UnsupportedMediaType, field_error
 from semantik.redis_names import PING_FUNCTION
+from semantik.sync import queue_sync
 from semantik.web import monitor, services
 from semantik.web.appkeys import HUB, METRICS, QUEUE, RUNTIME, SETTINGS
 from semantik.web.middlewares import has_token, host_allowed
-from semantik.web.models import CollectionCreate, JobCreate, SearchRequest, SearchResponse
+from semantik.web.models import (
+    CollectionCreate,
+    CollectionUpdate,
+    JobCreate,
+    SearchRequest,
+    SearchResponse,
+    SourceCreate,
+    SourceUpdate,
+)
 
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", JobStatus, FileStatus)
@@ -135,6 +144,57 @@ async def create_collection(request: web.Request) -> web.Response:
 
 async def get_collection(request: web.Request) -> web.Response:
     return json_out(await request.app[RUNTIME].jobs.get_collection(request.match_info["name"]))
+
+
+async def update_collection(request: web.Request) -> web.Response:
+    body = await parse(request, CollectionUpdate)
+    rt = request.app[RUNTIME]
+    return json_out(await rt.jobs.set_sync_interval(request.match_info["name"], body.sync_interval_s))
+
+
+async def delete_collection(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await services.delete_collection(request.app[RUNTIME], name)
+    return json_out({"deleted": name})
+
+
+def _source_id(request: web.Request) -> int:
+    raw = request.match_info["source_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound(f"no source {raw[:40]!r}", code="source_not_found")
+    return int(raw)
+
+
+async def list_sources(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    name = request.match_info["name"]
+    await rt.jobs.get_collection(name)
+    return json_out({"sources": [source.model_dump(mode="json") for source in await rt.sources.of_collection(name)]})
+
+
+async def add_source(request: web.Request) -> web.Response:
+    body = await parse(request, SourceCreate)
+    return json_out(await services.add_source(request.app[RUNTIME], request.match_info["name"], body), status=201)
+
+
+async def update_source(request: web.Request) -> web.Response:
+    body = await parse(request, SourceUpdate)
+    rt = request.app[RUNTIME]
+    return json_out(await rt.sources.set_watch(request.match_info["name"], _source_id(request), body.watch))
+
+
+async def remove_source(request: web.Request) -> web.Response:
+    removed = await services.remove_source(request.app[RUNTIME], request.match_info["name"], _source_id(request))
+    return json_out({"removed": removed})
+
+
+async def sync_collection(request: web.Request) -> web.Response:
+    job = await queue_sync(request.app[RUNTIME], request.app[QUEUE], request.match_info["name"])
+    return json_out(job, status=202)
+
+
+async def check_collection(request: web.Request) -> web.Response:
+    return json_out(await request.app[RUNTIME].sources.check(request.match_info["name"]))
 
 
 async def search(request: web.Request) -> web.Response:

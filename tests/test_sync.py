@@ -1,0 +1,260 @@
+"""Folder sync: a collection mirrors its folders (additions, changes, moves, copies, deletions) on
+demand and on a schedule; its sources are managed through the API; a check counts what is out of step.
+
+Real folders, a real worker with the real model, the embedded vector store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from arq.worker import Worker
+
+from semantik.runtime import Runtime
+from tests.helpers import JobView, assert_error, count_points, create_job, job_view, wait_for_job, write
+
+NOTES = {
+    "alpha.txt": "Alpacas are shorn once a year in spring; their fleece is spun into yarn.",
+    "bravo.md": "# Budget\n\nThe travel budget for the Berlin office is reviewed every quarter.",
+    "charlie.txt": "Chess openings: the Sicilian defence answers e4 with c5 and fights for the centre.",
+    "delta/deep.txt": "Deep-sea anglerfish lure prey with a glowing bioluminescent esca.",
+}
+
+
+def make_notes(docs: Path) -> None:
+    for name, text in NOTES.items():
+        write(docs / name, text)
+
+
+async def search(api: TestClient[Any, Any], query: str, collection: str = "team", k: int = 10) -> list[dict[str, Any]]:
+    response = await api.post("/api/search", json={"query": query, "collection": collection, "k": k})
+    assert response.status == 200, await response.text()
+    return list((await response.json())["results"])
+
+
+async def files_of(api: TestClient[Any, Any], job_id: str) -> dict[str, dict[str, Any]]:
+    response = await api.get(f"/api/jobs/{job_id}/files")
+    assert response.status == 200, await response.text()
+    return {Path(f["path"]).name: f for f in (await response.json())["files"]}
+
+
+async def sync(api: TestClient[Any, Any], collection: str = "team") -> JobView:
+    response = await api.post(f"/api/collections/{collection}/sync")
+    assert response.status == 202, await response.text()
+    job = dict(await response.json())
+    assert job["kind"] == "sync" and job["status"] == "queued"
+    return job
+
+
+async def check(api: TestClient[Any, Any], collection: str = "team") -> dict[str, Any]:
+    response = await api.get(f"/api/collections/{collection}/check")
+    assert response.status == 200, await response.text()
+    return dict(await response.json())
+
+
+def assert_in_step(report: dict[str, Any]) -> None:
+    counts = (report["vectors_without_file"], report["files_without_vectors"], report["files_missing"])
+    assert counts == (0, 0, 0) and report["ok"], report
+
+
+async def test_a_sync_mirrors_additions_changes_moves_copies_and_deletions(
+    api: TestClient[Any, Any], docs: Path, run_worker: Any, runtime: Runtime
+) -> None:
+    make_notes(docs)
+    first = await create_job(api, docs, "team")
+    await run_worker()
+    assert (await job_view(api, first["id"]))["status"] == "completed"
+    assert await count_points(runtime, "team") == 4
+    assert_in_step(await check(api))
+
+    write(docs / "echo.txt", "Echolocation lets bats hunt moths in complete darkness.")  # new
+    write(docs / "bravo.md", "# Budget\n\nThe Berlin office's travel budget is frozen until March.")  # changed
+    os.makedirs(docs / "games")
+    os.rename(docs / "charlie.txt", docs / "games" / "chess.txt")  # moved, same content
+    (docs / "delta" / "deep.txt").unlink()  # deleted
+    shutil.copy(docs / "alpha.txt", docs / "alpaca-copy.txt")  # a copy of an indexed file
+
+    job = await sync(api)
+    await run_worker()
+    done = await job_view(api, job["id"])
+    files = await files_of(api, job["id"])
+    assert done["status"] == "completed", (done, files)
+    # Only the new and the changed file were embedded; alpha.txt was not even read.
+    assert (done["files_done"], done["chunks"], done["files_removed"], done["files_unchanged"]) == (2, 2, 1, 1), done
+    assert done["files_total"] == 5 and done["files_skipped"] == 3
+    assert files["echo.txt"]["status"] == files["bravo.md"]["status"] == "done"
+    assert files["deep.txt"]["status"] == "removed"
+    assert files["chess.txt"]["status"] == "skipped"
+    assert files["chess.txt"]["error"].startswith(f"moved from {docs / 'charlie.txt'}"), files["chess.txt"]
+    assert "charlie.txt" not in files  # the move is told once, on its new path
+    assert files["alpaca-copy.txt"]["error"].startswith(f"same content as {docs / 'alpha.txt'}")
+    assert "alpha.txt" not in files  # unchanged: no row in a sync, only the count
+
+    # alpha (shared by its copy), bravo (new version), chess (moved) and echo: one point each.
+    assert await count_points(runtime, "team") == 4
+    best = (await search(api, "when is the Berlin travel budget frozen", k=1))[0]
+    assert best["path"] == str(docs / "bravo.md") and "frozen" in best["text"]
+    assert not any("reviewed every quarter" in hit["text"] for hit in await search(api, "budget reviewed quarterly"))
+    assert not any(hit["path"].endswith("deep.txt") for hit in await search(api, "anglerfish glowing lure"))
+    chess = (await search(api, "Sicilian defence chess opening", k=1))[0]
+    assert (chess["path"], chess["paths"]) == (str(docs / "games" / "chess.txt"), [str(docs / "games" / "chess.txt")])
+    alpaca = (await search(api, "alpaca fleece yarn", k=1))[0]
+    assert alpaca["paths"] == [str(docs / "alpaca-copy.txt"), str(docs / "alpha.txt")]  # every copy is findable
+    assert (await search(api, "bats hunting moths in the dark", k=1))[0]["path"] == str(docs / "echo.txt")
+    assert_in_step(await check(api))
+
+    # Deleting one copy keeps the content for the other; deleting the other removes it.
+    (docs / "alpha.txt").unlink()
+    await sync(api)
+    await run_worker()
+    alpaca = (await search(api, "alpaca fleece yarn", k=1))[0]
+    assert alpaca["paths"] == [str(docs / "alpaca-copy.txt")] and alpaca["path"] == str(docs / "alpaca-copy.txt")
+    (docs / "alpaca-copy.txt").unlink()
+    gone = await sync(api)
+    await run_worker()
+    assert (await job_view(api, gone["id"]))["files_removed"] == 1
+    assert not any("fleece" in hit["text"] for hit in await search(api, "alpaca fleece yarn"))
+    assert await count_points(runtime, "team") == 3
+    assert_in_step(await check(api))
+
+
+async def test_an_unchanged_folder_is_not_read_and_a_touched_file_is_not_embedded_again(
+    api: TestClient[Any, Any], docs: Path, run_worker: Any
+) -> None:
+    make_notes(docs)
+    await create_job(api, docs, "team")
+    await run_worker()
+    noop = await sync(api)
+    await run_worker()
+    job = await job_view(api, noop["id"])
+    assert (job["status"], job["files_total"], job["files_unchanged"], job["files_done"]) == ("completed", 4, 4, 0)
+    assert await files_of(api, noop["id"]) == {}  # nothing was read, so nothing to list
+
+    os.utime(docs / "alpha.txt")  # a new mtime, same bytes: read and hashed, not embedded
+    touched = await sync(api)
+    await run_worker()
+    job = await job_view(api, touched["id"])
+    files = await files_of(api, touched["id"])
+    assert (job["files_unchanged"], job["files_done"], job["chunks"]) == (3, 0, 0), job
+    assert (files["alpha.txt"]["status"], files["alpha.txt"]["error"]) == ("skipped", "unchanged since last indexed")
+
+    # The same folder indexed again by a person is one source, and lists every file it found.
+    again = await create_job(api, docs, "team")
+    await run_worker()
+    sources = (await (await api.get("/api/collections/team/sources")).json())["sources"]
+    assert len(sources) == 1 and sources[0]["files"] == sources[0]["indexed"] == 4
+    listed = await files_of(api, again["id"])
+    assert {f["error"] for f in listed.values()} == {"unchanged since last indexed"} and len(listed) == 4
+
+
+async def test_sync_is_refused_with_the_reason(api: TestClient[Any, Any], docs: Path) -> None:
+    missing = await api.post("/api/collections/nope/sync")
+    assert missing.status == 404
+    assert_error(await missing.json(), "collection_not_found")
+    assert (await api.post("/api/collections", json={"name": "empty"})).status == 201
+    no_sources = await api.post("/api/collections/empty/sync")
+    assert no_sources.status == 409
+    assert_error(await no_sources.json(), "no_sources")
+
+    make_notes(docs)
+    queued = await create_job(api, docs, "team")  # no worker: it stays queued
+    busy = await api.post("/api/collections/team/sync")
+    assert busy.status == 409
+    error = assert_error(await busy.json(), "sync_running")
+    assert error["details"] == {"job_id": queued["id"]}
+    assert len((await (await api.get("/api/jobs")).json())["jobs"]) == 1  # the refusal left nothing behind
+
+
+async def test_sources_are_added_listed_and_removed_with_their_vectors(
+    api: TestClient[Any, Any], docs: Path, run_worker: Any, runtime: Runtime
+) -> None:
+    shared = "A shared checklist: lock the doors, water the plants, feed the cat."
+    write(docs / "home" / "notes.txt", "The boiler is serviced every October by the landlord.")
+    write(docs / "home" / "checklist.txt", shared)
+    write(docs / "work" / "standup.md", "# Standup\n\nThe team meets at 9:30 in the small meeting room.")
+    write(docs / "work" / "checklist.txt", shared)
+    await create_job(api, docs / "home", "team")
+    await run_worker()
+
+    added = await api.post("/api/collections/team/sources", json={"directory": str(docs / "work")})
+    assert added.status == 201, await added.text()
+    work = await added.json()
+    assert (work["directory"], work["recursive"], work["watch"], work["files"]) == (str(docs / "work"), True, False, 0)
+    again = await api.post("/api/collections/team/sources", json={"directory": str(docs / "work")})
+    assert again.status == 409
+    assert_error(await again.json(), "source_exists")
+    outside = await api.post("/api/collections/team/sources", json={"directory": "/etc"})
+    assert outside.status == 403
+    assert_error(await outside.json(), "path_not_allowed")
+    gone = await api.post("/api/collections/team/sources", json={"directory": str(docs / "nowhere")})
+    assert gone.status == 422
+    await sync(api)
+    await run_worker()
+    sources = (await (await api.get("/api/collections/team/sources")).json())["sources"]
+    assert [(s["directory"], s["files"], s["indexed"]) for s in sources] == [
+        (str(docs / "home"), 2, 2),
+        (str(docs / "work"), 2, 2),
+    ]
+    checklist = (await search(api, "water the plants and feed the cat", k=1))[0]
+    assert checklist["paths"] == [str(docs / "home" / "checklist.txt"), str(docs / "work" / "checklist.txt")]
+    assert await count_points(runtime, "team") == 3
+
+    removed = await api.delete(f"/api/collections/team/sources/{work['id']}")
+    assert removed.status == 200, await removed.text()
+    assert (await removed.json())["removed"] == {"files": 2, "contents_removed": 1}  # standup; the checklist stays
+    assert not any("Standup" in hit["text"] for hit in await search(api, "when does the team meet for standup"))
+    checklist = (await search(api, "water the plants and feed the cat", k=1))[0]
+    assert checklist["paths"] == [str(docs / "home" / "checklist.txt")]
+    assert await count_points(runtime, "team") == 2
+    assert_in_step(await check(api))
+    missing = await api.delete(f"/api/collections/team/sources/{work['id']}")
+    assert missing.status == 404
+    assert_error(await missing.json(), "source_not_found")
+
+    queued = await create_job(api, docs / "home", "team")
+    busy = await api.delete("/api/collections/team")
+    assert busy.status == 409
+    assert assert_error(await busy.json(), "collection_busy")["details"] == {"job_id": queued["id"]}
+    await run_worker()
+    deleted = await api.delete("/api/collections/team")
+    assert deleted.status == 200, await deleted.text()
+    assert (await api.get("/api/collections/team")).status == 404
+    assert (await api.post("/api/search", json={"query": "boiler", "collection": "team"})).status == 404
+    assert (await api.get(f"/api/jobs/{queued['id']}")).status == 404
+    assert await count_points(runtime, "team") == 0
+    # The name is free again, and starts empty.
+    await create_job(api, docs / "work", "team")
+    await run_worker()
+    assert [hit["path"] for hit in await search(api, "boiler serviced in October")] == [] or all(
+        "home" not in hit["path"] for hit in await search(api, "boiler serviced in October")
+    )
+
+
+async def test_a_scheduled_sync_picks_up_changes_by_itself(
+    api: TestClient[Any, Any], docs: Path, run_worker: Any, background_worker: Worker
+) -> None:
+    make_notes(docs)
+    first = await create_job(api, docs, "team")
+    await wait_for_job(api, first["id"])
+    for bad in (5, "soon", -1):
+        refused = await api.patch("/api/collections/team", json={"sync_interval_s": bad})
+        assert refused.status == 422, bad
+    scheduled = await api.patch("/api/collections/team", json={"sync_interval_s": 10})
+    assert scheduled.status == 200 and (await scheduled.json())["sync_interval_s"] == 10
+    write(docs / "foxtrot.txt", "Foxtrot is a ballroom dance in 4/4 time with long, flowing movements.")
+
+    async def found() -> list[dict[str, Any]] | None:
+        hits = await search(api, "ballroom dance with flowing movements", k=1)
+        return hits if hits and hits[0]["path"].endswith("foxtrot.txt") else None
+
+    from tests.helpers import wait_until
+
+    await wait_until(found, 60, "the scheduled sync to index foxtrot.txt")
+    jobs = (await (await api.get("/api/jobs")).json())["jobs"]
+    assert any(job["kind"] == "sync" and job["name"] == "scheduled sync" for job in jobs)
+    cleared = await api.patch("/api/collections/team", json={"sync_interval_s": None})
+    assert (await cleared.json())["sync_interval_s"] is None
