@@ -92,6 +92,12 @@ class RedisNames:
         its heartbeat is seen again, and expires by itself."""
         return f"{self.namespace}:orphan-suspect:{job_id}"
 
+    def watch_lease(self, source_id: int) -> str:
+        """Which worker watches a source for file events (value: worker id): taken with SET NX by
+        a worker, renewed every third of its TTL (15 s) while it watches, deleted when it stops;
+        a dead worker's lease lapses and another worker takes the source over."""
+        return f"{self.namespace}:watch:{source_id}"
+
     @property
     def gpu_keys(self) -> list[str]:
         """The GPU lease keys in the order the Lua scripts take them."""

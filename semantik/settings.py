@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # naming the file it was processing: a file that kills workers cannot cause a crash loop.
     job_max_attempts: int = Field(default=3, ge=1)
     job_retention_days: float = Field(default=7.0, gt=0)
+    # Sync every collection that has no schedule of its own this often (seconds); unset: only
+    # those with one (PATCH /api/collections/{name} {"sync_interval_s"}).
+    sync_interval_s: int | None = Field(default=None, ge=10)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

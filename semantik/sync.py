@@ -127,11 +127,12 @@ def _age_s(iso: str | None) -> float:
 
 
 async def queue_due_syncs(rt: Runtime, queue: ArqRedis) -> list[str]:
-    """Queue a sync of each collection whose ``sync_interval_s`` has passed since its last job
-    began (arq cron, unique across workers). A collection that is busy waits for the next tick.
+    """Queue a sync of each collection whose interval (its own ``sync_interval_s``, else
+    SEMANTIK_SYNC_INTERVAL_S) has passed since its newest job was created (arq cron, unique
+    across workers). A collection that is busy waits for the next tick.
     Returns the job ids queued."""
     queued = []
-    for collection, interval_s, last_started in await rt.jobs.sync_schedule():
+    for collection, interval_s, last_started in await rt.jobs.sync_schedule(rt.settings.sync_interval_s):
         if _age_s(last_started) < interval_s:
             continue
         try:

@@ -23,6 +23,7 @@ from semantik.cli.redis_server import RedisServer
 from semantik.indexing.chunk import chunker_for
 from semantik.indexing.scan import folder_entry
 from semantik.inference.embedder import default_model_path
+from semantik.runtime import Runtime
 from semantik.settings import Settings
 from tests.conftest import ApiFactory, RuntimeFactory
 from tests.helpers import JobView, ended, job_view, new_job, run_burst, stored_points, wait_for_job, write
@@ -270,3 +271,91 @@ async def test_unreadable_files_and_folders_fail_alone_and_a_retry_takes_them(
 async def files_of(api: TestClient[Any, Any], job_id: str) -> dict[str, tuple[str, str | None]]:
     listing = await (await api.get(f"/api/jobs/{job_id}/files")).json()
     return {f["path"]: (f["status"], f["error"]) for f in listing["files"]}
+
+
+# -- folder sync under faults ---------------------------------------------------------------------
+
+
+async def sync_job(api: TestClient[Any, Any]) -> str:
+    response = await api.post("/api/collections/chaos/sync")
+    assert response.status == 202, await response.text()
+    return str((await response.json())["id"])
+
+
+async def in_step(api: TestClient[Any, Any]) -> dict[str, Any]:
+    response = await api.get("/api/collections/chaos/check")
+    assert response.status == 200, await response.text()
+    report = dict(await response.json())
+    counts = (report["vectors_without_file"], report["files_without_vectors"], report["files_missing"])
+    assert counts == (0, 0, 0) and report["ok"], report
+    return report
+
+
+async def test_a_sync_killed_halfway_converges_when_it_resumes(
+    api: TestClient[Any, Any], runtime: Runtime, docs: Path, workers: Workers
+) -> None:
+    texts = corpus(docs)
+    workers.start()
+    first = await until(api, await start_job(api, docs), ended, workers)
+    assert first["status"] == "completed", workers.logs()
+    current = {f"chapter{i:03}.txt": text for i, text in enumerate(texts)}
+    for i in range(0, 6):  # deleted
+        (docs / f"chapter{i:03}.txt").unlink()
+        del current[f"chapter{i:03}.txt"]
+    for i in range(6, 18):  # rewritten
+        current[f"chapter{i:03}.txt"] = f"Chapter {i}, second edition: what really happened at event {i}. " * 110
+        write(docs / f"chapter{i:03}.txt", current[f"chapter{i:03}.txt"])
+    for i in range(18, 21):  # moved
+        (docs / f"chapter{i:03}.txt").rename(docs / f"moved{i:03}.txt")
+        current[f"moved{i:03}.txt"] = current.pop(f"chapter{i:03}.txt")
+    sync_id = await sync_job(api)
+    await until(api, sync_id, lambda j: j["files_done"] >= 2, workers)
+    workers.processes[0].send_signal(signal.SIGKILL)  # halfway: some files rewritten, most not
+    workers.processes[0].wait()
+    workers.start()
+    done = await until(api, sync_id, ended, workers)
+    assert (done["status"], done["attempts"]) == ("completed", 2), workers.logs()
+    workers.stop_all()
+    expected = clean_run_chunks(list(current.values()))
+    report = await in_step(api)
+    assert report["points"] == expected and report["files"] == len(current)
+    # Nothing is left to do: another sync reads nothing.
+    await runtime.vectors.close()  # the workers hold the embedded store, one process at a time
+    workers.start()
+    again = await until(api, await sync_job(api), ended, workers)
+    assert (again["status"], again["files_unchanged"], again["files_done"], again["files_removed"]) == (
+        "completed",
+        len(current),
+        0,
+        0,
+    ), again
+
+
+async def test_a_file_that_became_unreadable_fails_and_its_last_version_stays_searchable(
+    api: TestClient[Any, Any], runtime: Runtime, docs: Path, workers: Workers
+) -> None:
+    prefix = file_modes_apply()
+    write(docs / "garden.txt", "An ordinary note about the garden and its roses. " * 20)
+    secret = write(docs / "secret.txt", "Quarterly numbers for the board: revenue grew by a third. " * 20)
+    workers.start(prefix)
+    assert (await until(api, await start_job(api, docs), ended, workers))["status"] == "completed"
+    secret.chmod(0)
+    try:
+        sync_id = await sync_job(api)
+        done = await until(api, sync_id, ended, workers)
+        assert done["status"] == "completed_with_errors", (done, workers.logs())
+        assert (await files_of(api, sync_id))[str(secret)] == ("failed", "permission denied")
+        workers.stop_all()  # the API opens the store now
+        response = await api.post("/api/search", json={"query": "how much did revenue grow", "collection": "chaos"})
+        hits = (await response.json())["results"]
+        assert hits[0]["path"] == str(secret), hits  # kept as last indexed, until fixed or deleted
+        await in_step(api)
+        await runtime.vectors.close()
+        secret.chmod(0o644)
+        workers.start(prefix)
+        fixed_id = await sync_job(api)
+        fixed = await until(api, fixed_id, ended, workers)
+        assert (fixed["status"], fixed["files_done"]) == ("completed", 0), fixed  # same content: not embedded again
+        assert (await files_of(api, fixed_id))[str(secret)] == ("skipped", "unchanged since last indexed")
+    finally:
+        secret.chmod(0o644)

@@ -6,8 +6,11 @@ Real folders, a real worker with the real model, the embedded vector store.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,19 @@ from aiohttp.test_utils import TestClient
 from arq.worker import Worker
 
 from semantik.runtime import Runtime
-from tests.helpers import JobView, assert_error, count_points, create_job, job_view, wait_for_job, write
+from semantik.settings import Settings
+from semantik.store.db import MIGRATIONS
+from tests.helpers import (
+    JobView,
+    assert_error,
+    count_points,
+    create_job,
+    job_view,
+    run_burst,
+    wait_for_job,
+    wait_until,
+    write,
+)
 
 NOTES = {
     "alpha.txt": "Alpacas are shorn once a year in spring; their fleece is spun into yarn.",
@@ -240,7 +255,7 @@ async def test_a_scheduled_sync_picks_up_changes_by_itself(
     make_notes(docs)
     first = await create_job(api, docs, "team")
     await wait_for_job(api, first["id"])
-    for bad in (5, "soon", -1):
+    for bad in (5, "soon", -1, 0.5):
         refused = await api.patch("/api/collections/team", json={"sync_interval_s": bad})
         assert refused.status == 422, bad
     scheduled = await api.patch("/api/collections/team", json={"sync_interval_s": 10})
@@ -251,10 +266,111 @@ async def test_a_scheduled_sync_picks_up_changes_by_itself(
         hits = await search(api, "ballroom dance with flowing movements", k=1)
         return hits if hits and hits[0]["path"].endswith("foxtrot.txt") else None
 
-    from tests.helpers import wait_until
-
     await wait_until(found, 60, "the scheduled sync to index foxtrot.txt")
     jobs = (await (await api.get("/api/jobs")).json())["jobs"]
     assert any(job["kind"] == "sync" and job["name"] == "scheduled sync" for job in jobs)
     cleared = await api.patch("/api/collections/team", json={"sync_interval_s": None})
     assert (await cleared.json())["sync_interval_s"] is None
+
+
+async def test_a_watched_folder_is_searchable_within_seconds_of_a_save_and_a_delete(
+    api: TestClient[Any, Any], docs: Path, background_worker: Worker, runtime: Runtime
+) -> None:
+    make_notes(docs)
+    first = await create_job(api, docs, "team")
+    await wait_for_job(api, first["id"])
+    (source,) = (await (await api.get("/api/collections/team/sources")).json())["sources"]
+    watched = await api.patch(f"/api/collections/team/sources/{source['id']}", json={"watch": True})
+    assert watched.status == 200 and (await watched.json())["watch"] is True
+    lease = runtime.settings.redis_names.watch_lease(source["id"])
+    redis = background_worker.pool
+
+    async def leased() -> bool:
+        return bool(await redis.exists(lease))
+
+    await wait_until(leased, 30, "a worker to take the watch lease")
+
+    async def best_path(query: str) -> str | None:
+        hits = await search(api, query, k=1)
+        return hits[0]["path"] if hits else None
+
+    saved_at = time.monotonic()
+    write(docs / "golf.txt", "Golf handicaps let players of different abilities compete on equal terms.")
+
+    async def saved() -> bool:
+        return await best_path("golf handicap for unequal players") == str(docs / "golf.txt")
+
+    await wait_until(saved, 10, "the saved file to be searchable")
+    save_s = time.monotonic() - saved_at
+    deleted_at = time.monotonic()
+    (docs / "golf.txt").unlink()
+
+    async def deleted() -> bool:
+        return await best_path("golf handicap for unequal players") != str(docs / "golf.txt")
+
+    await wait_until(deleted, 10, "the deleted file to leave search")
+    delete_s = time.monotonic() - deleted_at
+    assert save_s < 10 and delete_s < 10, (save_s, delete_s)
+    jobs = (await (await api.get("/api/jobs")).json())["jobs"]
+    assert any(job["name"] == "watch" for job in jobs)
+
+    stopped = await api.patch(f"/api/collections/team/sources/{source['id']}", json={"watch": False})
+    assert (await stopped.json())["watch"] is False
+
+    async def released() -> bool:
+        return not await redis.exists(lease)
+
+    await wait_until(released, 30, "the watcher to stop and give its lease back")
+
+
+async def test_an_older_database_is_upgraded_and_its_first_sync_embeds_nothing(
+    settings: Settings, docs: Path, make_api: Any
+) -> None:
+    """A data dir written before folder sync: its jobs' folders become sources, what they indexed
+    becomes their files, and the first sync reads each file once and embeds nothing unchanged."""
+    texts = {"kept.txt": "Kept notes about the lighthouse keeper's logbook.", "gone.txt": "A note deleted since."}
+    hashes = {}
+    for name, text in texts.items():
+        hashes[name] = hashlib.sha256(write(docs / name, text).read_bytes()).hexdigest()
+    settings.data_dir.mkdir(parents=True)
+    with sqlite3.connect(settings.db_path) as old:  # the schema as the previous version left it
+        old.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for number, script in enumerate(MIGRATIONS[:4], start=1):
+            old.executescript(script)
+            old.execute("INSERT INTO schema_version VALUES (?)", (number,))
+        now = "2026-11-01T00:00:00.000Z"
+        old.execute("INSERT INTO collections VALUES ('legacy', 'all-MiniLM-L6-v2', 384, ?)", (now,))
+        old.execute(
+            "INSERT INTO jobs (id, collection, directory, recursive, status, files_total, files_done, created_at)"
+            " VALUES ('old-job', 'legacy', ?, 1, 'completed', 2, 2, ?)",
+            (str(docs), now),
+        )
+        for name, sha in hashes.items():
+            old.execute(
+                "INSERT INTO files (job_id, path, size, mtime, sha256, status, chunks, updated_at)"
+                " VALUES ('old-job', ?, 10, 0, ?, 'done', 1, ?)",
+                (str(docs / name), sha, now),
+            )
+            old.execute("INSERT INTO documents VALUES ('legacy', ?, ?, 1, 'old-job', ?)", (sha, str(docs / name), now))
+    (docs / "gone.txt").unlink()
+    api, runtime = await make_api()
+    (source,) = (await (await api.get("/api/collections/legacy/sources")).json())["sources"]
+    assert (source["directory"], source["files"], source["indexed"]) == (str(docs), 2, 2)
+    # The vectors the old version stored for those files.
+    embedder = await runtime.embedder()
+    await runtime.vectors.ensure_collection("legacy", embedder.dim)
+    for name, text in texts.items():
+        vectors = await embedder.encode([text])
+        await runtime.vectors.upsert_file(
+            "legacy", sha256=hashes[name], path=str(docs / name), job_id="old-job", texts=[text], vectors=vectors
+        )
+
+    job = await sync(api, "legacy")
+    await run_burst(runtime)
+    done = await job_view(api, job["id"])
+    files = await files_of(api, job["id"])
+    assert (done["status"], done["files_done"], done["files_removed"], done["chunks"]) == ("completed", 0, 1, 0), done
+    assert files["kept.txt"]["error"] == "unchanged since last indexed" and files["gone.txt"]["status"] == "removed"
+    hits = await search(api, "lighthouse keeper logbook", "legacy")
+    assert [hit["path"] for hit in hits] == [str(docs / "kept.txt")]
+    assert_in_step(await check(api, "legacy"))

@@ -703,3 +703,38 @@ def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
         assert engine.count("c") == written == 700
     finally:
         engine.close()
+
+
+async def test_paths_content_counts_and_drop_behave_alike_on_both_engines(
+    store: VectorStore, server: ServerBackend
+) -> None:
+    """What folder sync needs from the store: name every path of a content on its points, count
+    points per content (the consistency check), and drop a collection."""
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 3)
+    await store.ensure_collection("sync", DIM)
+    name = qdrant_name("sync")
+    await server.ensure(name, DIM)
+    for sha, texts in (("a" * 64, TEXTS[:2]), ("b" * 64, TEXTS[2:3])):
+        rows = vectors[: len(texts)]
+        await store.upsert_file("sync", sha256=sha, path=f"/d/{sha[0]}.txt", job_id="j", texts=texts, vectors=rows)
+        ids = [point_id("sync", sha, i) for i in range(len(texts))]
+        payloads = [
+            {"path": f"/d/{sha[0]}.txt", "chunk_index": i, "text": t, "sha256": sha} for i, t in enumerate(texts)
+        ]
+        await server.upsert(name, ids, rows, payloads)
+    assert await store.content_counts("sync") == await server.content_counts(name) == {"a" * 64: 2, "b" * 64: 1}
+
+    await store.set_paths("sync", "a" * 64, ["/d/a.txt", "/e/copy.txt"])
+    await server.set_paths(name, "a" * 64, ["/d/a.txt", "/e/copy.txt"])
+    embedded = await store.search("sync", vectors[0], 3)
+    plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[0].tolist(), query_text=None, k=3)
+    found = await server.search(name, plan)
+    for payloads in ([hit.payload for hit in embedded], [row["payload"] for row in found]):
+        by_sha = {p["sha256"]: (p["path"], p.get("paths")) for p in payloads}
+        assert by_sha == {"a" * 64: ("/d/a.txt", ["/d/a.txt", "/e/copy.txt"]), "b" * 64: ("/d/b.txt", None)}
+
+    await store.drop("sync")
+    await server.drop(name)
+    assert await store.count("sync") == await server.count(name) == 0
+    assert await store.content_counts("sync") == await server.content_counts(name) == {}

@@ -3,85 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import os
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
 
-from semantik.settings import Settings
+from semantik.cli import collections as collection_commands
+from semantik.cli.common import _api_url, _check_exposure, _get, _run_client, _settings, _token, _wait_with_progress
 from semantik.store.hybrid import SearchMode
-
-
-def _settings(**overrides: Any) -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return Settings(**{key: value for key, value in overrides.items() if value is not None})
-    except ValidationError as exc:  # one line per bad variable, named as the user set it
-        problems = []
-        for error in exc.errors(include_url=False, include_input=False):
-            name = "SEMANTIK_" + "_".join(str(part) for part in error["loc"]).upper()
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(message if message.startswith(name) else f"{name}: {message}")
-        raise click.ClickException("invalid settings:\n  " + "\n  ".join(problems)) from exc
-    except Exception as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-
-
-def _check_exposure(settings: Settings) -> None:
-    host = settings.host
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and settings.api_token is None:
-        raise click.ClickException(
-            f"refusing to listen on {host} without SEMANTIK_API_TOKEN: anyone who can reach it could read"
-            " your documents. Set a token, or bind to 127.0.0.1."
-        )
-
-
-def _api_url(settings: Settings, url: str | None) -> str:
-    return url or os.environ.get("SEMANTIK_URL") or f"http://{settings.host}:{settings.port}"
-
-
-def _run_client(call: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    """Run one API conversation; API and connection errors become one clear CLI error."""
-    from semantik.cli.client import ApiError
-    from semantik.cli.term import safe
-
-    try:
-        return asyncio.run(call)
-    except ApiError as exc:  # the server's message may quote a path or a name: no control characters
-        raise click.ClickException(f"{safe(exc.message)} ({safe(exc.code)})") from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the server: {safe(exc)}") from exc
-
-
-def _get(url: str | None, path: str, as_json: bool) -> dict[str, Any] | None:
-    """GET an API path; with ``as_json`` print the raw JSON and return None (nothing left to do)."""
-    from semantik.cli.client import Client
-
-    settings = _settings()
-
-    async def run() -> dict[str, Any]:
-        async with Client(_api_url(settings, url), _token(settings)) as client:
-            return dict(await client.request("GET", path))
-
-    data = _run_client(run())
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return None
-    return data
-
-
-def _token(settings: Settings) -> str | None:
-    return settings.api_token.get_secret_value() if settings.api_token else None
 
 
 @click.group()
@@ -174,36 +105,6 @@ def index(
         sys.exit(1)
 
 
-async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from semantik.cli.term import safe_markup
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[chunks]} chunks"),
-        TimeRemainingColumn(),
-        transient=True,
-        console=None,
-    ) as progress:
-        task = progress.add_task("indexing", total=None, chunks=0)
-
-        def update(job: dict[str, Any]) -> None:
-            finished = job["files_done"] + job["files_failed"] + job["files_skipped"]
-            progress.update(
-                task,
-                total=job["files_total"] or None,
-                completed=finished,
-                chunks=safe_markup(job["chunks"]),
-                description=safe_markup(job["status"]),
-            )
-
-        await client.wait(job_id, on_update=update)
-    return await client.request("GET", f"/api/jobs/{job_id}")  # type: ignore[no-any-return]
-
-
 @main.command()
 @click.argument("query")
 @click.option("--collection", "-c", required=True)
@@ -243,6 +144,9 @@ def search(query: str, collection: str, k: int, mode: str, as_json: bool, url: s
             f"{rank}. {score:.3f}  {safe(hit['path'])}  [chunk {safe(hit['chunk_index'])}]"
             + (f"  [{found_by}]" if found_by else "")
         )
+        others = [path for path in hit.get("paths") or [] if path != hit["path"]]
+        if others:
+            click.echo(f"   also at: {', '.join(safe(path) for path in others)}")
         click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
 
 
@@ -346,6 +250,9 @@ def gpus(as_json: bool, url: str | None) -> None:
     for waiter in data["waiters"]:
         click.echo(f"waiting: {safe(waiter['owner'])}  job {safe(waiter['job_id'])}")
 
+
+main.add_command(collection_commands.sync)
+main.add_command(collection_commands.check)
 
 if __name__ == "__main__":
     main()

@@ -96,13 +96,16 @@ async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents
     # same size may carry (a move) keeps its vectors until that file is read: released at the end.
     sizes = {f.size for f in pending_files}
     deferred: set[str] = set()
+    gone: set[str] = set()
     for source, missing in missing_by_source:
         if missing:
             await events.emit(EventType.PROGRESS, rt.sources.remove_missing(job.id, source.id, missing))
+        gone |= {m.sha256 for m in missing if m.sha256}
         deferred |= {m.sha256 for m in missing if m.sha256 and m.size in sizes}
-    # Everything nothing refers to now (this scan's deletions, what a crashed run left behind).
+    # This scan's deletions (a copy elsewhere keeps its content, under its remaining paths), and
+    # whatever nothing refers to any more (what a crashed run left behind).
     leftover = set(await rt.sources.unreferenced(collection))
-    removed = await rt.sources.settle_contents(collection, leftover - deferred)
+    removed = await rt.sources.settle_contents(collection, (gone | leftover) - deferred)
     if removed:
         log.info("contents_removed", job_id=job.id, contents=removed)
     log.info("sync_plan", job_id=job.id, pending=len(pending_files), deferred=len(deferred))

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import structlog
+from arq.connections import ArqRedis
 from arq.worker import Retry
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from redis.asyncio import Redis
@@ -29,6 +30,7 @@ from semantik.domain import EventType, JobState, JobStatus
 from semantik.errors import Unavailable
 from semantik.events.publish import EventPublisher, JobEvents
 from semantik.gpu.leases import GpuUnavailable, acquire_device, gpu_leases, hold
+from semantik.indexing.cron import SWEEP_INTERVAL_S, sweep_orphans
 from semantik.indexing.pipeline import JobCancelled, JobError, index_job
 from semantik.runtime import Runtime
 from semantik.store.jobs import CollectionBusy
@@ -111,23 +113,32 @@ async def run_embed_job(
     worker_id = worker_id or worker_identity()
     events = JobEvents(EventPublisher(redis, rt.settings.redis_names), job_id)
     while True:
-        await _wait_for_collection(rt, job_id)
+        await _wait_for_collection(rt, job_id, redis)
         try:
             return await _lease_and_run(rt, job_id, events, worker_id, redis, arq_job_id, job_try)
         except CollectionBusy:
             continue  # another worker started a job of the collection first: wait for it
 
 
-async def _wait_for_collection(rt: Runtime, job_id: str) -> None:
+async def _wait_for_collection(rt: Runtime, job_id: str, redis: Redis | None) -> None:
     """Jobs of one collection run one at a time (each reconciles the collection's folders): wait,
-    still queued, while another runs. Cancelling the waiting job ends the wait."""
+    still queued, while another runs. Cancelling the waiting job ends the wait. The job waited for
+    may be an orphan (its worker died): the wait runs the orphan sweeper itself now and then, as
+    the cron job may have no free slot on this worker while we hold one."""
     waited_for = None
+    next_sweep_s = asyncio.get_running_loop().time() + SWEEP_INTERVAL_S
     while (other := await rt.jobs.running_beside(job_id)) is not None:
         if (await rt.jobs.get_job(job_id)).status != JobStatus.QUEUED:
             return  # cancelled (or taken) meanwhile: start_job will say so
         if other != waited_for:
             log.info("job_waiting_for_collection", job_id=job_id, running_job_id=other)
             waited_for = other
+        if isinstance(redis, ArqRedis) and asyncio.get_running_loop().time() >= next_sweep_s:
+            next_sweep_s += SWEEP_INTERVAL_S
+            try:
+                await sweep_orphans(rt, redis)
+            except (RedisError, OSError) as exc:  # the cron job sweeps too, once Redis is back
+                log.warning("orphan_sweep_failed", job_id=job_id, error=str(exc))
         await asyncio.sleep(COLLECTION_WAIT_POLL_S)
 
 

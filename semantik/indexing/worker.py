@@ -13,6 +13,7 @@ from arq.worker import Worker, func
 from semantik.indexing import cron as cron_jobs
 from semantik.indexing.presence import WorkerPresence
 from semantik.indexing.runner import run_embed_job, worker_identity
+from semantik.indexing.watch import Watchers
 from semantik.jobqueue import redis_settings
 from semantik.logs import configure_logging
 from semantik.redis_names import EMBED_JOB_FUNCTION, PING_FUNCTION
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 RUNTIME_KEY = "runtime"
 OWNS_RUNTIME_KEY = "owns_runtime"
 PRESENCE_KEY = "presence"
+WATCHERS_KEY = "watchers"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -41,10 +43,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     names = runtime.settings.redis_names
     ctx[PRESENCE_KEY] = WorkerPresence(ctx["redis"], names, ctx["worker_id"], embedder.label)
     await ctx[PRESENCE_KEY].start()
+    ctx[WATCHERS_KEY] = Watchers(runtime, ctx["redis"], ctx["worker_id"])
+    await ctx[WATCHERS_KEY].start()
     log.info("worker_started", worker_id=ctx["worker_id"], device=embedder.device, backend=embedder.spec.name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if WATCHERS_KEY in ctx:
+        await ctx[WATCHERS_KEY].stop()
     if PRESENCE_KEY in ctx:
         await ctx[PRESENCE_KEY].stop()
     if ctx.get(OWNS_RUNTIME_KEY):

@@ -156,19 +156,23 @@ class JobStore:
         return [Collection(**dict(row)) for row in rows]
 
     async def set_sync_interval(self, name: str, interval_s: int | None) -> Collection:
-        """Sync the collection every ``interval_s`` seconds (arq cron), or never (None)."""
+        """Sync the collection every ``interval_s`` seconds (arq cron); 0: never; None: as
+        SEMANTIK_SYNC_INTERVAL_S says."""
         changed = await self.db.execute("UPDATE collections SET sync_interval_s = ? WHERE name = ?", (interval_s, name))
         if not changed:
             raise NotFound(f"collection {name!r} does not exist", code="collection_not_found")
         return await self.get_collection(name)
 
-    async def sync_schedule(self) -> list[tuple[str, int, str | None]]:
-        """(collection, interval, when its newest job was created) for each scheduled collection."""
+    async def sync_schedule(self, default_interval_s: int | None) -> list[tuple[str, int, str | None]]:
+        """(collection, interval, when its newest job was created) for each scheduled collection:
+        those with an interval of their own (0: never), the others with ``default_interval_s``."""
         rows = await self.db.fetchall(
-            "SELECT c.name, c.sync_interval_s, (SELECT MAX(j.created_at) FROM jobs j WHERE j.collection = c.name)"
-            " AS last FROM collections c WHERE c.sync_interval_s IS NOT NULL ORDER BY c.name"
+            "SELECT c.name, COALESCE(c.sync_interval_s, ?) AS interval_s,"
+            " (SELECT MAX(j.created_at) FROM jobs j WHERE j.collection = c.name) AS last"
+            " FROM collections c WHERE COALESCE(c.sync_interval_s, ?) > 0 ORDER BY c.name",
+            (default_interval_s, default_interval_s),
         )
-        return [(row["name"], int(row["sync_interval_s"]), row["last"]) for row in rows]
+        return [(row["name"], int(row["interval_s"]), row["last"]) for row in rows]
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -254,14 +258,22 @@ class JobStore:
         """Undo ``create_job`` for a job that could not be queued: the row goes, and so does the
         collection it created, unless something else uses it by now."""
         async with self.db.transaction() as conn:
-            row = await (await conn.execute("SELECT collection FROM jobs WHERE id = ?", (job_id,))).fetchone()
+            cursor = await conn.execute("SELECT collection, source_id FROM jobs WHERE id = ?", (job_id,))
+            row = await cursor.fetchone()
             if row is None:
                 return
             await conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            # The source it made, unless another job uses it or it holds files by now.
+            await conn.execute(
+                "DELETE FROM sources WHERE id = :id AND NOT EXISTS (SELECT 1 FROM jobs WHERE source_id = :id)"
+                " AND NOT EXISTS (SELECT 1 FROM entries WHERE source_id = :id)",
+                {"id": row["source_id"]},
+            )
             if drop_collection:
                 await conn.execute(
                     "DELETE FROM collections WHERE name = :name"
                     " AND NOT EXISTS (SELECT 1 FROM jobs WHERE collection = :name)"
+                    " AND NOT EXISTS (SELECT 1 FROM sources WHERE collection = :name)"
                     " AND NOT EXISTS (SELECT 1 FROM documents WHERE collection = :name)",
                     {"name": row["collection"]},
                 )

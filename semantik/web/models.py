@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from semantik.store.hybrid import SearchMode
 
@@ -45,8 +45,16 @@ MIN_SYNC_INTERVAL_S = 10
 
 class CollectionUpdate(_Request):
     sync_interval_s: int | None = Field(
-        ge=MIN_SYNC_INTERVAL_S, le=366 * 86400, description="Sync every this many seconds; null: no schedule"
+        le=366 * 86400,
+        description="Sync every this many seconds (at least 10); 0: never; null: as SEMANTIK_SYNC_INTERVAL_S says",
     )
+
+    @field_validator("sync_interval_s")
+    @classmethod
+    def _not_too_often(cls, value: int | None) -> int | None:
+        if value is not None and (value < 0 or 0 < value < MIN_SYNC_INTERVAL_S):
+            raise ValueError(f"sync_interval_s must be 0 (never) or at least {MIN_SYNC_INTERVAL_S} seconds")
+        return value
 
 
 class SourceCreate(_Request):

@@ -140,6 +140,36 @@ async def test_cancel_a_running_job(browser: Browser, server: str, docs: Path) -
     await shot(page, "job-cancelled")
 
 
+async def test_sync_button_mirrors_the_folder_and_copies_show_every_path(
+    browser: Browser, server: str, docs: Path
+) -> None:
+    corpus(docs)
+    page, errors = await open_page(browser, server + "/#/jobs")
+    await create_from_form(page, "ui", str(docs))
+    await expect(page.locator(".status")).to_have_text("completed with errors", timeout=60_000)
+    (docs / "finance.txt").unlink()
+    write(docs / "tides.txt", "Tides rise and fall twice a day, pulled by the moon's gravity.")
+    (docs / "baking-copy.txt").write_text((docs / "baking.txt").read_text())
+    await page.get_by_role("link", name="Search").click()
+    await expect(page.get_by_label("Collection")).to_have_value("ui")
+    await page.get_by_role("button", name="Sync").click()
+    await expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f-]{36}$"))
+    await expect(page.locator(".status")).to_have_text(re.compile("completed"), timeout=60_000)
+    await expect(page.locator("#sync-counts")).to_have_text(re.compile(r"^\d+ / 1$"))  # finance.txt removed
+    await page.get_by_role("link", name="Search").click()
+    await page.get_by_label("Query").fill("sourdough starter flour and salt")
+    await page.keyboard.press("Enter")
+    first = page.locator(".hit").first
+    await expect(first).to_contain_text("baking")
+    await expect(first.locator(".also")).to_contain_text("baking")  # the copy is named beside the original
+    await page.get_by_label("Query").fill("savings and compound interest")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#s-status")).to_contain_text("results in")
+    await expect(page.locator("#results")).not_to_contain_text("finance.txt")
+    await shot(page, "search-after-sync")
+    assert errors == []
+
+
 async def test_token_prompt(browser: Browser, aiohttp_server: Any, make_runtime: RuntimeFactory) -> None:
     runtime = await make_runtime(api_token=SecretStr("ui-token-0123456789"))
     srv = await aiohttp_server(create_app(runtime.settings, runtime=runtime))

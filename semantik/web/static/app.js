@@ -147,6 +147,7 @@ async function jobPage(id) {
         <div class="stat"><span class="muted">Rate</span><b>${job.rate_chunks_s != null ? `${esc(job.rate_chunks_s)} chunks/s` : "–"}</b></div>
         <div class="stat"><span class="muted">ETA</span><b>${TERMINAL.has(job.status) ? "done" : seconds(job.eta_s)}</b></div>
         <div class="stat"><span class="muted">Failed / skipped</span><b>${esc(job.files_failed)} / ${esc(job.files_skipped)}</b></div>
+        <div class="stat"><span class="muted">Unchanged / removed</span><b id="sync-counts">${esc(job.files_unchanged || 0)} / ${esc(job.files_removed || 0)}</b></div>
       </div>
       <p class="muted">Current file: <span id="current">${esc(job.current_file || "–")}</span></p>
       ${job.error ? `<p class="error">${esc(job.error)}</p>` : ""}
@@ -193,12 +194,18 @@ const SEARCH_MODES = [
 const retrievers = (hit) => (Array.isArray(hit.retrievers) && hit.retrievers.length
   ? ` · <span class="retrievers">${hit.retrievers.map((r) => `<span class="retriever">${esc(r)}</span>`).join("+")}</span>` : "");
 
+// A content found at several paths (copies) is one hit; it names the other places too.
+const alsoAt = (hit) => {
+  const others = (Array.isArray(hit.paths) ? hit.paths : []).filter((path) => path !== hit.path);
+  return others.length ? ` · <span class="also">also at ${others.map(esc).join(", ")}</span>` : "";
+};
+
 async function searchPage() {
   view.innerHTML = `<h1>Search</h1><form class="grid card" id="search-form">
       <div class="field"><label for="s-collection">Collection</label><select id="s-collection" required></select></div>
       <div class="field" style="grid-column: span 2"><label for="s-query">Query</label><input id="s-query" type="search" required placeholder="Ask by meaning or exact terms…"></div>
       <fieldset class="field modes"><legend>Mode</legend><div class="toggle">${SEARCH_MODES.map(([value, label, title], i) => `<label title="${esc(title)}"><input type="radio" name="s-mode" value="${esc(value)}"${i === 0 ? " checked" : ""}> ${esc(label)}</label>`).join("")}</div></fieldset>
-      <div class="actions"><button class="primary" type="submit">Search</button></div>
+      <div class="actions"><button class="primary" type="submit">Search</button><button type="button" id="s-sync" title="Make the collection mirror its folders now: new, changed, moved and deleted files">Sync</button></div>
     </form><p id="s-status" class="muted" role="status"></p><div id="results"></div>`;
   const select = document.getElementById("s-collection");
   try {
@@ -206,6 +213,17 @@ async function searchPage() {
     select.innerHTML = collections.map((c) => `<option value="${esc(c.name)}">${esc(c.name)} (${esc(c.documents)} documents)</option>`).join("");
     if (!collections.length) document.getElementById("s-status").textContent = "No collections yet: create a job on the Jobs page first.";
   } catch (error) { showError(document.getElementById("results"), error); }
+  document.getElementById("s-sync").addEventListener("click", async () => {
+    const info = document.getElementById("s-status");
+    if (!select.value) return;
+    try {
+      const job = await api(`/api/collections/${enc(select.value)}/sync`, { method: "POST" });
+      location.hash = `#/jobs/${enc(job.id)}`;
+    } catch (error) {
+      const running = error.code === "sync_running" && error.details && error.details.job_id;
+      info.innerHTML = `<span class="error" role="alert">${esc(error.message)}</span>${running ? ` <a href="#/jobs/${esc(enc(error.details.job_id))}">Open that job</a>` : ""}`;
+    }
+  });
   document.getElementById("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const query = document.getElementById("s-query").value.trim();
@@ -217,7 +235,7 @@ async function searchPage() {
       const data = await api("/api/search", { method: "POST", body: { query, collection: select.value, k: 10, mode } });
       info.textContent = data.results.length ? `${data.results.length} results in ${data.took_ms} ms`
         : "No results. If the collection is still indexing, try again when its job has finished.";
-      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · ${esc(hit.path)} · chunk ${esc(hit.chunk_index)}${retrievers(hit)}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
+      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · ${esc(hit.path)} · chunk ${esc(hit.chunk_index)}${retrievers(hit)}${alsoAt(hit)}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
     } catch (error) { info.textContent = ""; showError(results, error); }
   });
 }
