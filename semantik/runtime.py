@@ -8,6 +8,7 @@ import structlog
 
 from semantik.inference.embedder import Embedder, default_model_path, model_dimension
 from semantik.settings import Settings
+from semantik.store.contents import Contents
 from semantik.store.db import Database, make_private_dir
 from semantik.store.jobs import JobStore
 from semantik.store.lifecycle import Lifecycle
@@ -26,7 +27,8 @@ class Runtime:
         self.jobs = JobStore(self.db)
         self.lifecycle = Lifecycle(self.db)
         self.vectors = VectorStore.from_settings(settings)
-        self.sources = Sources(self.db, self.vectors)
+        self.sources = Sources(self.db)
+        self.contents = Contents(self.db, self.vectors, self.sources)
         self.model_path = settings.model_path or default_model_path()
         self.model_dim = model_dimension(self.model_path)
         self.model_name = "all-MiniLM-L6-v2" if settings.model_path is None else self.model_path.name

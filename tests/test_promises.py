@@ -782,3 +782,29 @@ async def test_cli_logs_follow_prints_lines_appended_after_it_started(tmp_path: 
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_cli_sync_mirrors_the_folder_and_check_says_what_is_out_of_step(
+    server: str, settings: Settings, runtime: Runtime, docs: Path
+) -> None:
+    write(docs / "lighthouse.txt", LIGHTHOUSE)
+    write(docs / "budget.txt", "The quarterly budget review found the travel costs were over plan.")
+    async with worker_running(settings, runtime):
+        code, out, err = await run_cli("index", str(docs), "-c", "clisync", url=server)
+        assert code == 0, (out, err)
+        (docs / "budget.txt").unlink()
+        write(docs / "garden.md", "# Garden\n\nTomatoes need full sun and regular watering in the summer.")
+        code, out, err = await run_cli("sync", "clisync", url=server)
+        assert code == 0, (out, err)
+        job = json.loads(out)
+        assert (job["kind"], job["status"], job["files_done"], job["files_removed"]) == ("sync", "completed", 1, 1)
+        assert job["id"] in err  # "sync job <id> queued"
+        code, out, err = await run_cli("check", "clisync", url=server)
+        assert code == 0 and "in step" in out, (out, err)
+    (docs / "garden.md").unlink()  # gone from disk, not synced yet
+    code, out, err = await run_cli("check", "clisync", url=server)
+    assert code == 1, (out, err)
+    assert "files gone from disk (not synced yet): 1" in out and str(docs / "garden.md") in out
+    assert "semantik sync clisync" in out
+    code, out, err = await run_cli("sync", "nowhere", url=server)
+    assert code == 1 and "collection_not_found" in err, (out, err)

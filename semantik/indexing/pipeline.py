@@ -9,12 +9,9 @@
 - A file whose chunks are all embedded is upserted and then committed as done, in the background,
   while the model works on the next batch. Point ids are deterministic, so a retried or resumed job
   re-upserts without duplicates.
-- The collection mirrors its sources (``semantik.store.sources``): an index job reads its one
-  folder, a sync every folder of the collection. A file as it was last time (size, mtime, ctime,
-  inode) is not read; content the collection already has is not embedded again, only its path is
-  noted (a copy, or a move when this run removed a path with that content); a path that is gone
-  loses its vectors unless the content is still found elsewhere. Removals go first, except for
-  contents a new file of the same size may turn out to carry (a move): those wait for the end.
+- Content the collection already has vectors for is not embedded again: only its path is noted
+  (a copy, or a move when this run removed a path with that content). See ``reconcile.py`` for
+  what comes before: which files are pending at all.
 """
 
 from __future__ import annotations
@@ -31,12 +28,11 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.domain import EventType, FileStatus, Job, JobKind, JobState, PendingFile, ScannedFile, Source
+from semantik.domain import EventType, FileStatus, Job, JobState, PendingFile
 from semantik.events.publish import JobEvents
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.presence import Stats
-from semantik.indexing.sandbox import ExtractPool, SandboxConfig, shared_pool
-from semantik.indexing.scan import folder_entry, scan_directory
+from semantik.indexing.sandbox import ExtractPool
 from semantik.inference.embedder import Embedder
 from semantik.paths import is_within
 from semantik.runtime import Runtime
@@ -71,91 +67,6 @@ class _Prepared:
     started: bool = field(default=False)
 
 
-async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents, should_stop: StopCheck) -> None:
-    """Scan the job's folders and make the collection mirror them: index what is new or changed,
-    note copies and moves, remove what is gone. Raises JobCancelled when asked to stop."""
-    s = rt.settings
-    collection = job.collection
-    missing_by_source = []
-    for source in await _job_sources(rt, job):
-        scanned = await _scan_source(rt, job, source)
-        outcome = await rt.sources.record_scan(job.id, source.id, scanned, rows_for_unchanged=job.kind == JobKind.INDEX)
-        await events.emit(EventType.SCAN_COMPLETED, _now(outcome.state), directory=source.directory)
-        log.info(
-            "scan_completed",
-            job_id=job.id,
-            directory=source.directory,
-            files=len(scanned),
-            unchanged=outcome.unchanged,
-            gone=len(outcome.missing),
-        )
-        missing_by_source.append((source, outcome.missing))
-    pending_files = await rt.jobs.pending_files(job.id)
-    await rt.vectors.ensure_collection(collection, embedder.dim)
-    # Gone paths go first, so deleted files leave search at once. A content that a new file of the
-    # same size may carry (a move) keeps its vectors until that file is read: released at the end.
-    sizes = {f.size for f in pending_files}
-    deferred: set[str] = set()
-    gone: set[str] = set()
-    for source, missing in missing_by_source:
-        if missing:
-            await events.emit(EventType.PROGRESS, rt.sources.remove_missing(job.id, source.id, missing))
-        gone |= {m.sha256 for m in missing if m.sha256}
-        deferred |= {m.sha256 for m in missing if m.sha256 and m.size in sizes}
-    # This scan's deletions (a copy elsewhere keeps its content, under its remaining paths), and
-    # whatever nothing refers to any more (what a crashed run left behind).
-    leftover = set(await rt.sources.unreferenced(collection))
-    removed = await rt.sources.settle_contents(collection, (gone | leftover) - deferred)
-    if removed:
-        log.info("contents_removed", job_id=job.id, contents=removed)
-    log.info("sync_plan", job_id=job.id, pending=len(pending_files), deferred=len(deferred))
-    pipeline = _Pipeline(rt, job, embedder, events, len(pending_files), should_stop)
-    if pending_files:
-        async with shared_pool(SandboxConfig.from_settings(s, rt.model_path), s.extract_workers) as pool:
-            await pipeline.run(pending_files, pool)
-    # Whatever nothing refers to now (moves are settled, changed files replaced) loses its vectors.
-    await rt.sources.settle_contents(collection, deferred | set(await rt.sources.unreferenced(collection)))
-    await pipeline.progress(force=True)
-
-
-async def _now(state: JobState) -> JobState:
-    return state
-
-
-async def _job_sources(rt: Runtime, job: Job) -> list[Source]:
-    if job.kind == JobKind.SYNC:
-        return await rt.sources.of_collection(job.collection)
-    if job.source_id is None:
-        raise JobError("this job's folder is no longer a source of the collection (it was removed)")
-    return [await rt.sources.get(job.collection, job.source_id)]
-
-
-async def _scan_source(rt: Runtime, job: Job, source: Source) -> list[ScannedFile]:
-    """The source's files. A folder that is gone or cannot be listed fails an index job; in a sync
-    it is one failed entry, and what was indexed from it stays (an unmounted drive is not a
-    deletion)."""
-    s = rt.settings
-    try:
-        directory = await asyncio.to_thread(checked_directory, source.directory, s.allowed_roots)
-        try:
-            return await asyncio.to_thread(
-                scan_directory,
-                directory,
-                recursive=source.recursive,
-                include=source.include,
-                exclude=source.exclude,
-                allowed_roots=s.allowed_roots,
-                max_file_size_bytes=s.max_file_size_bytes,
-            )
-        except OSError as exc:
-            raise JobError(f"cannot list {source.directory}: {exc.strerror or exc}") from exc
-    except JobError as exc:
-        if job.kind == JobKind.INDEX:
-            raise
-        reason = f"{exc}; what was indexed from it is kept"
-        return [ScannedFile(folder_entry(Path(source.directory)), 0, 0.0, FileStatus.FAILED, reason)]
-
-
 def checked_directory(directory: str, allowed_roots: list[Path]) -> Path:
     """The job's folder, resolved again at the start of every run (first run, retry, resume, sweep):
     it may have been swapped for a symlink to somewhere outside the allowed roots since the job was
@@ -171,7 +82,7 @@ def checked_directory(directory: str, allowed_roots: list[Path]) -> Path:
     return resolved
 
 
-class _Pipeline:
+class Pipeline:
     def __init__(
         self,
         rt: Runtime,
@@ -271,9 +182,9 @@ class _Pipeline:
 
     async def _known_content(self, file: PendingFile, sha256: str, indexed_from: str) -> None:
         """Content the collection has vectors for: no embedding, only the path is noted."""
-        sources, collection = self.rt.sources, self.job.collection
-        paths = await sources.paths_of(collection, sha256)
-        moved = None if file.path in paths else await sources.moved_from(self.job.id, sha256, file.path)
+        contents, collection = self.rt.contents, self.job.collection
+        paths = await contents.paths_of(collection, sha256)
+        moved = None if file.path in paths else await self.rt.sources.moved_from(self.job.id, sha256, file.path)
         if file.path in paths:
             reason = "unchanged since last indexed"
         elif moved is not None:
@@ -282,7 +193,7 @@ class _Pipeline:
             reason = f"same content as {paths[0] if paths else indexed_from} (findable at both paths)"
         await self._settle(file, FileStatus.SKIPPED, reason, sha256, entry_status=FileStatus.DONE)
         if file.path not in paths:
-            await sources.refresh_paths(collection, [sha256])
+            await contents.refresh_paths(collection, [sha256])
 
     async def _settle(
         self, file: PendingFile, status: str, reason: str, sha256: str | None, *, entry_status: str | None = None
@@ -398,9 +309,9 @@ class _Pipeline:
             )
             # The file's old content goes (unless another path still has it); a content found at
             # several paths names them all.
-            await rt.sources.settle_contents(job.collection, replaced)
-            if len(await rt.sources.paths_of(job.collection, item.sha256)) > 1:
-                await rt.sources.refresh_paths(job.collection, [item.sha256])
+            await rt.contents.settle_contents(job.collection, replaced)
+            if len(await rt.contents.paths_of(job.collection, item.sha256)) > 1:
+                await rt.contents.refresh_paths(job.collection, [item.sha256])
         self.settled += 1
         log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
         await self.progress()

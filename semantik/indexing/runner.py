@@ -31,7 +31,8 @@ from semantik.errors import Unavailable
 from semantik.events.publish import EventPublisher, JobEvents
 from semantik.gpu.leases import GpuUnavailable, acquire_device, gpu_leases, hold
 from semantik.indexing.cron import SWEEP_INTERVAL_S, sweep_orphans
-from semantik.indexing.pipeline import JobCancelled, JobError, index_job
+from semantik.indexing.pipeline import JobCancelled, JobError
+from semantik.indexing.reconcile import index_job
 from semantik.runtime import Runtime
 from semantik.store.jobs import CollectionBusy
 

@@ -89,13 +89,13 @@ async def add_source(rt: Runtime, collection: str, request: SourceCreate) -> Sou
 
 
 async def remove_source(rt: Runtime, collection: str, source_id: int) -> dict[str, int]:
-    removed = await rt.sources.remove(collection, source_id)
+    removed = await rt.contents.remove_source(collection, source_id)
     log.info("source_removed", collection=collection, source_id=source_id, **removed)
     return removed
 
 
 async def delete_collection(rt: Runtime, name: str) -> None:
-    await rt.sources.drop_collection(name)
+    await rt.contents.drop_collection(name)
     log.info("collection_deleted", collection=name)
 
 

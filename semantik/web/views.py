@@ -194,7 +194,7 @@ async def sync_collection(request: web.Request) -> web.Response:
 
 
 async def check_collection(request: web.Request) -> web.Response:
-    return json_out(await request.app[RUNTIME].sources.check(request.match_info["name"]))
+    return json_out(await request.app[RUNTIME].contents.check(request.match_info["name"]))
 
 
 async def search(request: web.Request) -> web.Response:

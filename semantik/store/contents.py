@@ -1,0 +1,191 @@
+"""The contents a collection has vectors for, and keeping them in step with its sources' files.
+
+- ``documents``: one row per content (sha256); point ids derive from the content, so one content
+  at several paths has one set of points. A content is ``writing`` from just before its points
+  are upserted until a file refers to it (``done``).
+- A content no remembered path refers to any more (deleted, changed, its source removed) loses
+  its points, then its row (``release``); a crash between leaves a row without a path, which the
+  next run releases. The points of a content name every path it is found at (``refresh_paths``).
+- Removing a source or a whole collection, and the consistency check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from semantik.domain import FileStatus, JobStatus
+from semantik.errors import Conflict, NotFound
+from semantik.store.db import Database
+from semantik.store.sources import REFERS, Sources
+from semantik.store.vectors import VectorStore
+
+# Contents released per vector-store call.
+RELEASE_BATCH = 500
+
+
+class Contents:
+    def __init__(self, db: Database, vectors: VectorStore, sources: Sources) -> None:
+        self.db, self.vectors, self.sources = db, vectors, sources
+
+    async def unreferenced(self, collection: str) -> list[str]:
+        """Contents of the collection that no indexed path refers to (any more)."""
+        rows = await self.db.fetchall(
+            "SELECT d.sha256 FROM documents d WHERE d.collection = ? AND NOT EXISTS ("
+            " SELECT 1 FROM entries e JOIN sources s ON s.id = e.source_id"
+            f" WHERE e.sha256 = d.sha256 AND s.collection = d.collection AND {REFERS})",
+            (collection,),
+        )
+        return [row["sha256"] for row in rows]
+
+    async def release(self, collection: str, hashes: Iterable[str]) -> int:
+        """Remove the points, then the rows, of contents no indexed path refers to any more (those
+        of ``hashes`` only: one still referred to is kept). Returns how many went."""
+        candidates = sorted(set(hashes))
+        if not candidates:
+            return 0
+        unreferenced = set(await self.unreferenced(collection))
+        doomed = [sha for sha in candidates if sha in unreferenced]
+        for start in range(0, len(doomed), RELEASE_BATCH):
+            batch = doomed[start : start + RELEASE_BATCH]
+            await self.vectors.delete_contents(collection, batch)
+            marks = ",".join("?" * len(batch))
+            async with self.db.transaction() as conn:
+                # Only rows that are still unreferenced: nothing may have adopted them meanwhile.
+                await conn.execute(
+                    f"DELETE FROM documents WHERE collection = ? AND sha256 IN ({marks}) AND NOT EXISTS ("
+                    " SELECT 1 FROM entries e JOIN sources s ON s.id = e.source_id"
+                    " WHERE e.sha256 = documents.sha256 AND s.collection = documents.collection"
+                    f" AND {REFERS})",
+                    (collection, *batch),
+                )
+        return len(doomed)
+
+    async def paths_of(self, collection: str, sha256: str) -> list[str]:
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT e.path FROM entries e JOIN sources s ON s.id = e.source_id"
+            f" WHERE s.collection = ? AND e.sha256 = ? AND {REFERS} ORDER BY e.path",
+            (collection, sha256),
+        )
+        return [row["path"] for row in rows]
+
+    async def refresh_paths(self, collection: str, hashes: Iterable[str]) -> None:
+        """Make the points of each content name every path it is found at now."""
+        for sha in sorted(set(hashes)):
+            paths = await self.paths_of(collection, sha)
+            if paths:
+                await self.vectors.set_paths(collection, sha, paths)
+
+    async def settle_contents(self, collection: str, hashes: Iterable[str]) -> int:
+        """After paths changed: contents nothing refers to lose their points; the others name the
+        paths they are found at now. Returns how many contents went."""
+        wanted = set(hashes)
+        released = await self.release(collection, wanted)
+        if released < len(wanted):
+            gone = set(await self.unreferenced(collection))
+            await self.refresh_paths(collection, [sha for sha in wanted if sha not in gone])
+        return released
+
+    # -- removing sources and collections ----------------------------------------------------
+
+    async def _refuse_while_active(self, collection: str) -> None:
+        row = await self.db.fetchone(
+            "SELECT id, status FROM jobs WHERE collection = ? AND status IN (?, ?)"
+            " ORDER BY status = 'running' DESC, created_at LIMIT 1",
+            (collection, JobStatus.RUNNING, JobStatus.QUEUED),
+        )
+        if row is not None:
+            raise Conflict(
+                f"job {row['id']} of collection {collection!r} is {row['status']}; try again once it ends"
+                " (or cancel it)",
+                code="collection_busy",
+                details={"job_id": row["id"]},
+            )
+
+    async def remove_source(self, collection: str, source_id: int) -> dict[str, int]:
+        """Remove a source: its entries go, and every content no other source still finds loses its
+        vectors. Refused (409) while a job of the collection is queued or running."""
+        await self.sources.get(collection, source_id)
+        await self._refuse_while_active(collection)
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT sha256 FROM entries WHERE source_id = ? AND sha256 IS NOT NULL", (source_id,)
+        )
+        files = int(await self.db.fetchval("SELECT COUNT(*) FROM entries WHERE source_id = ?", (source_id,)))
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM entries WHERE source_id = ?", (source_id,))
+            await conn.execute("UPDATE jobs SET source_id = NULL WHERE source_id = ?", (source_id,))
+            await conn.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+        released = await self.settle_contents(collection, [row["sha256"] for row in rows])
+        return {"files": files, "contents_removed": released}
+
+    async def drop_collection(self, collection: str) -> None:
+        """Remove a collection whole: its vectors, then its jobs, files, sources, entries and row.
+        Refused (409) while one of its jobs is queued or running."""
+        row = await self.db.fetchone("SELECT 1 FROM collections WHERE name = ?", (collection,))
+        if row is None:
+            raise NotFound(f"collection {collection!r} does not exist", code="collection_not_found")
+        await self._refuse_while_active(collection)
+        await self.vectors.drop(collection)
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM entries WHERE source_id IN (SELECT id FROM sources WHERE collection = ?)", (collection,)
+            )
+            await conn.execute("DELETE FROM sources WHERE collection = ?", (collection,))
+            await conn.execute("DELETE FROM documents WHERE collection = ?", (collection,))
+            await conn.execute("DELETE FROM jobs WHERE collection = ?", (collection,))  # files go with them
+            await conn.execute("DELETE FROM collections WHERE name = ?", (collection,))
+
+    # -- consistency -------------------------------------------------------------------------
+
+    async def check(self, collection: str) -> dict[str, Any]:
+        """Three counts that are zero when the collection mirrors its folders:
+        ``vectors_without_file``: points whose content no indexed path refers to;
+        ``files_without_vectors``: paths marked indexed whose content has fewer points than chunks;
+        ``files_missing``: remembered paths that are not on disk any more (not synced yet)."""
+        if await self.db.fetchone("SELECT 1 FROM collections WHERE name = ?", (collection,)) is None:
+            raise NotFound(f"collection {collection!r} does not exist", code="collection_not_found")
+        counts = await self.vectors.content_counts(collection)
+        rows = await self.db.fetchall(
+            "SELECT e.path, e.raw_path, e.sha256, e.status, d.chunks"
+            " FROM entries e JOIN sources s ON s.id = e.source_id LEFT JOIN documents d"
+            " ON d.collection = s.collection AND d.sha256 = e.sha256 AND d.state = 'done'"
+            " WHERE s.collection = ?",
+            (collection,),
+        )
+        referenced = {row["sha256"] for row in rows if row["status"] in (FileStatus.DONE, FileStatus.FAILED)}
+        orphans = {sha: n for sha, n in counts.items() if sha not in referenced}
+        without = [
+            row["path"]
+            for row in rows
+            if row["status"] == FileStatus.DONE and counts.get(row["sha256"], 0) < (row["chunks"] or 1)
+        ]
+
+        def gone() -> list[str]:
+            missing = []
+            for row in rows:
+                name = os.fsdecode(row["raw_path"]) if row["raw_path"] is not None else row["path"]
+                if name.endswith(os.sep):
+                    continue  # a folder that could not be listed: not a file
+                try:
+                    os.lstat(name)
+                except OSError:
+                    missing.append(row["path"])
+            return missing
+
+        missing = await asyncio.to_thread(gone)
+        return {
+            "collection": collection,
+            "vectors_without_file": sum(orphans.values()),
+            "files_without_vectors": len(without),
+            "files_missing": len(missing),
+            "ok": not orphans and not without and not missing,
+            "points": sum(counts.values()),
+            "files": len(rows),
+            "examples": {
+                "vectors_without_file": sorted(orphans)[:10],
+                "files_without_vectors": sorted(without)[:10],
+                "files_missing": sorted(missing)[:10],
+            },
+        }
