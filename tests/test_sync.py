@@ -328,7 +328,11 @@ async def test_an_older_database_is_upgraded_and_its_first_sync_embeds_nothing(
 ) -> None:
     """A data dir written before folder sync: its jobs' folders become sources, what they indexed
     becomes their files, and the first sync reads each file once and embeds nothing unchanged."""
-    texts = {"kept.txt": "Kept notes about the lighthouse keeper's logbook.", "gone.txt": "A note deleted since."}
+    texts = {
+        "kept.txt": "Kept notes about the lighthouse keeper's logbook.",
+        "gone.txt": "A note deleted since.",
+        "old/early.txt": "An early memo about the harbour crane, indexed by a job long since cleaned up.",
+    }
     hashes = {}
     for name, text in texts.items():
         hashes[name] = hashlib.sha256(write(docs / name, text).read_bytes()).hexdigest()
@@ -342,20 +346,34 @@ async def test_an_older_database_is_upgraded_and_its_first_sync_embeds_nothing(
         old.execute("INSERT INTO collections VALUES ('legacy', 'all-MiniLM-L6-v2', 384, ?)", (now,))
         old.execute(
             "INSERT INTO jobs (id, collection, directory, recursive, status, files_total, files_done, created_at)"
-            " VALUES ('old-job', 'legacy', ?, 1, 'completed', 2, 2, ?)",
+            " VALUES ('old-job', 'legacy', ?, 0, 'completed', 2, 2, ?)",
             (str(docs), now),
         )
         for name, sha in hashes.items():
+            if name.startswith("old/"):  # its job is gone (retention), and no other reads its folder
+                old.execute(
+                    "INSERT INTO documents VALUES ('legacy', ?, ?, 1, 'gone-job', ?)", (sha, str(docs / name), now)
+                )
+                continue
             old.execute(
                 "INSERT INTO files (job_id, path, size, mtime, sha256, status, chunks, updated_at)"
                 " VALUES ('old-job', ?, 10, 0, ?, 'done', 1, ?)",
                 (str(docs / name), sha, now),
             )
             old.execute("INSERT INTO documents VALUES ('legacy', ?, ?, 1, 'old-job', ?)", (sha, str(docs / name), now))
+        old.execute(
+            "INSERT INTO jobs (id, collection, directory, recursive, include, status, created_at)"
+            " VALUES ('old-old', 'legacy', ?, 1, '[\"*.txt\"]', 'completed', ?)",
+            (str(docs / "elsewhere"), now),
+        )
     (docs / "gone.txt").unlink()
     api, runtime = await make_api()
-    (source,) = (await (await api.get("/api/collections/legacy/sources")).json())["sources"]
-    assert (source["directory"], source["files"], source["indexed"]) == (str(docs), 2, 2)
+    (docs / "elsewhere").mkdir()
+    sources = (await (await api.get("/api/collections/legacy/sources")).json())["sources"]
+    assert [(s["directory"], s["recursive"], s["include"], s["files"]) for s in sources] == [
+        (str(docs), False, None, 2),  # not old/early.txt: this source does not read subfolders
+        (str(docs / "elsewhere"), True, ["*.txt"], 0),
+    ]
     # The vectors the old version stored for those files.
     embedder = await runtime.embedder()
     await runtime.vectors.ensure_collection("legacy", embedder.dim)
@@ -372,5 +390,37 @@ async def test_an_older_database_is_upgraded_and_its_first_sync_embeds_nothing(
     assert (done["status"], done["files_done"], done["files_removed"], done["chunks"]) == ("completed", 0, 1, 0), done
     assert files["kept.txt"]["error"] == "unchanged since last indexed" and files["gone.txt"]["status"] == "removed"
     hits = await search(api, "lighthouse keeper logbook", "legacy")
-    assert [hit["path"] for hit in hits] == [str(docs / "kept.txt")]
+    assert hits[0]["path"] == str(docs / "kept.txt") and str(docs / "gone.txt") not in [h["path"] for h in hits]
+    # What no source reads is not thrown away: still searchable, and the check points at it.
+    early = str(docs / "old" / "early.txt")
+    assert (await search(api, "memo about the harbour crane", "legacy", k=1))[0]["path"] == early
+    report = await check(api, "legacy")
+    assert (report["vectors_without_file"], report["files_without_vectors"]) == (1, 0), report
+    # Indexing its folder again adopts it: nothing is embedded twice.
+    again = await create_job(api, docs / "old", "legacy")
+    await run_burst(runtime)
+    adopted = await job_view(api, again["id"])
+    assert (adopted["status"], adopted["files_done"], adopted["chunks"]) == ("completed", 0, 0), adopted
+    assert (await files_of(api, again["id"]))["early.txt"]["error"] == "unchanged since last indexed"
     assert_in_step(await check(api, "legacy"))
+
+
+async def test_overlapping_sources_see_one_file_and_its_old_version_goes(
+    api: TestClient[Any, Any], docs: Path, run_worker: Any
+) -> None:
+    write(docs / "sub" / "plan.txt", "The migration plan moves the archive to the new cluster in May.")
+    write(docs / "top.txt", "Top-level notes about the office coffee machine.")
+    await create_job(api, docs, "team")
+    await run_worker()
+    added = await api.post("/api/collections/team/sources", json={"directory": str(docs / "sub")})
+    assert added.status == 201
+    await sync(api)
+    await run_worker()
+    write(docs / "sub" / "plan.txt", "The migration plan was postponed: the archive stays where it is until autumn.")
+    changed = await sync(api)
+    await run_worker()
+    assert (await job_view(api, changed["id"]))["files_done"] == 1  # one file, read once, for both sources
+    texts = [hit["text"] for hit in await search(api, "when does the archive move to the new cluster")]
+    assert not any("in May" in text for text in texts), texts
+    assert any("postponed" in text for text in texts)
+    assert_in_step(await check(api))

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.domain import EventType, FileStatus, Job, JobState, PendingFile
+from semantik.domain import EventType, FileStatus, Job, PendingFile
 from semantik.events.publish import JobEvents
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.presence import Stats
@@ -50,6 +50,11 @@ class JobError(Exception):
 
 class JobCancelled(Exception):
     """A user asked the job to stop; it stopped between batches."""
+
+
+class JobSuperseded(Exception):
+    """This run is not the job's current one any more (its heartbeat lapsed and the sweeper queued a
+    new attempt): it stops at once and leaves the job, and the collection, to the new run."""
 
 
 StopCheck = Callable[[], Awaitable[bool]]
@@ -107,6 +112,8 @@ class Pipeline:
         self.upserts: set[asyncio.Task[None]] = set()
         self.upsert_slots = asyncio.Semaphore(UPSERTS_IN_FLIGHT)
         self.failure: BaseException | None = None
+        # Contents a file of this run may still adopt (a move): not released until the run ends.
+        self.keep: set[str] = set()
 
     async def run(self, pending: list[PendingFile], pool: ExtractPool) -> None:
         producer = asyncio.create_task(self._produce(pending, pool))
@@ -160,20 +167,22 @@ class Pipeline:
 
     async def _prepare(self, file: PendingFile, pool: ExtractPool) -> _Prepared | None:
         jobs, collection = self.rt.jobs, self.job.collection
-        sha256 = indexed_from = None
+        sha256 = None
         chunks: list[str] = []
         try:
             async with pool.lease() as extraction:
                 sha256 = await extraction.read(file.open_path)
-                indexed_from = await jobs.indexed_path(collection, sha256)
-                if indexed_from is None:
-                    chunks = await extraction.extract()
+                # Known content is adopted under the lock that releasing contents takes: it cannot
+                # lose its vectors between this check and the file's row saying it refers to it.
+                async with self.rt.contents.lock(collection):
+                    indexed_from = await jobs.indexed_path(collection, sha256)
+                    if indexed_from is not None:
+                        await self._known_content(file, sha256, indexed_from)
+                        return None
+                chunks = await extraction.extract()
         except ExtractionError as exc:
             log.warning("file_failed", job_id=self.job.id, file=file.path, error=str(exc))
             await self._settle(file, FileStatus.FAILED, str(exc), sha256)
-            return None
-        if indexed_from is not None:
-            await self._known_content(file, sha256, indexed_from)
             return None
         if not chunks:
             await self._settle(file, FileStatus.SKIPPED, "no text to index", sha256)
@@ -185,15 +194,14 @@ class Pipeline:
         contents, collection = self.rt.contents, self.job.collection
         paths = await contents.paths_of(collection, sha256)
         moved = None if file.path in paths else await self.rt.sources.moved_from(self.job.id, sha256, file.path)
-        if file.path in paths:
+        if file.path in paths or (not paths and indexed_from == file.path):
             reason = "unchanged since last indexed"
         elif moved is not None:
             reason = f"moved from {moved} (path updated, not embedded again)"
         else:
             reason = f"same content as {paths[0] if paths else indexed_from} (findable at both paths)"
+        # Its points name the new path once the contents are settled (after the next file, or at the end).
         await self._settle(file, FileStatus.SKIPPED, reason, sha256, entry_status=FileStatus.DONE)
-        if file.path not in paths:
-            await contents.refresh_paths(collection, [sha256])
 
     async def _settle(
         self, file: PendingFile, status: str, reason: str, sha256: str | None, *, entry_status: str | None = None
@@ -290,28 +298,14 @@ class Pipeline:
                 texts=item.chunks,
                 vectors=item.vectors,
             )
-            replaced: list[str] = []
-
-            async def committing() -> JobState:
-                state, previous = await rt.jobs.commit_file(
-                    job_id=job.id,
-                    file_id=item.file.id,
-                    collection=collection,
-                    path=item.file.path,
-                    sha256=sha256,
-                    chunks=chunks,
-                )
-                replaced.extend([previous] if previous else [])
-                return state
-
-            await self.events.emit(
-                EventType.FILE_COMPLETED, committing(), path=item.file.path, file_chunks=len(item.chunks)
-            )
-            # The file's old content goes (unless another path still has it); a content found at
+            committing = rt.jobs.commit_file(
+                job_id=job.id, file_id=item.file.id, collection=collection, path=item.file.path, sha256=sha256,
+                chunks=chunks,
+            )  # fmt: skip
+            await self.events.emit(EventType.FILE_COMPLETED, committing, path=item.file.path, file_chunks=chunks)
+            # The file's old content goes now (unless another path still has it); a content found at
             # several paths names them all.
-            await rt.contents.settle_contents(job.collection, replaced)
-            if len(await rt.contents.paths_of(job.collection, item.sha256)) > 1:
-                await rt.contents.refresh_paths(job.collection, [item.sha256])
+            await rt.contents.settle(collection, keep=self.keep)
         self.settled += 1
         log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
         await self.progress()

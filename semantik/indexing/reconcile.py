@@ -17,7 +17,7 @@ import structlog
 
 from semantik.domain import EventType, FileStatus, Job, JobKind, JobState, ScannedFile, Source
 from semantik.events.publish import JobEvents
-from semantik.indexing.pipeline import JobError, Pipeline, StopCheck, checked_directory
+from semantik.indexing.pipeline import JobCancelled, JobError, Pipeline, StopCheck, checked_directory
 from semantik.indexing.sandbox import SandboxConfig, shared_pool
 from semantik.indexing.scan import folder_entry, scan_directory
 from semantik.inference.embedder import Embedder
@@ -49,28 +49,40 @@ async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents
     await rt.vectors.ensure_collection(collection, embedder.dim)
     # Gone paths go first, so deleted files leave search at once. A content that a new file of the
     # same size may carry (a move) keeps its vectors until that file is read: released at the end.
+    if await should_stop():  # before anything is forgotten: a cancel, or a newer run of this job
+        raise JobCancelled()
     sizes = {f.size for f in pending_files}
     deferred: set[str] = set()
-    gone: set[str] = set()
     for source, missing in missing_by_source:
         if missing:
             await events.emit(EventType.PROGRESS, rt.sources.remove_missing(job.id, source.id, missing))
-        gone |= {m.sha256 for m in missing if m.sha256}
         deferred |= {m.sha256 for m in missing if m.sha256 and m.size in sizes}
     # This scan's deletions (a copy elsewhere keeps its content, under its remaining paths), and
-    # whatever nothing refers to any more (what a crashed run left behind).
-    leftover = set(await rt.contents.unreferenced(collection))
-    removed = await rt.contents.settle_contents(collection, (gone | leftover) - deferred)
+    # whatever an interrupted run left marked or half-written.
+    removed = await rt.contents.settle(collection, keep=deferred, writing=True)
     if removed:
         log.info("contents_removed", job_id=job.id, contents=removed)
     log.info("sync_plan", job_id=job.id, pending=len(pending_files), deferred=len(deferred))
     pipeline = Pipeline(rt, job, embedder, events, len(pending_files), should_stop)
-    if pending_files:
-        async with shared_pool(SandboxConfig.from_settings(s, rt.model_path), s.extract_workers) as pool:
-            await pipeline.run(pending_files, pool)
+    pipeline.keep = deferred
+    try:
+        if pending_files:
+            async with shared_pool(SandboxConfig.from_settings(s, rt.model_path), s.extract_workers) as pool:
+                await pipeline.run(pending_files, pool)
+    except Exception:
+        # Stopped or failed: what this run forgot still leaves search (the rest waits for the next run).
+        await _settle_quietly(rt, job, collection)
+        raise
     # Whatever nothing refers to now (moves are settled, changed files replaced) loses its vectors.
-    await rt.contents.settle_contents(collection, deferred | set(await rt.contents.unreferenced(collection)))
+    await rt.contents.settle(collection, writing=True)
     await pipeline.progress(force=True)
+
+
+async def _settle_quietly(rt: Runtime, job: Job, collection: str) -> None:
+    try:
+        await rt.contents.settle(collection, writing=True)
+    except Exception as exc:  # the store may be what failed: the next run settles it
+        log.warning("contents_settle_failed", job_id=job.id, error=str(exc))
 
 
 async def _now(state: JobState) -> JobState:

@@ -31,7 +31,7 @@ from semantik.errors import Unavailable
 from semantik.events.publish import EventPublisher, JobEvents
 from semantik.gpu.leases import GpuUnavailable, acquire_device, gpu_leases, hold
 from semantik.indexing.cron import SWEEP_INTERVAL_S, sweep_orphans
-from semantik.indexing.pipeline import JobCancelled, JobError
+from semantik.indexing.pipeline import JobCancelled, JobError, JobSuperseded
 from semantik.indexing.reconcile import index_job
 from semantik.runtime import Runtime
 from semantik.store.jobs import CollectionBusy
@@ -189,6 +189,8 @@ async def _run(
             # The lease could not be renewed: the slot may be someone else's now. Stop using the
             # GPU; the job goes back to the queue and resumes where it stopped.
             raise Unavailable("lost the GPU lease (renewal refused or Redis unreachable)", code="gpu_lease_lost")
+        if attempts and not await rt.jobs.is_current(job_id, attempts[0]):
+            raise JobSuperseded()
         return await rt.lifecycle.cancel_requested(job_id)
 
     attempts: list[int] = []  # this run's attempt number: every closing write is for this run only
@@ -211,6 +213,9 @@ async def _run(
     await heartbeat.start()
     try:
         await index_job(rt, job, embedder, events, should_stop)
+    except JobSuperseded:
+        bound.warning("job_run_superseded", attempt=attempt, detail="a newer run of this job took over; stopped")
+        return None
     except JobCancelled:
         bound.info("job_cancelled")
         return await _closing(events, EventType.JOB_CANCELLED, rt.lifecycle.acknowledge_cancel(job_id, attempt=attempt))

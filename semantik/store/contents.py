@@ -19,7 +19,7 @@ from typing import Any
 from semantik.domain import FileStatus, JobStatus
 from semantik.errors import Conflict, NotFound
 from semantik.store.db import Database
-from semantik.store.sources import REFERS, Sources
+from semantik.store.sources import REFERS, Sources, mark_dirty
 from semantik.store.vectors import VectorStore
 
 # Contents released per vector-store call.
@@ -29,39 +29,60 @@ RELEASE_BATCH = 500
 class Contents:
     def __init__(self, db: Database, vectors: VectorStore, sources: Sources) -> None:
         self.db, self.vectors, self.sources = db, vectors, sources
+        self._locks: dict[str, asyncio.Lock] = {}
 
-    async def unreferenced(self, collection: str) -> list[str]:
-        """Contents of the collection that no indexed path refers to (any more)."""
-        rows = await self.db.fetchall(
-            "SELECT d.sha256 FROM documents d WHERE d.collection = ? AND NOT EXISTS ("
-            " SELECT 1 FROM entries e JOIN sources s ON s.id = e.source_id"
-            f" WHERE e.sha256 = d.sha256 AND s.collection = d.collection AND {REFERS})",
-            (collection,),
-        )
-        return [row["sha256"] for row in rows]
+    def lock(self, collection: str) -> asyncio.Lock:
+        """Held while contents are released, and while a file adopts a content the collection
+        already has: a content is never released between "it has vectors" and "this path refers
+        to it". (Jobs of one collection run one at a time, in one process.)"""
+        return self._locks.setdefault(collection, asyncio.Lock())
 
-    async def release(self, collection: str, hashes: Iterable[str]) -> int:
-        """Remove the points, then the rows, of contents no indexed path refers to any more (those
-        of ``hashes`` only: one still referred to is kept). Returns how many went."""
-        candidates = sorted(set(hashes))
-        if not candidates:
-            return 0
-        unreferenced = set(await self.unreferenced(collection))
-        doomed = [sha for sha in candidates if sha in unreferenced]
-        for start in range(0, len(doomed), RELEASE_BATCH):
-            batch = doomed[start : start + RELEASE_BATCH]
-            await self.vectors.delete_contents(collection, batch)
-            marks = ",".join("?" * len(batch))
-            async with self.db.transaction() as conn:
-                # Only rows that are still unreferenced: nothing may have adopted them meanwhile.
-                await conn.execute(
-                    f"DELETE FROM documents WHERE collection = ? AND sha256 IN ({marks}) AND NOT EXISTS ("
-                    " SELECT 1 FROM entries e JOIN sources s ON s.id = e.source_id"
-                    " WHERE e.sha256 = documents.sha256 AND s.collection = documents.collection"
-                    f" AND {REFERS})",
+    async def _referenced(self, collection: str, hashes: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(hashes), RELEASE_BATCH):
+            batch = hashes[start : start + RELEASE_BATCH]
+            rows = await self.db.fetchall(
+                "SELECT DISTINCT e.sha256 FROM entries e JOIN sources s ON s.id = e.source_id"
+                f" WHERE s.collection = ? AND e.sha256 IN ({','.join('?' * len(batch))}) AND {REFERS}",
+                (collection, *batch),
+            )
+            found |= {row["sha256"] for row in rows}
+        return found
+
+    async def settle(self, collection: str, *, keep: Iterable[str] = (), writing: bool = False) -> int:
+        """Bring the points of every marked content in step with the paths that refer to it now: a
+        content nothing refers to loses its points, then its row; the others name their paths.
+        ``keep``: contents to leave for later (a move may adopt them); ``writing``: also contents
+        whose upsert was cut off (only while nothing is being written). Returns how many went."""
+        async with self.lock(collection):
+            rows = await self.db.fetchall(
+                # The first OR is the partial index's condition, word for word, so SQLite uses it.
+                "SELECT sha256, dirty FROM documents WHERE collection = ? AND (dirty > 0 OR state = 'writing')"
+                " AND (dirty > 0 OR ?)",
+                (collection, int(writing)),
+            )
+            held = set(keep)
+            marked = {row["sha256"]: row["dirty"] for row in rows if row["sha256"] not in held}
+            if not marked:
+                return 0
+            referenced = await self._referenced(collection, sorted(marked))
+            doomed = sorted(set(marked) - referenced)
+            for start in range(0, len(doomed), RELEASE_BATCH):
+                batch = doomed[start : start + RELEASE_BATCH]
+                await self.vectors.delete_contents(collection, batch)  # points first, then the rows
+                await self.db.execute(
+                    f"DELETE FROM documents WHERE collection = ? AND sha256 IN ({','.join('?' * len(batch))})",
                     (collection, *batch),
                 )
-        return len(doomed)
+            for sha in sorted(referenced):
+                paths = await self.paths_of(collection, sha)
+                await self.vectors.set_paths(collection, sha, paths)
+                # Unless it changed meanwhile (then the next settle takes it).
+                await self.db.execute(
+                    "UPDATE documents SET dirty = 0 WHERE collection = ? AND sha256 = ? AND dirty = ?",
+                    (collection, sha, marked[sha]),
+                )
+            return len(doomed)
 
     async def paths_of(self, collection: str, sha256: str) -> list[str]:
         rows = await self.db.fetchall(
@@ -70,23 +91,6 @@ class Contents:
             (collection, sha256),
         )
         return [row["path"] for row in rows]
-
-    async def refresh_paths(self, collection: str, hashes: Iterable[str]) -> None:
-        """Make the points of each content name every path it is found at now."""
-        for sha in sorted(set(hashes)):
-            paths = await self.paths_of(collection, sha)
-            if paths:
-                await self.vectors.set_paths(collection, sha, paths)
-
-    async def settle_contents(self, collection: str, hashes: Iterable[str]) -> int:
-        """After paths changed: contents nothing refers to lose their points; the others name the
-        paths they are found at now. Returns how many contents went."""
-        wanted = set(hashes)
-        released = await self.release(collection, wanted)
-        if released < len(wanted):
-            gone = set(await self.unreferenced(collection))
-            await self.refresh_paths(collection, [sha for sha in wanted if sha not in gone])
-        return released
 
     # -- removing sources and collections ----------------------------------------------------
 
@@ -109,15 +113,18 @@ class Contents:
         vectors. Refused (409) while a job of the collection is queued or running."""
         await self.sources.get(collection, source_id)
         await self._refuse_while_active(collection)
-        rows = await self.db.fetchall(
-            "SELECT DISTINCT sha256 FROM entries WHERE source_id = ? AND sha256 IS NOT NULL", (source_id,)
-        )
         files = int(await self.db.fetchval("SELECT COUNT(*) FROM entries WHERE source_id = ?", (source_id,)))
         async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT DISTINCT sha256 FROM entries WHERE source_id = ? AND sha256 IS NOT NULL", (source_id,)
+            )
+            hashes = [row["sha256"] for row in await cursor.fetchall()]
             await conn.execute("DELETE FROM entries WHERE source_id = ?", (source_id,))
             await conn.execute("UPDATE jobs SET source_id = NULL WHERE source_id = ?", (source_id,))
+            await conn.execute("UPDATE files SET source_id = NULL WHERE source_id = ?", (source_id,))
             await conn.execute("DELETE FROM sources WHERE id = ?", (source_id,))
-        released = await self.settle_contents(collection, [row["sha256"] for row in rows])
+            await mark_dirty(conn, collection, hashes)
+        released = await self.settle(collection)
         return {"files": files, "contents_removed": released}
 
     async def drop_collection(self, collection: str) -> None:

@@ -126,12 +126,14 @@ MIGRATIONS: list[str] = [
     # Folder sync. A collection remembers its sources (a folder and how to read it), and what each
     # source's folder held at its last run (``entries``: one row per path, with the stat that lets an
     # unchanged file go unread). ``documents`` becomes the register of contents that have vectors:
-    # ``writing`` before a content's points are upserted, ``done`` once a file row refers to it, so
-    # vectors left by a crash are always found again and removed. Existing jobs become sources and
-    # what they indexed becomes entries (stat unknown: the first sync reads each file once).
+    # ``writing`` before a content's points are upserted, ``done`` once a path refers to it; ``dirty``
+    # counts changes to the paths that refer to it since its points were last brought in step
+    # (released when nothing refers to it, else renamed), so nothing a crash interrupts is lost
+    # track of. Existing jobs become sources and what they indexed becomes entries (stat unknown:
+    # the first sync reads each file once); pending files of unfinished jobs get their source.
     """
     CREATE TABLE sources (
-        id          INTEGER PRIMARY KEY,
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
         collection  TEXT NOT NULL REFERENCES collections(name),
         directory   TEXT NOT NULL,
         recursive   INTEGER NOT NULL,
@@ -157,6 +159,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX entries_sha256 ON entries(sha256);
     ALTER TABLE documents ADD COLUMN state TEXT NOT NULL DEFAULT 'done';
+    ALTER TABLE documents ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX documents_dirty ON documents(collection) WHERE dirty > 0 OR state = 'writing';
     ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'index';
     ALTER TABLE jobs ADD COLUMN source_id INTEGER;
     ALTER TABLE jobs ADD COLUMN files_unchanged INTEGER NOT NULL DEFAULT 0;
@@ -175,12 +179,14 @@ MIGRATIONS: list[str] = [
         SELECT s.id FROM sources s WHERE s.collection = jobs.collection AND s.directory = jobs.directory
         AND s.recursive = jobs.recursive AND s.include = COALESCE(jobs.include, 'null')
         AND s.exclude = COALESCE(jobs.exclude, 'null'));
+    UPDATE files SET source_id = (SELECT source_id FROM jobs WHERE jobs.id = files.job_id);
     INSERT OR IGNORE INTO entries (source_id, path, size, mtime_ns, ctime_ns, inode, sha256, status, updated_at)
         SELECT source_id, path, 0, 0, 0, 0, sha256, 'done', indexed_at FROM (
             SELECT d.path, d.sha256, d.indexed_at, (
                 SELECT s.id FROM sources s WHERE s.collection = d.collection
                 AND substr(d.path, 1, length(s.directory) + 1) = s.directory || '/'
-                ORDER BY length(s.directory) DESC LIMIT 1) AS source_id
+                AND (s.recursive = 1 OR instr(substr(d.path, length(s.directory) + 2), '/') = 0)
+                ORDER BY length(s.directory) DESC, s.recursive DESC, s.include = 'null' DESC LIMIT 1) AS source_id
             FROM documents d)
         WHERE source_id IS NOT NULL;
     """,

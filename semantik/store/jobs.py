@@ -212,7 +212,7 @@ class JobStore:
                 )
             source_id = None
             if kind == JobKind.INDEX:
-                source_id = await source_for_job(conn, collection, directory, recursive, include, exclude)
+                source_id = await source_for_job(conn, collection, directory, recursive, include, exclude, now)
             else:
                 await _refuse_when_active(conn, collection)
             await conn.execute(
@@ -258,16 +258,17 @@ class JobStore:
         """Undo ``create_job`` for a job that could not be queued: the row goes, and so does the
         collection it created, unless something else uses it by now."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute("SELECT collection, source_id FROM jobs WHERE id = ?", (job_id,))
+            cursor = await conn.execute("SELECT collection, source_id, created_at FROM jobs WHERE id = ?", (job_id,))
             row = await cursor.fetchone()
             if row is None:
                 return
             await conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            # The source it made, unless another job uses it or it holds files by now.
+            # The source it made (at the same moment), unless another job uses it by now.
             await conn.execute(
-                "DELETE FROM sources WHERE id = :id AND NOT EXISTS (SELECT 1 FROM jobs WHERE source_id = :id)"
+                "DELETE FROM sources WHERE id = :id AND created_at = :at"
+                " AND NOT EXISTS (SELECT 1 FROM jobs WHERE source_id = :id)"
                 " AND NOT EXISTS (SELECT 1 FROM entries WHERE source_id = :id)",
-                {"id": row["source_id"]},
+                {"id": row["source_id"], "at": row["created_at"]},
             )
             if drop_collection:
                 await conn.execute(
@@ -361,6 +362,13 @@ class JobStore:
             )
             return await bump(conn, job_id)
 
+    async def is_current(self, job_id: str, attempt: int) -> bool:
+        """Whether the run that started as ``attempt`` is still the job's current, running one."""
+        row = await self.db.fetchone(
+            "SELECT 1 FROM jobs WHERE id = ? AND status = ? AND attempts = ?", (job_id, JobStatus.RUNNING, attempt)
+        )
+        return row is not None
+
     async def progress(self, job_id: str) -> JobState:
         """Number a progress event and read the counters it carries."""
         async with self.db.transaction() as conn:
@@ -422,19 +430,12 @@ class JobStore:
 
     async def commit_file(
         self, *, job_id: str, file_id: int, collection: str, path: str, sha256: str, chunks: int
-    ) -> tuple[JobState, str | None]:
+    ) -> JobState:
         """After the file's points are upserted: mark it done and record what the collection holds.
-        Also returns the content its source had at this path before, when that differs: its vectors
-        go once nothing else refers to it (``Sources.release``)."""
+        The content its source had at this path before is marked (``Contents.settle`` releases it
+        once nothing refers to it)."""
         now = utcnow()
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT e.sha256 FROM files f JOIN entries e ON e.source_id = f.source_id AND e.path = f.path"
-                " WHERE f.id = ?",
-                (file_id,),
-            )
-            row = await cursor.fetchone()
-            previous = row["sha256"] if row is not None and row["sha256"] != sha256 else None
             cursor = await conn.execute(
                 "UPDATE files SET status = ?, sha256 = ?, chunks = ?, error = NULL, updated_at = ?"
                 " WHERE id = ? AND status = ?",
@@ -445,7 +446,6 @@ class JobStore:
                     "UPDATE jobs SET files_done = files_done + 1, chunks = chunks + ? WHERE id = ?",
                     (chunks, job_id),
                 )
-            await upsert_entry_from_file(conn, file_id, FileStatus.DONE)
             await conn.execute(
                 "INSERT INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'done') ON CONFLICT (collection, sha256) DO UPDATE"
@@ -453,4 +453,5 @@ class JobStore:
                 " indexed_at = excluded.indexed_at, state = 'done'",
                 (collection, sha256, path, chunks, job_id, now),
             )
-            return await bump(conn, job_id), previous
+            await upsert_entry_from_file(conn, file_id, FileStatus.DONE)
+            return await bump(conn, job_id)

@@ -42,14 +42,15 @@ async def source_for_job(
     recursive: bool,
     include: list[str] | None,
     exclude: list[str] | None,
+    now: str,
 ) -> int:
-    """The id of the source that reads ``directory`` this way, created if new (inside the caller's
-    transaction)."""
+    """The id of the source that reads ``directory`` this way, created (at ``now``) if new, inside
+    the caller's transaction."""
     key = (collection, directory, int(recursive), _globs(include), _globs(exclude))
     await conn.execute(
         "INSERT OR IGNORE INTO sources (collection, directory, recursive, include, exclude, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (*key, utcnow()),
+        (*key, now),
     )
     cursor = await conn.execute(
         "SELECT id FROM sources WHERE collection = ? AND directory = ? AND recursive = ? AND include = ?"
@@ -72,10 +73,66 @@ UPSERT_ENTRY = (
     " sha256 = CASE WHEN excluded.status = 'failed' THEN entries.sha256 ELSE excluded.sha256 END,"
     " status = excluded.status, error = excluded.error, updated_at = excluded.updated_at"
 )
+# The same path found by another source of the collection (overlapping folders) is the same file:
+# its entry follows. Parameters: file id.
+FOLLOW_ENTRY = (
+    "UPDATE entries SET size = f.size, mtime_ns = f.mtime_ns, ctime_ns = f.ctime_ns, inode = f.inode,"
+    " sha256 = CASE WHEN e.status = 'failed' THEN entries.sha256 ELSE e.sha256 END, status = e.status,"
+    " error = e.error, updated_at = e.updated_at"
+    " FROM files f JOIN entries e ON e.source_id = f.source_id AND e.path = f.path"
+    " JOIN sources s ON s.id = f.source_id"
+    " WHERE f.id = ? AND entries.path = f.path AND entries.source_id != f.source_id"
+    " AND entries.source_id IN (SELECT id FROM sources WHERE collection = s.collection)"
+)
+
+
+async def mark_dirty(conn: aiosqlite.Connection, collection: str, hashes: Iterable[str | None]) -> None:
+    """The paths referring to these contents changed: their points are brought in step later
+    (``Contents.settle``), whatever happens to this process meanwhile."""
+    wanted = sorted({sha for sha in hashes if sha})
+    for start in range(0, len(wanted), RELEASE_BATCH):
+        batch = wanted[start : start + RELEASE_BATCH]
+        await conn.execute(
+            f"UPDATE documents SET dirty = dirty + 1 WHERE collection = ? AND sha256 IN ({','.join('?' * len(batch))})",
+            (collection, *batch),
+        )
+
+
+async def references(conn: aiosqlite.Connection, collection: str, sha256: str) -> int:
+    cursor = await conn.execute(
+        f"SELECT COUNT(*) FROM entries e JOIN sources s ON s.id = e.source_id WHERE s.collection = ?"
+        f" AND e.sha256 = ? AND {REFERS}",
+        (collection, sha256),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def upsert_entry_from_file(conn: aiosqlite.Connection, file_id: int, status: str) -> None:
-    await conn.execute(UPSERT_ENTRY, (status, utcnow(), file_id))
+    """Its source (and any other source that found the same path) remembers a file row's outcome.
+    The content the path had before, and the one it has now when another path has it too, are
+    marked: their points must name the paths that refer to them now."""
+    cursor = await conn.execute(
+        "SELECT s.collection, f.path, f.sha256 FROM files f JOIN sources s ON s.id = f.source_id WHERE f.id = ?",
+        (file_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return  # no source (removed meanwhile): nothing to remember
+    collection, path, sha256 = row["collection"], row["path"], row["sha256"]
+    cursor = await conn.execute(
+        "SELECT DISTINCT e.sha256 FROM entries e JOIN sources s ON s.id = e.source_id"
+        " WHERE s.collection = ? AND e.path = ? AND e.sha256 IS NOT NULL",
+        (collection, path),
+    )
+    before = {r["sha256"] for r in await cursor.fetchall()}
+    now = utcnow()
+    await conn.execute(UPSERT_ENTRY, (status, now, file_id))
+    await conn.execute(FOLLOW_ENTRY, (file_id,))
+    touched = before - {sha256} if status != FileStatus.FAILED else set()
+    if status == FileStatus.DONE and sha256 and await references(conn, collection, sha256) > 1:
+        touched.add(sha256)
+    await mark_dirty(conn, collection, touched)
 
 
 @dataclass(frozen=True)
@@ -241,14 +298,16 @@ class Sources:
                     verdicts.append(text)
                 rows.append((job_id, text, raw, f.size, f.mtime, status, error, now, source_id, f.mtime_ns,
                              f.ctime_ns, f.inode, entry["sha256"] if entry is not None and status == FileStatus.SKIPPED
-                             and error == UNCHANGED_REASON else None, pending, pending))  # fmt: skip
+                             and error == UNCHANGED_REASON else None, pending, pending, pending))  # fmt: skip
             await conn.executemany(
                 "INSERT INTO files (job_id, path, raw_path, size, mtime, status, error, updated_at, source_id,"
                 " mtime_ns, ctime_ns, inode, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (job_id, path) DO UPDATE SET status = excluded.status, error = excluded.error,"
+                " ON CONFLICT (job_id, path) DO UPDATE"
+                " SET status = CASE WHEN excluded.status != ? THEN excluded.status ELSE files.status END,"
+                " error = CASE WHEN excluded.status != ? THEN excluded.error ELSE files.error END,"
                 " updated_at = excluded.updated_at, size = excluded.size, mtime_ns = excluded.mtime_ns,"
                 " ctime_ns = excluded.ctime_ns, inode = excluded.inode, source_id = excluded.source_id"
-                " WHERE files.status = ? AND excluded.status != ?",
+                " WHERE files.status = ?",
                 rows,
             )
             # What the scan decided by itself is remembered now (a later sync passes it if unchanged).
@@ -257,10 +316,13 @@ class Sources:
                 (job_id, source_id, FileStatus.SKIPPED, FileStatus.FAILED),
             )
             decided = {row["path"]: (row["id"], row["status"]) for row in await cursor.fetchall()}
-            await conn.executemany(
-                UPSERT_ENTRY,
-                [(decided[text][1], now, decided[text][0]) for text in verdicts if text in decided],
-            )
+            # A path new to the source cannot change what any content's points say: one statement
+            # for all of those; the others, one by one.
+            fresh = [text for text in verdicts if text in decided and text not in known]
+            await conn.executemany(UPSERT_ENTRY, [(decided[text][1], now, decided[text][0]) for text in fresh])
+            for text in verdicts:
+                if text in decided and text in known:
+                    await upsert_entry_from_file(conn, decided[text][0], decided[text][1])
             cursor = await conn.execute(
                 "SELECT id, path FROM files WHERE job_id = ? AND source_id = ? AND status = ?",
                 (job_id, source_id, pending),
@@ -282,7 +344,8 @@ class Sources:
 
     async def remove_missing(self, job_id: str, source_id: int, missing: Sequence[Missing]) -> JobState | None:
         """Forget paths that are gone: their entries go, and a file that had vectors gets a
-        ``removed`` row in the job. Their contents are released by the caller (``release``)."""
+        ``removed`` row in the job. Their contents are marked, to be released or renamed
+        (``Contents.settle``)."""
         if not missing:
             return None
         now = utcnow()
@@ -310,6 +373,10 @@ class Sources:
             await conn.executemany(
                 "DELETE FROM entries WHERE source_id = ? AND path = ?", [(source_id, m.path) for m in missing]
             )
+            cursor = await conn.execute("SELECT collection FROM sources WHERE id = ?", (source_id,))
+            row = await cursor.fetchone()
+            if row is not None:
+                await mark_dirty(conn, row["collection"], hashes)
             return await _recount_and_bump(conn, job_id)
 
     async def moved_from(self, job_id: str, sha256: str, new_path: str) -> str | None:
