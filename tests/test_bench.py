@@ -29,3 +29,22 @@ def test_events_bench_delivers_every_event_to_every_client(client: str) -> None:
     assert "clients missing events: 0; events out of order or repeated: 0" in result.stdout
     for line in ("raw Redis pub/sub", "publish -> WebSocket client", "GET /api/health meanwhile"):
         assert line in result.stdout
+
+
+def test_sync_bench_runs_and_its_syncs_leave_the_collection_in_step() -> None:
+    """bench/sync.py on a few files: the no-op sync reads none, the changed one embeds only the
+    changed files, the check is clean and the watcher picks up a save and a delete."""
+    bench = BENCH.with_name("sync.py")
+    result = subprocess.run(
+        [sys.executable, str(bench), "--files", "60", "--changed", "0.05"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    import json
+
+    figures = json.loads(last.removeprefix("RESULT "))
+    assert figures["files"] == 60 and figures["changed_files"] == 3 and figures["check_ok"] is True
+    assert "no-op sync:" in result.stdout and "unchanged 60" in result.stdout
+    assert "embedded 3, unchanged 57" in result.stdout
+    assert figures["watch_save_s"] > 0 and figures["watch_delete_s"] > 0

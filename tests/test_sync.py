@@ -272,6 +272,12 @@ async def test_a_scheduled_sync_picks_up_changes_by_itself(
     cleared = await api.patch("/api/collections/team", json={"sync_interval_s": None})
     assert (await cleared.json())["sync_interval_s"] is None
 
+    async def quiet() -> bool:  # no sync left running when the worker stops
+        listed = (await (await api.get("/api/jobs")).json())["jobs"]
+        return all(job["status"] not in ("queued", "running") for job in listed)
+
+    await wait_until(quiet, 60, "the last scheduled sync to end")
+
 
 async def test_a_watched_folder_is_searchable_within_seconds_of_a_save_and_a_delete(
     api: TestClient[Any, Any], docs: Path, background_worker: Worker, runtime: Runtime
