@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from semantik.cli.common import _api_url, _run_client, _settings, _token, _wait_with_progress
+from semantik.cli.common import _api_url, _print_job_and_exit, _run_client, _see_through, _settings, _token
 
 
 @click.command()
@@ -27,19 +27,9 @@ def sync(collection: str, no_wait: bool, follow: bool, url: str | None) -> None:
         async with Client(_api_url(settings, url), _token(settings)) as client:
             job = dict(await client.request("POST", f"/api/collections/{collection}/sync"))
             click.echo(f"sync job {safe(job['id'])} queued", err=True)
-            if no_wait:
-                return job
-            if follow:
-                from semantik.cli.follow import follow_job
+            return dict(await _see_through(client, settings, job, no_wait=no_wait, follow=follow))
 
-                await follow_job(client.base_url, _token(settings), job["id"])
-                return dict(await client.request("GET", f"/api/jobs/{job['id']}"))
-            return await _wait_with_progress(client, job["id"])
-
-    job = _run_client(run())
-    click.echo(json.dumps(job, indent=2))
-    if job["status"] in ("failed", "cancelled"):
-        sys.exit(1)
+    _print_job_and_exit(_run_client(run()))
 
 
 @click.command()

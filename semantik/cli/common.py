@@ -110,3 +110,25 @@ async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
 
         await client.wait(job_id, on_update=update)
     return await client.request("GET", f"/api/jobs/{job_id}")  # type: ignore[no-any-return]
+
+
+async def _see_through(client: Any, settings: Settings, job: dict[str, Any], *, no_wait: bool, follow: bool) -> Any:
+    """After a job was queued: return it at once, follow its WebSocket, or wait with a progress bar;
+    the job as it ended (or as queued)."""
+    if no_wait:
+        return job
+    if follow:
+        from semantik.cli.follow import follow_job
+
+        await follow_job(client.base_url, _token(settings), job["id"])
+        return dict(await client.request("GET", f"/api/jobs/{job['id']}"))
+    return await _wait_with_progress(client, job["id"])
+
+
+def _print_job_and_exit(job: dict[str, Any]) -> None:
+    """Standard output is exactly the job as JSON; exit 1 if it failed or was cancelled."""
+    import sys
+
+    click.echo(json.dumps(job, indent=2))
+    if job["status"] in ("failed", "cancelled"):
+        sys.exit(1)

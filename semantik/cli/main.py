@@ -11,7 +11,16 @@ from typing import Any
 import click
 
 from semantik.cli import collections as collection_commands
-from semantik.cli.common import _api_url, _check_exposure, _get, _run_client, _settings, _token, _wait_with_progress
+from semantik.cli.common import (
+    _api_url,
+    _check_exposure,
+    _get,
+    _print_job_and_exit,
+    _run_client,
+    _see_through,
+    _settings,
+    _token,
+)
 from semantik.store.hybrid import SearchMode
 
 
@@ -90,19 +99,9 @@ def index(
                 name=name,
             )
             click.echo(f"job {safe(job['id'])} queued", err=True)
-            if no_wait:
-                return job
-            if follow:
-                from semantik.cli.follow import follow_job
+            return dict(await _see_through(client, settings, job, no_wait=no_wait, follow=follow))
 
-                await follow_job(client.base_url, _token(settings), job["id"])
-                return dict(await client.request("GET", f"/api/jobs/{job['id']}"))
-            return await _wait_with_progress(client, job["id"])
-
-    job = _run_client(run())
-    click.echo(json.dumps(job, indent=2))
-    if job["status"] in ("failed", "cancelled"):
-        sys.exit(1)
+    _print_job_and_exit(_run_client(run()))
 
 
 @main.command()

@@ -59,6 +59,8 @@ class JobSuperseded(Exception):
 
 StopCheck = Callable[[], Awaitable[bool]]
 STOP_CHECK_INTERVAL_S = 0.25
+# While files are committed, replaced contents leave the store at most this long after their file.
+SETTLE_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Pipeline:
         self.failure: BaseException | None = None
         # Contents a file of this run may still adopt (a move): not released until the run ends.
         self.keep: set[str] = set()
+        self.next_settle_s = 0.0
 
     async def run(self, pending: list[PendingFile], pool: ExtractPool) -> None:
         producer = asyncio.create_task(self._produce(pending, pool))
@@ -303,9 +306,11 @@ class Pipeline:
                 chunks=chunks,
             )  # fmt: skip
             await self.events.emit(EventType.FILE_COMPLETED, committing, path=item.file.path, file_chunks=chunks)
-            # The file's old content goes now (unless another path still has it); a content found at
-            # several paths names them all.
-            await rt.contents.settle(collection, keep=self.keep)
+            # Old contents go (unless another path still has them), and contents found at several
+            # paths name them all: at most every SETTLE_INTERVAL_S, so the deletions go in batches.
+            if time.monotonic() >= self.next_settle_s:
+                self.next_settle_s = time.monotonic() + SETTLE_INTERVAL_S
+                await rt.contents.settle(collection, keep=self.keep)
         self.settled += 1
         log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
         await self.progress()
