@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
+from semantik.indexing.watch import Watchers
 from semantik.runtime import Runtime
 from semantik.settings import Settings
 from semantik.store.db import MIGRATIONS
@@ -430,3 +432,35 @@ async def test_overlapping_sources_see_one_file_and_its_old_version_goes(
     assert not any("in May" in text for text in texts), texts
     assert any("postponed" in text for text in texts)
     assert_in_step(await check(api))
+
+
+async def test_one_worker_watches_a_source_and_another_takes_over_when_it_stops(
+    api: TestClient[Any, Any], docs: Path, runtime: Runtime, redis_url: str
+) -> None:
+    make_notes(docs)
+    await create_job(api, docs, "team")  # no worker needed: the source exists once the job does
+    (source,) = (await (await api.get("/api/collections/team/sources")).json())["sources"]
+    await api.patch(f"/api/collections/team/sources/{source['id']}", json={"watch": True})
+    redis = ArqRedis.from_url(redis_url)
+    first, second = Watchers(runtime, redis, "worker-1"), Watchers(runtime, redis, "worker-2")
+    try:
+        await first.start()
+        await second.start()
+
+        async def one_watches() -> bool:
+            return len(first.watching + second.watching) == 1
+
+        await wait_until(one_watches, 20, "one of the two workers to watch the source")
+        holder, other = (first, second) if first.watching else (second, first)
+        lease = runtime.settings.redis_names.watch_lease(source["id"])
+        assert (await redis.get(lease)) == (b"worker-1" if holder is first else b"worker-2")
+        await holder.stop()  # the worker stops: its lease goes with it
+
+        async def taken_over() -> bool:
+            return other.watching == [source["id"]] and not holder.watching
+
+        await wait_until(taken_over, 20, "the other worker to take the source over")
+    finally:
+        await first.stop()
+        await second.stop()
+        await redis.aclose()
