@@ -301,3 +301,22 @@ def test_a_parser_exception_is_a_reason() -> None:
     broken = pdf_from_objects([b"<< /Type /Catalog /Pages 7 >>"])
     with pytest.raises(ExtractionError, match="PDF"):
         extract_text(broken, ".pdf")
+
+
+def test_html_inline_markup_and_code_blocks_stay_whole() -> None:
+    """Syntax highlighting wraps every token in a <span>: the text must still read as written."""
+    html = (
+        b'<html><body><p>Run <code><span class="pre">python3</span> <span class="pre">-m</span>'
+        b' <span class="pre">venv</span> <span class="pre">tutorial-env</span></code> first.</p>'
+        b'<div class="highlight"><pre><span class="gp">&gt;&gt;&gt; </span><span class="p">[</span>'
+        b'<span class="mi">1</span><span class="p">,</span> <span class="mi">2</span><span class="p">]</span>\n'
+        b"<span>for</span> x <span>in</span> y:\n    <span>pass</span></pre></div>"
+        b"<ul><li>first</li><li>second</li></ul><p>one<br>two</p>"
+        b"<table><tr><th>Region</th><th>Sales</th></tr><tr><td>North</td><td>42</td></tr></table></body></html>"
+    )
+    text = extract_text(html, ".html")
+    assert "Run python3 -m venv tutorial-env first." in text
+    assert ">>> [1, 2]\nfor x in y:\n    pass" in text  # a code block keeps its lines and indentation
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    assert {"first", "second", "one", "two"} <= set(lines)  # blocks and <br> still break lines
+    assert "North 42" in text

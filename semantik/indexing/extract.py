@@ -134,13 +134,34 @@ def decode_text(data: bytes) -> str:
     return str(best)
 
 
+# Elements that start a new line of text; everything else (span, code, a, em, b ...) is inline and
+# joins its neighbours as the browser shows it, so highlighted code reads `python3 -m venv env`,
+# not one token per line.
+HTML_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "caption", "dd", "details", "dialog", "div", "dl", "dt",
+    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "tfoot", "thead", "title",
+    "tr", "ul",
+})  # fmt: skip
+HTML_CELLS = frozenset({"td", "th"})
+
+
 def extract_html(data: bytes, limits: ExtractLimits) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(decode_text(data), "html.parser")
     for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
-    return soup.get_text("\n")
+    for tag in soup.find_all(True):
+        if tag.name == "br":
+            tag.replace_with("\n")
+        elif tag.name in HTML_BLOCKS:
+            tag.insert_before("\n")
+            tag.insert_after("\n")
+        elif tag.name in HTML_CELLS:
+            tag.insert_after(" ")
+    # Lines keep the text's own spacing (a <pre> block stays as written); blank runs shrink to one.
+    return re.sub(r"\n\s*\n+", "\n\n", soup.get_text(""))
 
 
 def too_many_chars(limits: ExtractLimits) -> ExtractionError:
