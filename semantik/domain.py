@@ -73,6 +73,13 @@ TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_FAILED, Even
 JobState = dict[str, Any]
 
 
+def age_s(iso: str | None) -> float:
+    """Seconds since an ISO-8601 UTC timestamp made by ``utcnow`` (infinite for None)."""
+    if not iso:
+        return float("inf")
+    return (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
+
+
 def utcnow() -> str:
     """Now, as the ISO-8601 UTC text every timestamp in the database and the API uses."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -7,13 +7,12 @@ Used by the web layer and by the workers (cron, watchers), so it sits between th
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from semantik.domain import EventType, Job, JobKind
+from semantik.domain import EventType, Job, JobKind, age_s
 from semantik.errors import Conflict
 from semantik.events.publish import EventPublisher, envelope
 from semantik.jobqueue import enqueue_embed_job, queue_unavailable
@@ -120,12 +119,6 @@ def _busy(collection: str, job_id: str) -> Conflict:
     )
 
 
-def _age_s(iso: str | None) -> float:
-    if not iso:
-        return float("inf")
-    return (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
-
-
 async def queue_due_syncs(rt: Runtime, queue: ArqRedis) -> list[str]:
     """Queue a sync of each collection whose interval (its own ``sync_interval_s``, else
     SEMANTIK_SYNC_INTERVAL_S) has passed since its newest job was created (arq cron, unique
@@ -133,7 +126,7 @@ async def queue_due_syncs(rt: Runtime, queue: ArqRedis) -> list[str]:
     Returns the job ids queued."""
     queued = []
     for collection, interval_s, last_started in await rt.jobs.sync_schedule(rt.settings.sync_interval_s):
-        if _age_s(last_started) < interval_s:
+        if age_s(last_started) < interval_s:
             continue
         try:
             job = await queue_sync(rt, queue, collection, reason="scheduled sync")

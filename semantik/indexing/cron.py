@@ -8,7 +8,7 @@ import structlog
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, result_key_prefix
 
-from semantik.domain import EventType, JobStatus, utcnow
+from semantik.domain import EventType, JobStatus, age_s, utcnow
 from semantik.events.publish import EventPublisher, JobEvents
 from semantik.jobqueue import enqueue_embed_job, forget_arq_job
 from semantik.runtime import Runtime
@@ -19,12 +19,6 @@ log = structlog.get_logger(__name__)
 # The sweeper runs every this many seconds (arq cron, unique across workers).
 SWEEP_INTERVAL_S = 10
 ORPHAN_REASON = "its worker stopped answering (no heartbeat); resumed on another worker"
-
-
-def _age_s(iso: str | None) -> float:
-    if not iso:
-        return float("inf")
-    return (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
 
 
 async def _suspect_long_enough(redis: ArqRedis, key: str, grace_s: float) -> bool:
@@ -50,7 +44,7 @@ async def sweep_orphans(rt: Runtime, redis: ArqRedis) -> list[str]:
     grace_s = rt.settings.job_heartbeat_ttl_s
     names = rt.settings.redis_names
     for job in await rt.lifecycle.running_jobs():
-        if _age_s(job.started_at) < grace_s or await redis.exists(names.job_heartbeat(job.id)):
+        if age_s(job.started_at) < grace_s or await redis.exists(names.job_heartbeat(job.id)):
             await redis.delete(names.orphan_suspect(job.id))
             continue  # just started (first beat may be on its way), or alive
         if not await _suspect_long_enough(redis, names.orphan_suspect(job.id), grace_s):
@@ -73,7 +67,7 @@ async def sweep_orphans(rt: Runtime, redis: ArqRedis) -> list[str]:
         known = await redis.zscore(redis.default_queue_name, arq_id) is not None
         if known or await redis.exists(in_progress_key_prefix + arq_id):
             continue
-        if _age_s(queued.created_at) < grace_s or not await _suspect_long_enough(
+        if age_s(queued.created_at) < grace_s or not await _suspect_long_enough(
             redis, names.orphan_suspect(queued.id), grace_s
         ):
             continue

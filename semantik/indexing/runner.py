@@ -128,9 +128,8 @@ async def _wait_for_collection(rt: Runtime, job_id: str, redis: Redis | None) ->
     the cron job may have no free slot on this worker while we hold one."""
     waited_for = None
     next_sweep_s = asyncio.get_running_loop().time() + SWEEP_INTERVAL_S
+    # Ends too when the job is not queued any more (cancelled meanwhile): start_job says so.
     while (other := await rt.jobs.running_beside(job_id)) is not None:
-        if (await rt.jobs.get_job(job_id)).status != JobStatus.QUEUED:
-            return  # cancelled (or taken) meanwhile: start_job will say so
         if other != waited_for:
             log.info("job_waiting_for_collection", job_id=job_id, running_job_id=other)
             waited_for = other

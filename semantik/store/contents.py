@@ -16,10 +16,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from semantik.domain import FileStatus, JobStatus
-from semantik.errors import Conflict, NotFound
+from semantik.domain import FileStatus
+from semantik.errors import NotFound
 from semantik.store.db import Database
-from semantik.store.sources import REFERS, Sources, mark_dirty
+from semantik.store.sources import REFERS, Sources, mark_dirty, refuse_while_active
 from semantik.store.vectors import VectorStore
 
 # Contents released per vector-store call.
@@ -94,25 +94,12 @@ class Contents:
 
     # -- removing sources and collections ----------------------------------------------------
 
-    async def _refuse_while_active(self, collection: str) -> None:
-        row = await self.db.fetchone(
-            "SELECT id, status FROM jobs WHERE collection = ? AND status IN (?, ?)"
-            " ORDER BY status = 'running' DESC, created_at LIMIT 1",
-            (collection, JobStatus.RUNNING, JobStatus.QUEUED),
-        )
-        if row is not None:
-            raise Conflict(
-                f"job {row['id']} of collection {collection!r} is {row['status']}; try again once it ends"
-                " (or cancel it)",
-                code="collection_busy",
-                details={"job_id": row["id"]},
-            )
-
     async def remove_source(self, collection: str, source_id: int) -> dict[str, int]:
         """Remove a source: its entries go, and every content no other source still finds loses its
         vectors. Refused (409) while a job of the collection is queued or running."""
         await self.sources.get(collection, source_id)
-        await self._refuse_while_active(collection)
+        async with self.db.reader() as conn:
+            await refuse_while_active(conn, collection)
         files = int(await self.db.fetchval("SELECT COUNT(*) FROM entries WHERE source_id = ?", (source_id,)))
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
@@ -133,7 +120,8 @@ class Contents:
         row = await self.db.fetchone("SELECT 1 FROM collections WHERE name = ?", (collection,))
         if row is None:
             raise NotFound(f"collection {collection!r} does not exist", code="collection_not_found")
-        await self._refuse_while_active(collection)
+        async with self.db.reader() as conn:
+            await refuse_while_active(conn, collection)
         await self.vectors.drop(collection)
         async with self.db.transaction() as conn:
             await conn.execute(

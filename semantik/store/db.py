@@ -274,7 +274,8 @@ class Database:
             return cursor.rowcount
 
     @contextlib.asynccontextmanager
-    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A connection of the reader pool, for a few reads in a row."""
         conn = await self._readers.get()
         try:
             yield conn
@@ -282,7 +283,7 @@ class Database:
             self._readers.put_nowait(conn)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._reader() as conn:
+        async with self.reader() as conn:
             return list(await conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:

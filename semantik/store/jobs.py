@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from semantik.domain import (
 )
 from semantik.errors import Conflict, NotFound
 from semantik.store.db import Database
-from semantik.store.sources import ACTIVE_STATES, source_for_job, upsert_entry_from_file
+from semantik.store.sources import active_job, refuse_while_active, source_for_job, upsert_entry_from_file
 
 FAILED_FILES_SHOWN = 100
 # What every event carries about its job, read back in the transaction that made the change.
@@ -32,35 +31,20 @@ STATE_FIELDS = ("status", "files_total", "files_done", "files_failed", "files_sk
 STATE_COLUMNS = ", ".join(("seq", *STATE_FIELDS))
 
 
+# Another job of the same collection in a given state, beside a job in a given state (its id, status,
+# other's status): jobs of one collection run one at a time.
+RUNNING_BESIDE = (
+    "SELECT o.id FROM jobs j JOIN jobs o ON o.collection = j.collection AND o.id != j.id"
+    " WHERE j.id = ? AND j.status = ? AND o.status = ? LIMIT 1"
+)
+
+
 class CollectionBusy(Exception):
     """Another job of the same collection is running: jobs of one collection run one at a time."""
 
     def __init__(self, running_job_id: str) -> None:
         super().__init__(f"job {running_job_id} of the same collection is running")
         self.running_job_id = running_job_id
-
-
-async def _refuse_when_active(conn: aiosqlite.Connection, collection: str) -> None:
-    marks = ",".join("?" * len(ACTIVE_STATES))
-    cursor = await conn.execute(
-        f"SELECT id, status FROM jobs WHERE collection = ? AND status IN ({marks})"
-        " ORDER BY status = 'running' DESC, created_at LIMIT 1",
-        (collection, *sorted(ACTIVE_STATES)),
-    )
-    row = await cursor.fetchone()
-    if row is not None:
-        raise Conflict(
-            f"job {row['id']} of collection {collection!r} is {row['status']}",
-            code="collection_busy",
-            details={"job_id": row["id"]},
-        )
-
-
-def not_found_reason(path: str) -> str:
-    """Why a row that an earlier scan found is not indexed now that a new scan did not find it."""
-    if path.endswith(os.sep):  # scan.folder_entry: a folder that could not be listed before
-        return "folder can be listed now: its files are indexed on their own"
-    return "no longer found: deleted or moved since an earlier run scanned it"
 
 
 def _job_from_row(row: aiosqlite.Row, failed_files: list[FileInfo] | None = None) -> Job:
@@ -214,7 +198,7 @@ class JobStore:
             if kind == JobKind.INDEX:
                 source_id = await source_for_job(conn, collection, directory, recursive, include, exclude, now)
             else:
-                await _refuse_when_active(conn, collection)
+                await refuse_while_active(conn, collection)
             await conn.execute(
                 "INSERT INTO jobs (id, name, collection, directory, recursive, include, exclude, status,"
                 " created_at, seq, arq_job_id, kind, source_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
@@ -237,21 +221,14 @@ class JobStore:
 
     async def active_job(self, collection: str) -> str | None:
         """The id of a queued or running job of the collection, running ones first; None when idle."""
-        marks = ",".join("?" * len(ACTIVE_STATES))
-        value = await self.db.fetchval(
-            f"SELECT id FROM jobs WHERE collection = ? AND status IN ({marks})"
-            " ORDER BY status = 'running' DESC, created_at LIMIT 1",
-            (collection, *sorted(ACTIVE_STATES)),
-        )
-        return str(value) if value is not None else None
+        async with self.db.reader() as conn:
+            row = await active_job(conn, collection)
+        return str(row["id"]) if row is not None else None
 
     async def running_beside(self, job_id: str) -> str | None:
-        """Another running job of this job's collection (it must wait for it), or None."""
-        value = await self.db.fetchval(
-            "SELECT o.id FROM jobs j JOIN jobs o ON o.collection = j.collection AND o.id != j.id"
-            " WHERE j.id = ? AND o.status = 'running' LIMIT 1",
-            (job_id,),
-        )
+        """Another running job of this queued job's collection (it must wait for it), or None (also
+        when this job is not queued any more)."""
+        value = await self.db.fetchval(RUNNING_BESIDE, (job_id, JobStatus.QUEUED, JobStatus.RUNNING))
         return str(value) if value is not None else None
 
     async def discard_job(self, job_id: str, *, drop_collection: bool) -> None:
@@ -314,11 +291,7 @@ class JobStore:
         Raises CollectionBusy while another job of its collection runs (the caller waits).
         The state carries ``attempts``: the run's number, which the worker's closing calls pass back."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT o.id FROM jobs j JOIN jobs o ON o.collection = j.collection AND o.id != j.id"
-                " WHERE j.id = ? AND j.status = ? AND o.status = ? LIMIT 1",
-                (job_id, JobStatus.QUEUED, JobStatus.RUNNING),
-            )
+            cursor = await conn.execute(RUNNING_BESIDE, (job_id, JobStatus.QUEUED, JobStatus.RUNNING))
             other = await cursor.fetchone()
             if other is not None:
                 raise CollectionBusy(other["id"])

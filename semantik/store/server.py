@@ -163,7 +163,7 @@ class ServerBackend:
     async def content_counts(self, name: str) -> dict[str, int]:
         if not await self.client.collection_exists(name):
             return {}
-        limit = max(await self.count(name), 1)
+        limit = max(int((await self.client.count(name, exact=True)).count), 1)
         answer = await self.client.facet(name, key="sha256", limit=limit, exact=True)
         return {str(hit.value): int(hit.count) for hit in answer.hits}
 

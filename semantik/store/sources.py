@@ -31,6 +31,35 @@ RELEASE_BATCH = 500
 REFERS = "e.status IN ('done', 'failed') AND e.sha256 IS NOT NULL"
 
 
+def not_found_reason(path: str) -> str:
+    """Why a row that an earlier scan found is not indexed now that a new scan did not find it."""
+    if path.endswith(os.sep):  # scan.folder_entry: a folder that could not be listed before
+        return "folder can be listed now: its files are indexed on their own"
+    return "no longer found: deleted or moved since an earlier run scanned it"
+
+
+async def active_job(conn: aiosqlite.Connection, collection: str) -> aiosqlite.Row | None:
+    """A queued or running job of the collection (id, status), running ones first; None when idle."""
+    marks = ",".join("?" * len(ACTIVE_STATES))
+    cursor = await conn.execute(
+        f"SELECT id, status FROM jobs WHERE collection = ? AND status IN ({marks})"
+        " ORDER BY status = 'running' DESC, created_at LIMIT 1",
+        (collection, *sorted(ACTIVE_STATES)),
+    )
+    return await cursor.fetchone()
+
+
+async def refuse_while_active(conn: aiosqlite.Connection, collection: str) -> None:
+    """409 ``collection_busy`` (naming the job) while a job of the collection is queued or running."""
+    row = await active_job(conn, collection)
+    if row is not None:
+        raise Conflict(
+            f"job {row['id']} of collection {collection!r} is {row['status']}; try again once it ends (or cancel it)",
+            code="collection_busy",
+            details={"job_id": row["id"]},
+        )
+
+
 def _globs(value: list[str] | None) -> str:
     return json.dumps(value)
 
@@ -266,8 +295,6 @@ class Sources:
 
         A resumed or retried job keeps the rows, and states, it has, except rows still waiting to be
         indexed: those take this scan's verdict, and are skipped when this scan no longer finds them."""
-        from semantik.store.jobs import not_found_reason
-
         now = utcnow()
         pending = FileStatus.PENDING
         async with self.db.transaction() as conn:
