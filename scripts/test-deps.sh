@@ -1,12 +1,12 @@
 #!/bin/sh
-# The Debian packages the test suite needs: redis-server (the tests start their own)
-# and chromium (tox -e browser). Installs the missing ones with apt-get as root or with
-# passwordless sudo; otherwise stops and says which command to run.
+# The Debian packages the test suite needs: redis-server (the tests start their own),
+# chromium (tox -e browser) and tesseract-ocr (OCR of scans). Installs the missing ones with
+# apt-get as root or with passwordless sudo; otherwise stops and says which command to run.
 set -eu
 
 missing=
-for pkg in redis-server chromium; do
-    command -v "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+for need in redis-server:redis-server chromium:chromium tesseract:tesseract-ocr; do
+    command -v "${need%%:*}" >/dev/null 2>&1 || missing="$missing ${need#*:}"
 done
 [ -z "$missing" ] && exit 0
 

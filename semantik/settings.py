@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     extract_max_pages: int = Field(default=5000, ge=1)
     extract_max_chars: int = Field(default=20_000_000, ge=1000)
     extract_max_unzipped_mb: float = Field(default=512.0, gt=0)
+    # OCR of scans (PDF pages without a text layer, images): the tesseract program ("" turns OCR
+    # off) and its languages (tesseract's -l, e.g. "eng+deu"; each needs its tesseract-ocr-LANG package).
+    ocr_command: str = "tesseract"
+    ocr_languages: str = Field(default="eng", pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")
 
     worker_max_jobs: int = Field(default=4, ge=1)
     worker_poll_delay_s: float = Field(default=0.1, gt=0)

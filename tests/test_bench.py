@@ -48,3 +48,23 @@ def test_sync_bench_runs_and_its_syncs_leave_the_collection_in_step() -> None:
     assert "no-op sync:" in result.stdout and "unchanged 60" in result.stdout
     assert "embedded 3, unchanged 57" in result.stdout
     assert figures["watch_save_s"] > 0 and figures["watch_delete_s"] > 0
+
+
+def test_extract_bench_reads_every_format_it_makes() -> None:
+    """bench/extract.py on a few abstracts: every format yields text, PDF pages and slides are
+    counted, and its RESULT line parses."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, str(BENCH.with_name("extract.py")), "--docs", "40"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    formats = figures["formats"]
+    for kind in ("pdf", "docx", "pptx", "xlsx", "epub", "eml", "mbox", "html", "md", "txt", "rtf"):
+        assert formats[kind]["files"] == 2 and formats[kind]["chars_per_s"] > 0, (kind, formats[kind])
+    # A long abstract can take two PDF pages; every abstract is a slide; every file a sheet.
+    assert formats["pdf"]["pages"] >= 40 and formats["pptx"]["pages"] == 40 and formats["xlsx"]["pages"] == 2

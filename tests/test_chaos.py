@@ -181,7 +181,7 @@ async def test_bad_files_are_each_accounted_for(
     (docs / "empty.txt").write_bytes(b"")
     (docs / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (docs / "huge.txt").write_bytes(b"word " * (2 * 1024 * 1024 // 5 + 10))
-    (docs / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (docs / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     (docs / "escape.txt").symlink_to("/etc/hostname")
     (docs / "dangling.txt").symlink_to(docs / "nowhere.txt")
     job_id = await new_job(api, docs, "bad", include=["*"])
@@ -198,7 +198,7 @@ async def test_bad_files_are_each_accounted_for(
         "binary.txt": ("failed", "binary"),
         "empty.txt": ("skipped", "no text"),
         "huge.txt": ("skipped", "larger than"),
-        "photo.png": ("skipped", "unsupported"),
+        "clip.mp4": ("skipped", "unsupported"),
         "escape.txt": ("skipped", "outside the allowed roots"),
         "dangling.txt": ("skipped", "broken symlink"),
     }

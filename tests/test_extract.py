@@ -49,7 +49,7 @@ def make_docx(paragraphs: list[str], table: list[list[str]]) -> bytes:
 
 def test_plain_text_and_markdown() -> None:
     assert extract_text("héllo wörld\n\n\n\n\nnext".encode(), ".txt") == "héllo wörld\n\nnext"
-    assert extract_text(b"\xef\xbb\xbf# Title\n\nBody", ".md") == "# Title\n\nBody"  # BOM dropped
+    assert extract_text(b"\xef\xbb\xbf# Title\n\nBody", ".md") == "Title\nBody"  # BOM (and heading marks) dropped
 
 
 def test_legacy_encoding_is_detected() -> None:
@@ -200,11 +200,12 @@ def page_tree_bomb_pdf(fanout: int = 300, declared_count: int | None = None) -> 
     )
 
 
-def slow_pdf(pages: int, lines: int = 100_000) -> bytes:
-    """Valid ``pages`` pages that share one content stream of ``lines`` lines: a few KB on disk,
-    seconds of text extraction a page (pypdf: about 20 µs a line; it refuses a stream of more than
-    2 million tokens, about 400,000 lines, so the time comes from pages)."""
-    content = b"BT /F1 12 Tf 72 720 Td\n" + b"(slow) Tj 0 -1 Td\n" * lines + b"ET\n"
+def slow_pdf(pages: int, lines: int = 1400) -> bytes:
+    """Valid ``pages`` pages that share one content stream of ``lines`` lines of 1,800 half-point
+    characters each: a few KB on disk, and about a second of PDFium text extraction a page (2.5
+    million characters), so a test that needs it to time out sets SEMANTIK_EXTRACT_MAX_CHARS high."""
+    line = b"(" + b"ab " * 600 + b") Tj 0 -0.5 Td\n"
+    content = b"BT /F1 0.5 Tf 1 790 Td\n" + line * lines + b"ET\n"
     kids = b" ".join(b"%d 0 R" % (5 + page) for page in range(pages))
     return pdf_from_objects(
         [
@@ -293,7 +294,7 @@ def test_text_longer_than_the_limit_fails() -> None:
     with pytest.raises(ExtractionError, match=r"more than 1000 characters of text \(SEMANTIK_EXTRACT_MAX_CHARS\)"):
         extract_text(b"word " * 300, ".txt", ExtractLimits(max_chars=1000))
     with pytest.raises(ExtractionError, match="more than 1000 characters"):
-        extract_text(slow_pdf(pages=1, lines=500), ".pdf", ExtractLimits(max_chars=1000))
+        extract_text(slow_pdf(pages=1, lines=10), ".pdf", ExtractLimits(max_chars=1000))
 
 
 def test_a_parser_exception_is_a_reason() -> None:

@@ -21,19 +21,19 @@ def scan(root: Path, **options: object) -> dict[str, tuple[str, str | None]]:
 
 
 def test_default_takes_supported_types_at_any_depth(docs: Path) -> None:
-    for name in ("a.txt", "b/c.md", "b/d/e.pdf", "f.docx", "g.html", "photo.jpg", "b/archive.zip"):
+    for name in ("a.txt", "b/c.md", "b/d/e.pdf", "f.docx", "g.html", "clip.mp4", "b/archive.zip"):
         write(docs / name, "x")
     assert sorted(scan(docs)) == ["a.txt", "b/c.md", "b/d/e.pdf", "f.docx", "g.html"]
     assert sorted(scan(docs, recursive=False)) == ["a.txt", "f.docx", "g.html"]
 
 
 def test_include_and_exclude_globs(docs: Path) -> None:
-    for name in ("notes/a.md", "notes/drafts/b.md", "c.txt", "d.jpg"):
+    for name in ("notes/a.md", "notes/drafts/b.md", "c.txt", "d.mp4"):
         write(docs / name, "x")
     assert sorted(scan(docs, include=["*.md"])) == ["notes/a.md", "notes/drafts/b.md"]
     assert sorted(scan(docs, include=["*.md"], exclude=["notes/drafts/*"])) == ["notes/a.md"]
     everything = scan(docs, include=["*"])
-    assert everything["d.jpg"] == ("skipped", "unsupported file type '.jpg'")
+    assert everything["d.mp4"] == ("skipped", "unsupported file type '.mp4'")
     assert everything["c.txt"] == ("pending", None)
 
 

@@ -391,11 +391,26 @@ async def test_an_older_database_is_upgraded_and_its_first_sync_embeds_nothing(
             "legacy", sha256=hashes[name], path=str(docs / name), job_id="old-job", texts=[text], vectors=vectors
         )
 
+    before = await search(api, "lighthouse keeper logbook", "legacy")
+    assert before[0]["modified"] is None  # the old version stored no modification time
+
     job = await sync(api, "legacy")
     await run_burst(runtime)
     done = await job_view(api, job["id"])
     files = await files_of(api, job["id"])
     assert (done["status"], done["files_done"], done["files_removed"], done["chunks"]) == ("completed", 0, 1, 0), done
+    # The upgrade marked every content a file refers to: the sync named its paths again, now with
+    # the file's modification time, so the search filters find old content without re-embedding it.
+    recent = await api.post(
+        "/api/search",
+        json={
+            "query": "lighthouse keeper logbook",
+            "collection": "legacy",
+            "filters": {"modified_after": "2000-01-01T00:00:00Z"},
+        },
+    )
+    found = (await recent.json())["results"]
+    assert found and found[0]["path"] == str(docs / "kept.txt") and found[0]["modified"] is not None, found
     assert files["kept.txt"]["error"] == "unchanged since last indexed" and files["gone.txt"]["status"] == "removed"
     hits = await search(api, "lighthouse keeper logbook", "legacy")
     assert hits[0]["path"] == str(docs / "kept.txt") and str(docs / "gone.txt") not in [h["path"] for h in hits]

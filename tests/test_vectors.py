@@ -90,6 +90,7 @@ async def test_dense_keyword_and_hybrid_search_say_which_retrievers_found_each_h
         "job_id": "j1",
         "sha256": "a" * 64,
         "file_type": "md",
+        "dirs": ["/d", "/"],
     }
     assert dense[0].id == point_id("notes", "a" * 64, 3)
 
@@ -477,7 +478,8 @@ async def test_the_server_path_builds_both_vectors_and_answers_like_the_embedded
     assert info.config.params.vectors[hybrid.DENSE_VECTOR].distance == models.Distance.COSINE
     assert info.config.params.sparse_vectors is not None
     assert info.config.params.sparse_vectors[hybrid.SPARSE_VECTOR].modifier == models.Modifier.IDF
-    assert server.client.indexed == [(name, f) for f in hybrid.INDEXED_FIELDS]  # type: ignore[attr-defined]
+    indexed = set(server.client.indexed)  # type: ignore[attr-defined]
+    assert indexed == {(name, f) for f in (*hybrid.INDEXED_FIELDS, *hybrid.RANGE_FIELDS)}
 
     ids = [point_id("notes", "a" * 64, i) for i in range(len(TEXTS))]
     payloads = [
@@ -738,3 +740,46 @@ async def test_paths_content_counts_and_drop_behave_alike_on_both_engines(
     await server.drop(name)
     assert await store.count("sync") == await server.count(name) == 0
     assert await store.content_counts("sync") == await server.content_counts(name) == {}
+
+
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning", "ignore:Local mode:UserWarning")
+async def test_folder_type_and_time_filters_behave_alike_on_both_engines(store: VectorStore) -> None:
+    """The search filters: ``dirs`` (every folder above every path of a content, kept by set_paths),
+    ``file_type`` and an ``mtime`` range, on Edge and on the server path, through the same store code."""
+    remote = VectorStore(url="http://qdrant.invalid:6333", api_key=None, path=Path("/nonexistent"))
+    remote._server = ServerBackend(None, None, client=InMemoryQdrant())  # the stand-in for a server
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 3)
+    files = [("a" * 64, "/docs/reports/q1.pdf", 1_600_000_000.0), ("b" * 64, "/docs/mail/x.eml", 1_700_000_000.0)]
+    try:
+        for target in (store, remote):
+            await target.ensure_collection("f", DIM)
+            for (sha, path, mtime), row in zip(files, vectors, strict=False):
+                await target.upsert_file(
+                    "f", sha256=sha, path=path, job_id="j", texts=[path], vectors=row[None, :], mtime=mtime,
+                    locations=[{"page": 3, "heading": ["Results"]}],
+                )  # fmt: skip
+            await target.set_paths("f", "a" * 64, ["/docs/reports/q1.pdf", "/archive/2020/q1.pdf"])
+
+        async def paths(target: VectorStore, **filters: Any) -> set[str]:
+            hits = await target.search("f", vectors[2], 5, **filters)
+            return {hit.payload["path"] for hit in hits}
+
+        cases: list[tuple[dict[str, Any], set[str]]] = [
+            ({}, {"/docs/reports/q1.pdf", "/docs/mail/x.eml"}),
+            ({"where": {"dirs": ["/docs"]}}, {"/docs/reports/q1.pdf", "/docs/mail/x.eml"}),
+            ({"where": {"dirs": ["/docs/mail"]}}, {"/docs/mail/x.eml"}),
+            ({"where": {"dirs": ["/archive"]}}, {"/docs/reports/q1.pdf"}),  # found at its second path too
+            ({"where": {"dirs": ["/docs/rep"]}}, set()),  # a folder, not a string prefix
+            ({"where": {"file_type": ["eml"]}}, {"/docs/mail/x.eml"}),
+            ({"ranges": {"mtime": (1_650_000_000.0, None)}}, {"/docs/mail/x.eml"}),
+            ({"ranges": {"mtime": (None, 1_650_000_000.0)}}, {"/docs/reports/q1.pdf"}),
+            ({"where": {"file_type": ["pdf"]}, "ranges": {"mtime": (1_650_000_000.0, None)}}, set()),
+        ]
+        for filters, expected in cases:
+            assert await paths(store, **filters) == expected, filters
+            assert await paths(remote, **filters) == expected, ("server", filters)
+        hit = (await store.search("f", vectors[0], 1, where={"file_type": ["pdf"]}))[0]
+        assert (hit.payload["page"], hit.payload["heading"], hit.payload["mtime"]) == (3, ["Results"], 1_600_000_000.0)
+    finally:
+        await remote.close()

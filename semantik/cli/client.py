@@ -67,9 +67,24 @@ class Client:
                 return job
             await asyncio.sleep(poll_s)
 
-    async def search(self, query: str, collection: str, k: int = 10, mode: str | None = None) -> dict[str, Any]:
-        """POST /api/search; ``mode`` hybrid, dense or keyword (None: the server's default, hybrid)."""
+    async def search(
+        self,
+        query: str,
+        collection: str,
+        k: int = 10,
+        mode: str | None = None,
+        *,
+        group_by: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """POST /api/search; ``mode`` hybrid, dense or keyword (None: the server's default, hybrid);
+        ``group_by`` chunk or document; ``filters`` as the API takes them (path_prefix, file_types,
+        modified_after, modified_before)."""
         body: dict[str, Any] = {"query": query, "collection": collection, "k": k}
         if mode is not None:
             body["mode"] = mode
+        if group_by is not None:
+            body["group_by"] = group_by
+        if filters:
+            body["filters"] = filters
         return dict(await self.request("POST", "/api/search", body))

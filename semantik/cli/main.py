@@ -115,19 +115,46 @@ def index(
     show_default=True,
     help="hybrid: keywords and meaning fused; dense: meaning only; keyword: exact terms (BM25) only.",
 )
+@click.option("--by-document", is_flag=True, help="One result per document: its best chunk, and its other hits.")
+@click.option("--under", "under", metavar="FOLDER", help="Only files under this folder (absolute path).")
+@click.option(
+    "--type", "file_types", multiple=True, metavar="SUFFIX", help="Only this file type (pdf, docx ...); repeat."
+)
+@click.option("--after", metavar="TIME", help="Only files modified at or after: an ISO date or time (local).")
+@click.option("--before", metavar="TIME", help="Only files modified at or before: an ISO date (its end) or time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON response.")
 @click.option("--url", help="Server URL [SEMANTIK_URL].")
-def search(query: str, collection: str, k: int, mode: str, as_json: bool, url: str | None) -> None:
-    """Search a collection and print the best chunks, each with the retrievers that found it."""
+def search(
+    query: str,
+    collection: str,
+    k: int,
+    mode: str,
+    by_document: bool,
+    under: str | None,
+    file_types: tuple[str, ...],
+    after: str | None,
+    before: str | None,
+    as_json: bool,
+    url: str | None,
+) -> None:
+    """Search a collection and print the best chunks: where each is (file, page, slide, sheet,
+    heading), the passage that matched, and the retrievers that found it."""
     from semantik.cli.client import Client
 
     settings = _settings()
+    filters: dict[str, Any] = {}
+    if under:
+        filters["path_prefix"] = str(Path(under).expanduser().absolute())
+    if file_types:
+        filters["file_types"] = [kind.lstrip(".") for kind in file_types]
+    for name, value in (("modified_after", after), ("modified_before", before)):
+        if value:
+            filters[name] = _iso_time(value, name.replace("modified_", "--"))
 
     async def run() -> dict[str, Any]:
         async with Client(_api_url(settings, url), _token(settings)) as client:
-            return await client.search(query, collection, k, mode=mode)
-
-    from semantik.cli.term import safe
+            group_by = "document" if by_document else None
+            return await client.search(query, collection, k, mode=mode, group_by=group_by, filters=filters)
 
     response = _run_client(run())
     if as_json:
@@ -136,17 +163,77 @@ def search(query: str, collection: str, k: int, mode: str, as_json: bool, url: s
     if not response["results"]:
         click.echo("no results")
     for rank, hit in enumerate(response["results"], start=1):
-        text = safe(" ".join(str(hit["text"]).split()))  # the document's text: it chose its bytes
-        score = float(hit["score"])
-        found_by = "+".join(safe(r) for r in hit.get("retrievers") or [])
-        click.echo(
-            f"{rank}. {score:.3f}  {safe(hit['path'])}  [chunk {safe(hit['chunk_index'])}]"
-            + (f"  [{found_by}]" if found_by else "")
-        )
-        others = [path for path in hit.get("paths") or [] if path != hit["path"]]
-        if others:
-            click.echo(f"   also at: {', '.join(safe(path) for path in others)}")
-        click.echo(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+        _print_hit(rank, hit)
+
+
+def _iso_time(value: str, option: str) -> str:
+    """An ISO date or time as the API takes it (with a zone): local time when none is given, as
+    the web UI reads its dates; a bare date for ``--before`` means the end of that day."""
+    from datetime import datetime, timedelta
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        example = "2026-03-01, 2026-03-01T09:30"
+        raise click.BadParameter(f"{value!r} is not an ISO date or time ({example})", param_hint=option) from None
+    if option == "--before" and len(value.strip()) == len("2026-03-01"):
+        moment += timedelta(days=1, microseconds=-1)
+    return (moment if moment.tzinfo else moment.astimezone()).isoformat()
+
+
+HEADING_SEPARATOR = " \u203a "  # a single right-pointing angle quotation mark between headings
+
+
+def location_line(hit: dict[str, Any]) -> str:
+    """Where a hit is: "/docs/report.pdf · p. 12 · Results > Measurements"."""
+    from semantik.cli.term import safe
+
+    parts = [safe(hit["path"])]
+    if hit.get("page") is not None:
+        parts.append(f"p. {safe(hit['page'])}")
+    if hit.get("slide") is not None:
+        parts.append(f"slide {safe(hit['slide'])}")
+    if hit.get("sheet"):
+        parts.append(f"sheet {safe(hit['sheet'])}")
+    if hit.get("heading"):
+        parts.append(HEADING_SEPARATOR.join(safe(title) for title in hit["heading"]))
+    return " · ".join(parts)
+
+
+def _print_hit(rank: int, hit: dict[str, Any]) -> None:
+    from semantik.cli.term import safe
+
+    score = float(hit["score"])
+    found_by = "+".join(safe(r) for r in hit.get("retrievers") or [])
+    more = hit.get("other_hits")
+    click.echo(
+        f"{rank}. {score:.3f}  {location_line(hit)}  [chunk {safe(hit['chunk_index'])}]"
+        + (f"  [{found_by}]" if found_by else "")
+        + (f"  (+{int(more)} more in this document)" if more else "")
+    )
+    others = [path for path in hit.get("paths") or [] if path != hit["path"]]
+    if others:
+        click.echo(f"   also at: {', '.join(safe(path) for path in others)}")
+    snippet = hit.get("snippet") or {"text": hit["text"], "highlights": []}
+    click.echo(f"   {_marked(str(snippet['text']), snippet.get('highlights') or [])}")
+
+
+def _marked(text: str, highlights: list[list[int]]) -> str:
+    """The snippet on one line (whitespace runs as one space), its matched terms in bold where the
+    terminal shows it."""
+    import re
+
+    from semantik.cli.term import safe
+
+    pieces, position = [], 0
+    for start, end in sorted((int(a), int(b)) for a, b in highlights):
+        if start < position or end > len(text):
+            continue
+        pieces += [(text[position:start], False), (text[start:end], True)]
+        position = end
+    pieces.append((text[position:], False))
+    flat = [(safe(re.sub(r"\s+", " ", piece)), bold) for piece, bold in pieces if piece]
+    return "".join(click.style(piece, bold=True) if bold else piece for piece, bold in flat).strip()
 
 
 @main.command()

@@ -10,6 +10,11 @@ chunk hold megabytes. Long texts are tokenized in segments of about ``SEGMENT_CH
 at whitespace, so an 8 MB one-line file never needs gigabytes of token offsets; the chunks are the
 same as from one pass over the whole text (a segment hands the chunk it could not finish to the next).
 
+A document comes in sections (a page, a slide, a sheet, the text under one heading): a chunk never
+spans two, so each chunk has one location. Within a section a chunk ends at a paragraph break (a
+blank line) when one falls in the second half of its window; the next chunk then starts there,
+without overlap, since no sentence was cut.
+
 Only ``tokenizers`` is needed (no torch, no transformers): the extraction processes build it from the
 model folder's ``tokenizer.json``.
 """
@@ -17,17 +22,31 @@ model folder's ``tokenizer.json``.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
+from semantik.indexing.formats.base import Section
 from semantik.settings import Settings
 
 DEFAULT_MAX_CHARS: int = Settings.model_fields["chunk_max_chars"].default
 SEGMENT_CHARS = 100_000
 _WHITESPACE = (" ", "\n", "\t", "\r")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk's text and where it is in its document (``Section.location``: page, slide, sheet,
+    heading); what the extraction process hands the worker."""
+
+    text: str
+    location: dict[str, Any] = field(default_factory=dict)
 
 
 class Chunker:
@@ -71,6 +90,15 @@ class Chunker:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def chunk_sections(self, sections: Iterable[Section]) -> list[Chunk]:
+        """The chunks of each section in turn, each with its section's location."""
+        return [
+            Chunk(text, location)
+            for section in sections
+            for location in [section.location()]
+            for text in self.chunk(section.text)
+        ]
+
     def chunk(self, text: str) -> list[str]:
         chunks: list[str] = []
         position = 0
@@ -97,8 +125,11 @@ class Chunker:
                     word_start -= 1
                 if offsets[word_start][0] > 0:  # the next segment makes progress
                     return begin + offsets[word_start][0]
+            paragraph = False
             if end < total:
-                end = _word_cut(words, start, end)
+                cut = _paragraph_cut(segment, offsets, start, end)
+                paragraph = cut is not None
+                end = cut if cut is not None else _word_cut(words, start, end)
             capped = offsets[end - 1][1] - offsets[start][0] > self.max_chars
             if capped:
                 end = self._char_cut(offsets, words, start, end)
@@ -116,7 +147,9 @@ class Chunker:
             chunks.append(piece)
             if end >= total:
                 break
-            if capped:  # cut by characters, among outsized tokens: overlapping would only repeat them
+            # Cut by characters, among outsized tokens (overlapping would only repeat them), or at a
+            # paragraph break (no sentence was cut): the next chunk starts where this one ended.
+            if capped or paragraph:
                 start = end
                 continue
             next_start = max(end - self.overlap, start + 1)
@@ -139,6 +172,16 @@ class Chunker:
         if low == start:
             return start
         return _word_cut(words, start, low)
+
+
+def _paragraph_cut(segment: str, offsets: list[tuple[int, int]], start: int, end: int) -> int | None:
+    """The last paragraph break in the second half of the window ``[start, end)``: the index of the
+    token that begins the next paragraph, or None."""
+    low = start + max((end - start) // 2, 1)
+    for index in range(end, low, -1):
+        if _PARAGRAPH_BREAK.search(segment, offsets[index - 1][1], offsets[index][0]):
+            return index
+    return None
 
 
 def _word_cut(words: list[int | None], start: int, end: int) -> int:

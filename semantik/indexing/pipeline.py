@@ -30,6 +30,7 @@ import structlog
 
 from semantik.domain import EventType, FileStatus, Job, PendingFile
 from semantik.events.publish import JobEvents
+from semantik.indexing.chunk import Chunk
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.presence import Stats
 from semantik.indexing.sandbox import ExtractPool
@@ -67,7 +68,8 @@ SETTLE_INTERVAL_S = 1.0
 class _Prepared:
     file: PendingFile
     sha256: str
-    chunks: list[str]
+    chunks: list[Chunk]
+    mtime: float
     queued: int = 0  # chunks handed to the model so far
     embedded: int = 0
     vectors: npt.NDArray[np.float32] | None = None
@@ -171,7 +173,7 @@ class Pipeline:
     async def _prepare(self, file: PendingFile, pool: ExtractPool) -> _Prepared | None:
         jobs, collection = self.rt.jobs, self.job.collection
         sha256 = None
-        chunks: list[str] = []
+        chunks: list[Chunk] = []
         try:
             async with pool.lease() as extraction:
                 sha256 = await extraction.read(file.open_path)
@@ -190,7 +192,7 @@ class Pipeline:
         if not chunks:
             await self._settle(file, FileStatus.SKIPPED, "no text to index", sha256)
             return None
-        return _Prepared(file, sha256, chunks)
+        return _Prepared(file, sha256, chunks, extraction.mtime)
 
     async def _known_content(self, file: PendingFile, sha256: str, indexed_from: str) -> None:
         """Content the collection has vectors for: no embedding, only the path is noted."""
@@ -270,7 +272,7 @@ class Pipeline:
             first.started = True
             await self.rt.jobs.set_current_file(self.job.id, first.file.path)
         began_s = time.perf_counter()
-        vectors = await self.embedder.encode([item.chunks[index] for item, index in batch])
+        vectors = await self.embedder.encode([item.chunks[index].text for item, index in batch])
         self.chunks_embedded += len(batch)
         await self.stats.embedded(len(batch), time.perf_counter() - began_s)
         for row, (item, index) in enumerate(batch):
@@ -298,8 +300,10 @@ class Pipeline:
                 sha256=item.sha256,
                 path=item.file.path,
                 job_id=job.id,
-                texts=item.chunks,
+                texts=[chunk.text for chunk in item.chunks],
                 vectors=item.vectors,
+                locations=[chunk.location for chunk in item.chunks],
+                mtime=item.mtime,
             )
             committing = rt.jobs.commit_file(
                 job_id=job.id, file_id=item.file.id, collection=collection, path=item.file.path, sha256=sha256,

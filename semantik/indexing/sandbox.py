@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 import semantik
+from semantik.indexing.chunk import Chunk
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.sandbox_child import SandboxConfig
 
@@ -144,18 +145,21 @@ class Extraction:
     def __init__(self, child: _Child, config: SandboxConfig) -> None:
         self._child, self._config = child, config
         self._spent_s = 0.0
+        self.mtime = 0.0
 
     @property
     def pid(self) -> int:
         return self._child.pid
 
     async def read(self, path: str | bytes) -> str:
-        """The file's sha256, after every check on the opened descriptor."""
+        """The file's sha256, after every check on the opened descriptor (its modification time,
+        from the same descriptor, is then ``mtime``)."""
         reply = await self._request(("read", path))
+        self.mtime = float(reply[3])
         return str(reply[2])
 
-    async def extract(self) -> list[str]:
-        """The chunks of the text of the bytes ``read`` just hashed."""
+    async def extract(self) -> list[Chunk]:
+        """The chunks of the bytes ``read`` just hashed, each with its place in the document."""
         reply = await self._request(("extract",))
         return list(reply[1])
 

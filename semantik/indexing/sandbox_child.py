@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from semantik.indexing.chunk import Chunker
-from semantik.indexing.extract import ExtractionError, ExtractLimits, FileContent, extract_text, read_file
+from semantik.indexing.extract import (
+    ExtractionError,
+    ExtractLimits,
+    FileContent,
+    Section,
+    extract_sections,
+    read_file,
+)
 from semantik.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
@@ -60,6 +67,8 @@ class SandboxConfig:
                 max_pages=s.extract_max_pages,
                 max_chars=s.extract_max_chars,
                 max_unzipped_bytes=int(s.extract_max_unzipped_mb * _MB),
+                ocr_command=s.ocr_command,
+                ocr_languages=s.ocr_languages,
             ),
         )
 
@@ -98,7 +107,9 @@ def child_main(conn: Connection) -> None:
         )
         import bs4  # noqa: F401  (loaded before the limit: the baseline pays for them, not a file)
         import docx  # noqa: F401
+        import lxml.etree  # noqa: F401
         import pypdf  # noqa: F401
+        import pypdfium2  # noqa: F401
 
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit_bytes = config.memory_mb * _MB if hard == resource.RLIM_INFINITY else min(config.memory_mb * _MB, hard)
@@ -165,16 +176,20 @@ class _Server:
                 max_bytes=self.config.max_file_bytes,
                 allowed_roots=[Path(root) for root in self.config.allowed_roots],
             )
-            return ("read", len(self.content.data), self.content.sha256)
+            return ("read", len(self.content.data), self.content.sha256, self.content.mtime)
         if message[0] == "extract":
             content, self.content = self.content, None
             if content is None:
                 raise ExtractionError("nothing read to extract")
-            text = extract_text(content.data, Path(content.real_path).suffix, self.config.limits)
+            sections = extract_sections(content.data, Path(content.real_path).name, self.config.limits)
             del content
             # A lone surrogate (from a PDF's odd character map) is not text the tokenizer takes.
-            text = text.encode("utf-8", "replace").decode("utf-8")
-            return ("chunks", self.chunker.chunk(text) if text else [])
+            sections = [
+                Section(section.text.encode("utf-8", "replace").decode("utf-8"), section.page, section.slide,
+                        section.sheet, section.heading)
+                for section in sections
+            ]  # fmt: skip
+            return ("chunks", self.chunker.chunk_sections(sections))
         raise ExtractionError(f"unknown request {message[0]!r}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from semantik.domain import FileStatus, ScannedFile
-from semantik.indexing.extract import SUPPORTED_SUFFIXES
+from semantik.indexing.extract import format_key
 from semantik.paths import is_within
 
 
@@ -112,7 +112,7 @@ def scan_directory(
             continue
         suffix = path.suffix.lower()
         if include is None:
-            if suffix not in SUPPORTED_SUFFIXES:
+            if format_key(path.name) is None:
                 continue
         elif not _matches(relative, include):
             continue
@@ -120,7 +120,7 @@ def scan_directory(
             found.append(ScannedFile(str(path), 0, 0.0, status or FileStatus.SKIPPED, reason))
             continue
         status, error = FileStatus.PENDING, None
-        if (target.suffix.lower() if target != path else suffix) not in SUPPORTED_SUFFIXES:
+        if format_key(target.name if target != path else path.name) is None:
             status, error = FileStatus.SKIPPED, f"unsupported file type {suffix or '(none)'!r}"
         elif info.st_size > max_file_size_bytes:
             status, error = FileStatus.SKIPPED, f"larger than the {max_file_size_bytes // (1024 * 1024)} MB limit"

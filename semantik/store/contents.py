@@ -76,13 +76,23 @@ class Contents:
                 )
             for sha in sorted(referenced):
                 paths = await self.paths_of(collection, sha)
-                await self.vectors.set_paths(collection, sha, paths)
+                await self.vectors.set_paths(collection, sha, paths, await self._newest_mtime(collection, sha))
                 # Unless it changed meanwhile (then the next settle takes it).
                 await self.db.execute(
                     "UPDATE documents SET dirty = 0 WHERE collection = ? AND sha256 = ? AND dirty = ?",
                     (collection, sha, marked[sha]),
                 )
             return len(doomed)
+
+    async def _newest_mtime(self, collection: str, sha256: str) -> float | None:
+        """The newest modification time (seconds) of the files that refer to a content."""
+        newest = await self.db.fetchval(
+            # 0: not known yet (an entry carried over from before folder sync, until it is read).
+            "SELECT MAX(NULLIF(e.mtime_ns, 0)) FROM entries e JOIN sources s ON s.id = e.source_id"
+            f" WHERE s.collection = ? AND e.sha256 = ? AND {REFERS}",
+            (collection, sha256),
+        )
+        return None if newest is None else int(newest) / 1e9
 
     async def paths_of(self, collection: str, sha256: str) -> list[str]:
         rows = await self.db.fetchall(

@@ -190,6 +190,17 @@ MIGRATIONS: list[str] = [
             FROM documents d)
         WHERE source_id IS NOT NULL;
     """,
+    # 6: the search filters (issue 17) need ``dirs`` and ``mtime`` on every point: each content a
+    # path refers to is marked, so the collection's next run names its paths again with them
+    # (no re-embedding). Contents nothing refers to stay as they are (kept, and searchable).
+    """
+    UPDATE documents SET dirty = dirty + 1
+    WHERE EXISTS (
+        SELECT 1 FROM entries e JOIN sources s ON s.id = e.source_id
+        WHERE s.collection = documents.collection AND e.sha256 = documents.sha256
+          AND e.status IN ('done', 'failed') AND e.sha256 IS NOT NULL
+    );
+    """,
 ]
 
 

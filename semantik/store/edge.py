@@ -201,10 +201,10 @@ class EdgeEngine:
             shard.delete(field, values)
             self.last_write = time.monotonic()
 
-    def set_paths(self, collection: str, sha256: str, paths: Sequence[str]) -> None:
+    def set_paths(self, collection: str, sha256: str, paths: Sequence[str], mtime: float | None = None) -> None:
         shard = self.shard(collection)
         if shard is not None and paths:
-            shard.set_paths(sha256, paths)
+            shard.set_paths(sha256, paths, mtime)
             self.last_write = time.monotonic()
 
     def content_counts(self, collection: str) -> dict[str, int]:

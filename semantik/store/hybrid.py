@@ -38,8 +38,12 @@ BM25_B = 0.75
 BM25_AVG_LEN = 256.0
 BM25_SIGNATURE = f"bm25:{BM25_LANGUAGE}:k={BM25_K}:b={BM25_B}:avg_len={BM25_AVG_LEN}:word"
 
-# Keyword-indexed payload fields: what searches filter by and deletes select by.
-INDEXED_FIELDS = ("path", "sha256", "job_id", "file_type")
+# Keyword-indexed payload fields: what searches filter by and deletes select by. ``dirs``: every
+# folder above each of a content's paths, so "under this folder" is one exact match.
+INDEXED_FIELDS = ("path", "sha256", "job_id", "file_type", "dirs")
+# Float-indexed payload fields, filtered by range: ``mtime``, the file's modification time (seconds
+# since the epoch) when its content was indexed.
+RANGE_FIELDS = ("mtime",)
 
 # Each list of a hybrid search holds this many candidates (at least k).
 DEFAULT_CANDIDATES = 50
@@ -129,6 +133,8 @@ class SearchPlan:
     rrf_k: int = 60
     # Token sets of the identifier-like query terms (a candidate must hold all tokens of one).
     identifiers: list[frozenset[int]] = field(default_factory=list)
+    # Range field -> (at least, at most); None is open.
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     @property
     def fused(self) -> bool:
@@ -142,13 +148,14 @@ def plan_search(
     query_text: str | None,
     k: int,
     where: Mapping[str, Sequence[str]] | None = None,
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
     rrf_k: int = 60,
     candidates: int = DEFAULT_CANDIDATES,
 ) -> SearchPlan:
     mode = SearchMode(mode)
-    unknown = set(where or {}) - set(INDEXED_FIELDS)
+    unknown = (set(where or {}) - set(INDEXED_FIELDS)) | (set(ranges or {}) - set(RANGE_FIELDS))
     if unknown:
-        raise ValueError(f"cannot filter by {sorted(unknown)}; indexed fields: {list(INDEXED_FIELDS)}")
+        raise ValueError(f"cannot filter by {sorted(unknown)}; indexed fields: {[*INDEXED_FIELDS, *RANGE_FIELDS]}")
     if mode in (SearchMode.DENSE, SearchMode.HYBRID) and vector is None:
         raise ValueError(f"a {mode} search needs the query vector")
     if mode in (SearchMode.KEYWORD, SearchMode.HYBRID) and not (query_text or "").strip():
@@ -167,7 +174,7 @@ def plan_search(
         lists.append(
             CandidateList(Retriever.KEYWORD, limit, sparse=query_sparse(query_text), with_sparse=bool(identifiers))
         )
-    return SearchPlan(mode, k, lists, dict(where or {}), rrf_k, identifiers)
+    return SearchPlan(mode, k, lists, dict(where or {}), rrf_k, identifiers, dict(ranges or {}))
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,26 @@ def fuse(plan: SearchPlan, results: Sequence[Sequence[Candidate]]) -> list[Fused
 def retrievers_of(ranks: Mapping[str, int]) -> tuple[str, ...]:
     """The retrievers (dense, keyword) that found a hit, in a fixed order."""
     return tuple(r.value for r in (Retriever.DENSE, Retriever.KEYWORD) if r in ranks)
+
+
+def path_fields(paths: Sequence[str], mtime: float | None = None) -> dict[str, Any]:
+    """The payload fields that say where a content is: ``path`` (the first), ``paths`` (all),
+    ``dirs`` (every folder above them) and, when known, ``mtime`` (its newest file's)."""
+    fields: dict[str, Any] = {"path": paths[0], "paths": list(paths), "dirs": folders_of(paths)}
+    if mtime is not None:
+        fields["mtime"] = mtime
+    return fields
+
+
+def folders_of(paths: Sequence[str]) -> list[str]:
+    """Every folder above each path ("/a/b/c.txt" -> "/a/b", "/a", "/"), each once: the payload's
+    ``dirs``, which a path-prefix filter matches exactly."""
+    found: dict[str, None] = {}
+    for path in paths:
+        parts = path.split("/")
+        for end in range(len(parts) - 1, 0, -1):
+            found["/".join(parts[:end]) or "/"] = None
+    return list(found)
 
 
 def file_type(path: str) -> str:

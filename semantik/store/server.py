@@ -20,7 +20,7 @@ from qdrant_client import AsyncQdrantClient, models
 
 from semantik.errors import Unavailable
 from semantik.store import hybrid
-from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR, SearchPlan
+from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, RANGE_FIELDS, SPARSE_VECTOR, SearchPlan
 
 UPSERT_BATCH = 256
 HNSW_EF = 128
@@ -35,17 +35,20 @@ def collection_params(dim: int) -> dict[str, Any]:
     }
 
 
-def where_filter(where: dict[str, Sequence[str]] | Any) -> models.Filter | None:
-    if not where:
-        return None
-    return models.Filter(
-        must=[models.FieldCondition(key=key, match=models.MatchAny(any=list(values))) for key, values in where.items()]
-    )
+def where_filter(where: dict[str, Sequence[str]] | Any, ranges: Any = None) -> models.Filter | None:
+    conditions: list[Any] = [
+        models.FieldCondition(key=key, match=models.MatchAny(any=list(values))) for key, values in where.items()
+    ]
+    conditions += [
+        models.FieldCondition(key=key, range=models.Range(gte=low, lte=high))
+        for key, (low, high) in (ranges or {}).items()
+    ]
+    return models.Filter(must=conditions) if conditions else None
 
 
 def query_requests(plan: SearchPlan) -> list[models.QueryRequest]:
     """The plan's candidate lists as one batch (``query_batch_points``)."""
-    flt = where_filter(plan.where)
+    flt = where_filter(plan.where, plan.ranges)
     requests = []
     for spec in plan.lists:
         query: Any
@@ -112,18 +115,22 @@ class ServerBackend:
 
     async def ensure(self, name: str, dim: int) -> None:
         if await self.client.collection_exists(name):
-            check_layout(name, await self.client.get_collection(name))
-            return
-        try:
-            await self.client.create_collection(name, **collection_params(dim))
-        except Exception:
-            # Another worker may have created it between our check and create.
-            if not await self.client.collection_exists(name):
-                raise
-        for field in INDEXED_FIELDS:
-            await self.client.create_payload_index(
-                name, field_name=field, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
-            )
+            info = await self.client.get_collection(name)
+            check_layout(name, info)
+            have = set(info.payload_schema or {})
+        else:
+            have = set()
+            try:
+                await self.client.create_collection(name, **collection_params(dim))
+            except Exception:
+                # Another worker may have created it between our check and create.
+                if not await self.client.collection_exists(name):
+                    raise
+        wanted = [(field, models.PayloadSchemaType.KEYWORD) for field in INDEXED_FIELDS]
+        wanted += [(field, models.PayloadSchemaType.FLOAT) for field in RANGE_FIELDS]
+        for field, schema in wanted:
+            if field not in have:  # a collection made by an earlier version lacks the newer ones
+                await self.client.create_payload_index(name, field_name=field, field_schema=schema, wait=True)
 
     async def upsert(
         self, name: str, ids: Sequence[str], vectors: npt.NDArray[np.float32], payloads: Sequence[dict[str, Any]]
@@ -154,10 +161,13 @@ class ServerBackend:
             payloads = {str(p.id): p.payload for p in answers[0]}
         return hybrid.rows(fused, payloads)
 
-    async def set_paths(self, name: str, sha256: str, paths: Sequence[str]) -> None:
+    async def set_paths(self, name: str, sha256: str, paths: Sequence[str], mtime: float | None = None) -> None:
         match = models.FieldCondition(key="sha256", match=models.MatchAny(any=[sha256]))
         await self.client.set_payload(
-            name, payload={"path": paths[0], "paths": list(paths)}, points=models.Filter(must=[match]), wait=True
+            name,
+            payload=hybrid.path_fields(paths, mtime),
+            points=models.Filter(must=[match]),
+            wait=True,
         )
 
     async def content_counts(self, name: str) -> dict[str, int]:

@@ -35,13 +35,14 @@ from qdrant_edge import (
     Query,
     QueryBatchRequest,
     QueryRequest,
+    RangeFloat,
     SearchParams,
     SparseVector,
     UpdateOperation,
 )
 
 from semantik.store import hybrid
-from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, SPARSE_VECTOR, SearchPlan
+from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, RANGE_FIELDS, SPARSE_VECTOR, SearchPlan
 
 UPDATE_BATCH = 512
 # Points land in a plain segment; HNSW is built for them once this many wait (when idle, see edge.py) ...
@@ -83,10 +84,26 @@ def shard_config(dim: int) -> EdgeConfig:
     )
 
 
-def where_filter(where: Mapping[str, Sequence[str]]) -> Filter | None:
-    if not where:
-        return None
-    return Filter(must=[FieldCondition(key=key, match=MatchAny(list(values))) for key, values in where.items()])
+def where_filter(
+    where: Mapping[str, Sequence[str]], ranges: Mapping[str, tuple[float | None, float | None]] | None = None
+) -> Filter | None:
+    conditions: list[Any] = [FieldCondition(key=key, match=MatchAny(list(values))) for key, values in where.items()]
+    conditions += [
+        FieldCondition(key=key, range=RangeFloat(gte=low, lte=high)) for key, (low, high) in (ranges or {}).items()
+    ]
+    return Filter(must=conditions) if conditions else None
+
+
+def ensure_indexes(edge: EdgeShard) -> None:
+    """The payload indexes searches filter by (keyword and float), created where missing."""
+    have = set(edge.info().payload_schema)
+    wanted = [(name, PayloadSchemaType.Keyword) for name in INDEXED_FIELDS]
+    wanted += [(name, PayloadSchemaType.Float) for name in RANGE_FIELDS]
+    missing = [(name, kind) for name, kind in wanted if name not in have]
+    for name, kind in missing:
+        edge.update(UpdateOperation.create_field_index(name, kind))
+    if missing:
+        edge.flush()
 
 
 def make_points(
@@ -122,9 +139,7 @@ class Shard:
     @classmethod
     def create(cls, path: Path, dim: int) -> Shard:
         edge = EdgeShard.create(str(path), shard_config(dim))
-        for name in INDEXED_FIELDS:
-            edge.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
-        edge.flush()
+        ensure_indexes(edge)
         return cls(path, edge, dim)
 
     @classmethod
@@ -132,7 +147,9 @@ class Shard:
         config = json.loads((path / "edge_config.json").read_text())
         dim = int(config["vectors"][DENSE_VECTOR]["size"])
         # This version's tuning (index thresholds, segment sizes) replaces what the shard was made with.
-        return cls(path, EdgeShard.load(str(path), shard_config(dim)), dim)
+        edge = EdgeShard.load(str(path), shard_config(dim))
+        ensure_indexes(edge)  # a shard made by an earlier version lacks the newer ones
+        return cls(path, edge, dim)
 
     def upsert(
         self,
@@ -165,12 +182,12 @@ class Shard:
     def count(self) -> int:
         return int(self.edge.count(CountRequest(exact=True)))
 
-    def set_paths(self, sha256: str, paths: Sequence[str]) -> None:
-        """Every point of one content names the paths it is found at (first one as ``path``)."""
+    def set_paths(self, sha256: str, paths: Sequence[str], mtime: float | None = None) -> None:
+        """Every point of one content names the paths it is found at (``hybrid.path_fields``)."""
         self.edge.update(
             UpdateOperation.set_payload_by_filter(
                 Filter(must=[FieldCondition(key="sha256", match=MatchAny([sha256]))]),
-                {"path": paths[0], "paths": list(paths)},
+                hybrid.path_fields(paths, mtime),
             )
         )
         self.dirty = True
@@ -182,7 +199,7 @@ class Shard:
         return {str(hit.value): int(hit.count) for hit in answer.hits}
 
     def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
-        flt = where_filter(plan.where)
+        flt = where_filter(plan.where, plan.ranges)
         requests = []
         for spec in plan.lists:
             if spec.dense is not None:

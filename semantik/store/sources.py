@@ -140,7 +140,7 @@ async def references(conn: aiosqlite.Connection, collection: str, sha256: str) -
 async def upsert_entry_from_file(conn: aiosqlite.Connection, file_id: int, status: str) -> None:
     """Its source (and any other source that found the same path) remembers a file row's outcome.
     The content the path had before, and the one it has now when another path has it too, are
-    marked: their points must name the paths that refer to them now."""
+    marked: their points must name the paths that refer to them now (and their newest mtime)."""
     cursor = await conn.execute(
         "SELECT s.collection, f.path, f.sha256 FROM files f JOIN sources s ON s.id = f.source_id WHERE f.id = ?",
         (file_id,),
@@ -161,6 +161,8 @@ async def upsert_entry_from_file(conn: aiosqlite.Connection, file_id: int, statu
     touched = before - {sha256} if status != FileStatus.FAILED else set()
     if status == FileStatus.DONE and sha256 and await references(conn, collection, sha256) > 1:
         touched.add(sha256)
+    if status == FileStatus.DONE and sha256 in before:
+        touched.add(sha256)  # read again with the same bytes (touched): its points take the new mtime
     await mark_dirty(conn, collection, touched)
 
 

@@ -1,10 +1,12 @@
 """Vectors: a Qdrant server by URL, or the embedded engine (Qdrant Edge) under the data dir.
 
 Every chunk is one point: a dense vector from the model, a BM25 sparse vector from its text, and
-its payload (path, chunk index, text, job id, sha256, file type). A search is dense, keyword (BM25)
-or hybrid (both, fused by reciprocal rank fusion); each hit says which retrievers found it. Both
-engines run the same plan (``hybrid.py``): the embedded one in its own process (``engine.py``,
-``edge.py``), the server through qdrant-client (``server.py``).
+its payload: path (and ``paths``, every path the content is at), chunk index, text, job id, sha256,
+file type, ``dirs`` (the folders above its paths), ``mtime`` (the file's, when indexed), and where
+the chunk is in its document when the format says: ``page``, ``slide``, ``sheet``, ``heading``.
+A search is dense, keyword (BM25) or hybrid (both, fused by reciprocal rank fusion); each hit says
+which retrievers found it. Both engines run the same plan (``hybrid.py``): the embedded one in its
+own process (``engine.py``, ``edge.py``), the server through qdrant-client (``server.py``).
 
 The embedded engine starts on first use, so a server that only queues jobs never holds the store;
 on its first start it moves a store written by qdrant-client's local mode into it (``migrate.py``).
@@ -167,14 +169,24 @@ class VectorStore:
         texts: Sequence[str],
         vectors: npt.NDArray[np.float32],
         file_type: str | None = None,
+        locations: Sequence[Mapping[str, Any]] | None = None,
+        mtime: float | None = None,
     ) -> None:
         """Write every chunk of one file; ids are deterministic, so a repeat overwrites, never
         duplicates. Returns once the points are in the engine's write-ahead log (embedded) or
         acknowledged with ``wait=True`` (server): an answered file survives a kill of the process."""
         kind = _file_type(path) if file_type is None else file_type
         ids = [point_id(collection, sha256, index) for index in range(len(texts))]
+        common: dict[str, Any] = {
+            "job_id": job_id,
+            "sha256": sha256,
+            "file_type": kind,
+            "dirs": hybrid.folders_of([path]),
+        }
+        if mtime is not None:
+            common["mtime"] = mtime
         payloads = [
-            {"path": path, "chunk_index": index, "text": text, "job_id": job_id, "sha256": sha256, "file_type": kind}
+            {"path": path, "chunk_index": index, "text": text, **common, **(locations[index] if locations else {})}
             for index, text in enumerate(texts)
         ]
         array = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -211,16 +223,19 @@ class VectorStore:
         query_text: str | None = None,
         mode: SearchMode | str = SearchMode.DENSE,
         where: Mapping[str, Sequence[str]] | None = None,
+        ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
     ) -> list[Hit]:
         """The k best chunks, best first. ``mode``: dense (needs ``vector``), keyword (needs
         ``query_text``) or hybrid (both). ``where``: payload field -> accepted values
-        (path, sha256, job_id, file_type), every field must match."""
+        (path, sha256, job_id, file_type, dirs), every field must match; ``ranges``: field
+        (mtime) -> (at least, at most)."""
         plan = plan_search(
             SearchMode(mode),
             vector=None if vector is None else np.asarray(vector, dtype=np.float32).tolist(),
             query_text=query_text,
             k=k,
             where=where,
+            ranges=ranges,
             rrf_k=self.rrf_k,
             candidates=self.candidates,
         )
@@ -235,18 +250,19 @@ class VectorStore:
             found = await backend.search(name, plan)
         return [Hit(score=row["score"], payload=row["payload"], id=row["id"], ranks=row["ranks"]) for row in found]
 
-    async def set_paths(self, collection: str, sha256: str, paths: Sequence[str]) -> None:
-        """Name every path one content is found at on its points (``path``: the first, ``paths``: all)."""
+    async def set_paths(self, collection: str, sha256: str, paths: Sequence[str], mtime: float | None = None) -> None:
+        """Name every path one content is found at on its points (``path``: the first, ``paths``:
+        all, ``dirs``: the folders above them) and, when given, its newest file's ``mtime``."""
         if not paths:
             return
         backend = await self._backend()
         if self.embedded:
-            await self._engine_call("set_paths", collection=collection, sha256=sha256, paths=list(paths))
+            await self._engine_call("set_paths", collection=collection, sha256=sha256, paths=list(paths), mtime=mtime)
         else:
             assert not isinstance(backend, EngineProcess)
             name = qdrant_name(collection)
             if collection in self._known or await backend.exists(name):
-                await backend.set_paths(name, sha256, paths)
+                await backend.set_paths(name, sha256, paths, mtime)
 
     async def content_counts(self, collection: str) -> dict[str, int]:
         """How many points each content (sha256) has in the collection."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from semantik.store.hybrid import SearchMode
 
@@ -69,6 +71,55 @@ class SourceUpdate(_Request):
     watch: bool
 
 
+class GroupBy(StrEnum):
+    CHUNK = "chunk"
+    DOCUMENT = "document"
+
+
+FileType = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,16}$")]
+
+
+class SearchFilters(_Request):
+    """Every given filter must hold. Chunks indexed before a filter's field existed (an earlier
+    version) lack it, and are found again once their file is indexed anew."""
+
+    path_prefix: str | None = Field(
+        default=None,
+        max_length=4096,
+        pattern=r"^/[^\x00]*$",
+        description="only files under this folder (an absolute path)",
+    )
+    file_types: list[FileType] | None = Field(
+        default=None, max_length=64, description="only these file types: suffixes without the dot (pdf, docx ...)"
+    )
+    modified_after: AwareDatetime | None = Field(
+        default=None, description="file modified at or after (ISO 8601, with zone)"
+    )
+    modified_before: AwareDatetime | None = Field(
+        default=None, description="file modified at or before (ISO 8601, with zone)"
+    )
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _folder(cls, value: str | None) -> str | None:
+        return None if value is None else (value.rstrip("/") or "/")
+
+    def where(self) -> dict[str, list[str]]:
+        where: dict[str, list[str]] = {}
+        if self.path_prefix is not None:
+            where["dirs"] = [self.path_prefix]
+        if self.file_types:
+            where["file_type"] = sorted({kind.lower() for kind in self.file_types})
+        return where
+
+    def ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        if self.modified_after is None and self.modified_before is None:
+            return {}
+        after = self.modified_after.timestamp() if self.modified_after else None
+        before = self.modified_before.timestamp() if self.modified_before else None
+        return {"mtime": (after, before)}
+
+
 class SearchRequest(_Request):
     query: str = Field(min_length=1, max_length=10_000)
     collection: str = Field(pattern=COLLECTION_NAME_PATTERN)
@@ -78,6 +129,21 @@ class SearchRequest(_Request):
     mode: SearchMode = Field(
         default=SearchMode.HYBRID, description="hybrid (keywords + meaning, fused), dense (meaning) or keyword (BM25)"
     )
+    group_by: GroupBy = Field(
+        default=GroupBy.CHUNK,
+        description="chunk: the k best chunks; document: the k best documents, each its best chunk and "
+        "the count of its other chunks among the candidates (other_hits)",
+    )
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+
+
+class Snippet(BaseModel):
+    """A passage of the hit's text around the query's terms; ``highlights``: [start, end) offsets
+    of the terms in ``text``, in characters (code points, as Python counts them; JavaScript:
+    ``Array.from(text)``). Plain text: a client marks it up itself."""
+
+    text: str
+    highlights: list[tuple[int, int]] = Field(default_factory=list)
 
 
 class SearchHit(BaseModel):
@@ -87,9 +153,23 @@ class SearchHit(BaseModel):
     paths: list[str] = Field(default_factory=list)
     chunk_index: int
     text: str
+    snippet: Snippet
+    # Where the chunk is in its document, where its format has it.
+    page: int | None = None
+    slide: int | None = None
+    sheet: str | None = None
+    heading: list[str] = Field(default_factory=list)
+    file_type: str | None = None
+    modified: datetime | None = Field(default=None, description="the file's modification time when indexed")
     job_id: str | None = None
     # Which retrievers found it (a hybrid hit may carry both).
     retrievers: list[RetrieverName] = Field(default_factory=list)
+    # group_by "document": how many more of the document's chunks were among the candidates.
+    other_hits: int | None = None
+
+    @staticmethod
+    def modified_at(mtime: object) -> datetime | None:
+        return datetime.fromtimestamp(mtime, UTC) if isinstance(mtime, int | float) else None
 
 
 class SearchResponse(BaseModel):

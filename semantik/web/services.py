@@ -16,10 +16,17 @@ from semantik.jobqueue import abort_arq_job, enqueue_embed_job
 from semantik.paths import is_within
 from semantik.runtime import Runtime
 from semantik.store.hybrid import SearchMode
+from semantik.store.vectors import Hit
 from semantik.sync import queue_job, queue_reachable
-from semantik.web.models import JobCreate, RetrieverName, SearchHit, SearchRequest, SourceCreate
+from semantik.web.models import GroupBy, JobCreate, RetrieverName, SearchHit, SearchRequest, Snippet, SourceCreate
+from semantik.web.snippets import snippet
 
 log = structlog.get_logger(__name__)
+
+# group_by "document": candidates fetched per requested hit (a document may hold many of them),
+# and at most this many in all.
+DOCUMENT_CANDIDATES_PER_HIT = 5
+MAX_DOCUMENT_CANDIDATES = 500
 
 
 def resolve_job_directory(rt: Runtime, directory: str) -> Path:
@@ -144,24 +151,70 @@ async def retry_job(rt: Runtime, queue: ArqRedis, job_id: str) -> Job:
 
 
 async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], float]:
-    """Best chunks first, and the milliseconds it took. A keyword search does not embed the query."""
+    """Best chunks (or documents) first, and the milliseconds it took. A keyword search does not
+    embed the query."""
     started = time.perf_counter()
     await rt.jobs.get_collection(request.collection)  # 404 for an unknown collection
     vector = None
     if request.mode is not SearchMode.KEYWORD:
         embedder = await rt.embedder()
         vector = (await embedder.encode_query([request.query]))[0]
-    hits = await rt.vectors.search(request.collection, vector, request.k, query_text=request.query, mode=request.mode)
-    results = [
-        SearchHit(
-            score=hit.score,
-            path=str(hit.payload.get("path", "")),
-            paths=[str(p) for p in hit.payload.get("paths") or [hit.payload.get("path", "")]],
-            chunk_index=int(hit.payload.get("chunk_index", 0)),
-            text=str(hit.payload.get("text", "")),
-            job_id=hit.payload.get("job_id"),
-            retrievers=cast("list[RetrieverName]", list(hit.retrievers)),  # validated by the model
-        )
-        for hit in hits
-    ]
+    by_document = request.group_by is GroupBy.DOCUMENT
+    limit = (
+        min(max(request.k * DOCUMENT_CANDIDATES_PER_HIT, request.k), MAX_DOCUMENT_CANDIDATES)
+        if by_document
+        else request.k
+    )
+    hits = await rt.vectors.search(
+        request.collection,
+        vector,
+        limit,
+        query_text=request.query,
+        mode=request.mode,
+        where=request.filters.where(),
+        ranges=request.filters.ranges(),
+    )
+    others: list[int | None] = [None] * len(hits)
+    if by_document:
+        hits, others = _best_per_document(hits, request.k)
+    # Snippets only for what is returned (a document search reads up to 500 candidates).
+    results = [_hit(hit, request.query, other_hits) for hit, other_hits in zip(hits, others, strict=True)]
     return results, (time.perf_counter() - started) * 1000
+
+
+def _hit(hit: Hit, query: str, other_hits: int | None) -> SearchHit:
+    payload = hit.payload
+    text = str(payload.get("text", ""))
+    passage, highlights = snippet(text, query)
+    heading = payload.get("heading")
+    return SearchHit(
+        score=hit.score,
+        path=str(payload.get("path", "")),
+        paths=[str(p) for p in payload.get("paths") or [payload.get("path", "")]],
+        chunk_index=int(payload.get("chunk_index", 0)),
+        text=text,
+        snippet=Snippet(text=passage, highlights=highlights),
+        page=payload.get("page"),
+        slide=payload.get("slide"),
+        sheet=payload.get("sheet"),
+        heading=[str(title) for title in heading] if isinstance(heading, list) else [],
+        file_type=payload.get("file_type"),
+        modified=SearchHit.modified_at(payload.get("mtime")),
+        job_id=payload.get("job_id"),
+        retrievers=cast("list[RetrieverName]", list(hit.retrievers)),  # validated by the model
+        other_hits=other_hits,
+    )
+
+
+def _best_per_document(hits: list[Hit], k: int) -> tuple[list[Hit], list[int | None]]:
+    """The best hit of each of the first k documents (contents), in order, and how many more of
+    each one's chunks are among the candidates."""
+    best: dict[str, Hit] = {}
+    more: dict[str, int] = {}
+    for hit in hits:
+        document = str(hit.payload.get("sha256", hit.id))
+        if document in best:
+            more[document] += 1
+        elif len(best) < k:
+            best[document], more[document] = hit, 0
+    return list(best.values()), [more[document] for document in best]

@@ -170,6 +170,41 @@ async def test_sync_button_mirrors_the_folder_and_copies_show_every_path(
     assert errors == []
 
 
+async def test_hits_show_their_place_the_marked_passage_and_take_filters(
+    browser: Browser, server: str, docs: Path
+) -> None:
+    corpus_dir = Path(__file__).resolve().parents[1] / "corpus"
+    for name in ("report.pdf", "slides.pptx", "notes.md", "report.docx"):
+        shutil.copyfile(corpus_dir / name, docs / name)
+    page, errors = await open_page(browser, server + "/#/jobs")
+    await create_from_form(page, "docs", str(docs))
+    await expect(page.locator(".status")).to_have_text("completed", timeout=60_000)
+    await page.get_by_role("link", name="Search").click()
+    await page.get_by_label("Query").fill("teal pangolin survey")
+    await page.keyboard.press("Enter")
+    first = page.locator(".hit").first
+    await expect(first.locator(".place")).to_have_text("report.pdf · p. 2 · Results \u203a Measurements")
+    await expect(first.locator("mark")).to_have_text(["teal", "pangolin", "survey"])
+    await shot(page, "search-place")
+    await page.get_by_text("Filters").click()
+    await page.get_by_label("File types").fill("pptx")
+    await page.get_by_label("Query").fill("quarter review budget")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#s-status")).to_contain_text("results in")
+    await expect(page.locator(".hit .place")).to_contain_text(["slides.pptx · slide"])
+    await expect(page.locator(".hit .place .name")).not_to_contain_text(["report", "notes"])
+    await page.get_by_label("File types").fill("")
+    await page.get_by_label("One result per document").check()
+    await page.get_by_label("Query").fill("harbour authority equipment inspection")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#s-status")).to_contain_text("results in")
+    names = await page.locator(".hit .place .name").all_inner_texts()
+    assert len(names) == len(set(names)), names
+    await expect(page.locator(".hit .more").first).to_contain_text("more in this document")
+    await shot(page, "search-by-document")
+    assert errors == []
+
+
 async def test_token_prompt(browser: Browser, aiohttp_server: Any, make_runtime: RuntimeFactory) -> None:
     runtime = await make_runtime(api_token=SecretStr("ui-token-0123456789"))
     srv = await aiohttp_server(create_app(runtime.settings, runtime=runtime))

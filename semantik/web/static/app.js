@@ -179,10 +179,42 @@ async function jobPage(id) {
 }
 
 // ---- search -----------------------------------------------------------------------------------
-function highlight(text, query) {
-  const words = query.split(/[^\p{L}\p{N}]+/u).filter((w) => w.length > 2).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-  const safe = esc(text);
-  return words.length ? safe.replace(new RegExp(`(${words.join("|")})`, "giu"), "<mark>$1</mark>") : safe;
+// The server's snippet: plain text and [start, end) offsets of the query's terms in code points
+// (Array.from counts them; a string's own indexes count UTF-16 units), marked here.
+function marked(snippet) {
+  const chars = Array.from(String(snippet && snippet.text || ""));
+  const spans = (Array.isArray(snippet && snippet.highlights) ? snippet.highlights : [])
+    .map(([a, b]) => [Number(a), Number(b)]).filter(([a, b]) => a >= 0 && b > a && b <= chars.length).sort((x, y) => x[0] - y[0]);
+  let out = "", at = 0;
+  for (const [a, b] of spans) {
+    if (a < at) continue;
+    out += esc(chars.slice(at, a).join("")) + `<mark>${esc(chars.slice(a, b).join(""))}</mark>`;
+    at = b;
+  }
+  return out + esc(chars.slice(at).join(""));
+}
+
+// Where a hit is: "report.pdf · p. 2 · Results › Measurements".
+function place(hit) {
+  const name = String(hit.path).split("/").pop();
+  const parts = [`<b class="name" title="${esc(hit.path)}">${esc(name)}</b>`];
+  if (hit.page != null) parts.push(`p. ${esc(hit.page)}`);
+  if (hit.slide != null) parts.push(`slide ${esc(hit.slide)}`);
+  if (hit.sheet) parts.push(`sheet ${esc(hit.sheet)}`);
+  if (Array.isArray(hit.heading) && hit.heading.length) parts.push(`<span class="heading">${hit.heading.map(esc).join(" › ")}</span>`);
+  return `<span class="place">${parts.join(" · ")}</span>`;
+}
+
+// The search form's filters, as the API takes them (empty ones left out).
+function searchFilters() {
+  const value = (id) => document.getElementById(id).value.trim();
+  const filters = {};
+  if (value("s-under")) filters.path_prefix = value("s-under");
+  const types = value("s-types").split(/[\s,]+/).map((t) => t.replace(/^\./, "")).filter(Boolean);
+  if (types.length) filters.file_types = types;
+  if (value("s-after")) filters.modified_after = new Date(`${value("s-after")}T00:00:00`).toISOString();
+  if (value("s-before")) filters.modified_before = new Date(`${value("s-before")}T23:59:59.999`).toISOString();
+  return filters;
 }
 
 // [value, label, tooltip]; the first is the default (the API's too).
@@ -204,8 +236,14 @@ async function searchPage() {
   view.innerHTML = `<h1>Search</h1><form class="grid card" id="search-form">
       <div class="field"><label for="s-collection">Collection</label><select id="s-collection" required></select></div>
       <div class="field" style="grid-column: span 2"><label for="s-query">Query</label><input id="s-query" type="search" required placeholder="Ask by meaning or exact terms…"></div>
+      <details class="filters" style="grid-column: 1 / -1"><summary>Filters</summary><div class="grid">
+        <div class="field"><label for="s-under">Under folder</label><input id="s-under" placeholder="/home/me/reports"></div>
+        <div class="field"><label for="s-types">File types</label><input id="s-types" placeholder="pdf, docx"></div>
+        <div class="field"><label for="s-after">Modified after</label><input id="s-after" type="date"></div>
+        <div class="field"><label for="s-before">Modified before</label><input id="s-before" type="date"></div>
+      </div></details>
       <fieldset class="field modes"><legend>Mode</legend><div class="toggle">${SEARCH_MODES.map(([value, label, title], i) => `<label title="${esc(title)}"><input type="radio" name="s-mode" value="${esc(value)}"${i === 0 ? " checked" : ""}> ${esc(label)}</label>`).join("")}</div></fieldset>
-      <div class="actions"><button class="primary" type="submit">Search</button><button type="button" id="s-sync" title="Make the collection mirror its folders now: new, changed, moved and deleted files">Sync</button></div>
+      <label class="by-doc"><input type="checkbox" id="s-by-doc"> One result per document</label><div class="actions"><button class="primary" type="submit">Search</button><button type="button" id="s-sync" title="Make the collection mirror its folders now: new, changed, moved and deleted files">Sync</button></div>
     </form><p id="s-status" class="muted" role="status"></p><div id="results"></div>`;
   const select = document.getElementById("s-collection");
   try {
@@ -232,10 +270,13 @@ async function searchPage() {
     if (!query || !select.value) return;
     info.textContent = "Searching…"; results.innerHTML = "";
     try {
-      const data = await api("/api/search", { method: "POST", body: { query, collection: select.value, k: 10, mode } });
+      const body = { query, collection: select.value, k: 10, mode, filters: searchFilters() };
+      if (document.getElementById("s-by-doc").checked) body.group_by = "document";
+      const data = await api("/api/search", { method: "POST", body });
       info.textContent = data.results.length ? `${data.results.length} results in ${data.took_ms} ms`
         : "No results. If the collection is still indexing, try again when its job has finished.";
-      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · ${esc(hit.path)} · chunk ${esc(hit.chunk_index)}${retrievers(hit)}${alsoAt(hit)}</div><div class="text">${highlight(hit.text, query)}</div></article>`).join("");
+      const more = (hit) => (hit.other_hits ? ` · <span class="more">+${esc(hit.other_hits)} more in this document</span>` : "");
+      results.innerHTML = data.results.map((hit) => `<article class="hit"><div class="meta">${place(hit)}${more(hit)}</div><div class="meta"><b>${esc(Number(hit.score).toFixed(3))}</b> · <span class="path">${esc(hit.path)}</span> · chunk ${esc(hit.chunk_index)}${retrievers(hit)}${alsoAt(hit)}</div><div class="text">${marked(hit.snippet)}</div></article>`).join("");
     } catch (error) { info.textContent = ""; showError(results, error); }
   });
 }

@@ -1,0 +1,138 @@
+"""Text as people write it: plain text and source code, Markdown (its headings), and HTML read as a
+browser shows it (its headings, inline markup joined, ``pre`` blocks kept)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from semantik.indexing.formats.base import (
+    ExtractLimits,
+    Section,
+    decode_text,
+    heading_title,
+    sections_from_blocks,
+)
+
+# Elements that start a new line of text; everything else (span, code, a, em, b ...) is inline and
+# joins its neighbours as the browser shows it, so highlighted code reads `python3 -m venv env`,
+# not one token per line.
+HTML_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "caption", "dd", "details", "dialog", "div", "dl", "dt",
+    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "tfoot", "thead", "title",
+    "tr", "ul",
+})  # fmt: skip
+HTML_CELLS = frozenset({"td", "th"})
+HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+# A private-use character marks where a heading was in the page's text; removed from the input first.
+_MARK = "\ue000"
+_HEADING_MARKS = re.compile(f"{_MARK}([1-6]){_MARK}([^{_MARK}]*){_MARK}")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+# An ATX heading's opening: its title is the rest of the line, less a closing run of "#".
+_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]|$)")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+# Lines an underline cannot make a heading (CommonMark reads "---" under them as a rule): list
+# items, quotes, table rows.
+_NOT_A_TITLE = re.compile(r"^ {0,3}(?:[-*+][ \t]|\d{1,9}[.)][ \t]|>|\|)")
+_FRONT_MATTER = ("---", "+++")
+
+
+def extract_plain(data: bytes, limits: ExtractLimits) -> list[Section]:
+    return [Section(decode_text(data))]
+
+
+def extract_markdown(data: bytes, limits: ExtractLimits) -> list[Section]:
+    return list(sections_from_blocks(_undo_last(markdown_blocks(decode_text(data).splitlines()))))
+
+
+def markdown_blocks(lines: list[str]) -> Iterator[tuple[int, str]]:
+    """ATX (``## Title``) and setext (underlined) headings outside fenced code; every other line as
+    it is. Front matter (a YAML or TOML block at the very top) is text, never a heading."""
+    fence: str | None = None
+    previous: str | None = None  # a paragraph line an underline could make a heading
+    if lines and lines[0].strip() in _FRONT_MATTER:
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() == lines[0].strip()), None)
+        if end is not None:
+            yield from ((0, line) for line in lines[1:end])
+            lines = lines[end + 1 :]
+    for line in lines:
+        opening = _FENCE.match(line)
+        if fence is not None:
+            if opening and opening.group(1)[0] == fence[0] and len(opening.group(1)) >= len(fence):
+                fence = None
+            yield 0, line
+            continue
+        if opening:
+            fence = opening.group(1)
+            previous = None
+            yield 0, line
+            continue
+        atx = _ATX.match(line)
+        if atx:
+            previous = None
+            title = line[atx.end() :].strip()
+            closing = title.rstrip("#")
+            if closing != title and (not closing or closing[-1] in " \t"):
+                title = closing.strip()
+            yield len(atx.group(1)), title
+            continue
+        underline = _SETEXT.match(line)
+        if underline and previous is not None:
+            # The paragraph line just given is the heading's title: take it back as a heading.
+            yield -1, ""
+            yield (1 if underline.group(1)[0] == "=" else 2), previous
+            previous = None
+            continue
+        plain = line.strip() and not line.startswith(("    ", "\t")) and not _NOT_A_TITLE.match(line)
+        previous = line if plain else None
+        yield 0, line
+
+
+def _undo_last(blocks: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """Apply markdown_blocks' take-backs (level -1 drops the block before it)."""
+    held: tuple[int, str] | None = None
+    for block in blocks:
+        if block[0] == -1:
+            held = None
+            continue
+        if held is not None:
+            yield held
+        held = block
+    if held is not None:
+        yield held
+
+
+def extract_html(data: bytes, limits: ExtractLimits) -> list[Section]:
+    return html_sections(decode_text(data))
+
+
+def html_sections(markup: str, base: Iterable[str] = ()) -> list[Section]:
+    """A page's sections, split at its headings (h1-h6), under the heading path ``base``."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(markup, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    # The marker may come in as a character reference (&#xE000;): the page's own text never holds it.
+    for string in soup.find_all(string=lambda text: _MARK in text):
+        string.replace_with(string.replace(_MARK, ""))
+    for tag in soup.find_all(HTML_HEADINGS):
+        title = heading_title(tag.get_text(" "))
+        tag.replace_with(f"\n{_MARK}{tag.name[1]}{_MARK}{title}{_MARK}\n")
+    for tag in soup.find_all(True):
+        if tag.name == "br":
+            tag.replace_with("\n")
+        elif tag.name in HTML_BLOCKS:
+            tag.insert_before("\n")
+            tag.insert_after("\n")
+        elif tag.name in HTML_CELLS:
+            tag.insert_after(" ")
+    # Lines keep the text's own spacing (a <pre> block stays as written); blank runs shrink to one.
+    parts = _HEADING_MARKS.split(_BLANK_LINES.sub("\n\n", soup.get_text("")))
+    blocks = [(0, parts[0])]
+    for at in range(1, len(parts), 3):
+        blocks += [(int(parts[at]), parts[at + 1]), (0, parts[at + 2])]
+    return list(sections_from_blocks(blocks, base))

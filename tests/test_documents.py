@@ -1,0 +1,253 @@
+"""Documents as teams keep them, from ``tests/corpus`` (made by LibreOffice, python-pptx, the
+standard library and Pillow: see ``tests/corpus/make.py``). Each file holds one phrase no other has:
+searching for it puts that file first, at its page, slide, sheet or heading; the snippet marks the
+phrase; results group by document and filter by folder, file type and modification time. Scans are
+read by tesseract, or fail with the reason that says how to get it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from semantik.indexing.chunk import chunker_for
+from semantik.indexing.extract import ExtractLimits, extract_sections
+from semantik.inference.embedder import default_model_path
+from tests.helpers import new_job, wait_for_job
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())
+MAIL = {"message.eml", "archive.mbox"}
+OFFICE = {"report.docx", "report.odt", "report.rtf", "report.epub", "slides.pptx", "slides.odp"}
+OLD = {"sheet.xlsx", "sheet.ods"}  # modified in 2020
+LOCATION_KEYS = ("page", "slide", "sheet", "heading")
+NO_OCR = ExtractLimits(ocr_command="")
+
+
+def place(docs: Path) -> dict[str, Path]:
+    """The corpus in folders: mail/, office/ and the rest at the top; the sheets dated 2020."""
+    placed = {}
+    for name in EXPECTED:
+        folder = docs / ("mail" if name in MAIL else "office" if name in OFFICE else "")
+        folder.mkdir(exist_ok=True)
+        placed[name] = Path(shutil.copyfile(CORPUS / name, folder / name))
+    for name in OLD:
+        stamp = datetime(2020, 6, 1, tzinfo=UTC).timestamp()
+        os.utime(placed[name], (stamp, stamp))
+    return placed
+
+
+def expected_location(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: spec.get(key, [] if key == "heading" else None) for key in LOCATION_KEYS}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_format_yields_its_phrase_at_its_place(name: str) -> None:
+    spec = EXPECTED[name]
+    sections = extract_sections((CORPUS / name).read_bytes(), name)
+    holding = [section for section in sections if spec["phrase"] in " ".join(section.text.lower().split())]
+    assert len(holding) == 1, (name, sections)
+    location = holding[0].location()
+    assert {key: location.get(key, [] if key == "heading" else None) for key in LOCATION_KEYS} == expected_location(
+        spec
+    ), (name, holding[0])
+
+
+def test_pdf_text_keeps_words_and_spaces_and_pages() -> None:
+    sections = extract_sections((CORPUS / "report.pdf").read_bytes(), "report.pdf", NO_OCR)
+    text = " ".join(" ".join(section.text.split()) for section in sections)
+    assert "the crews completed the teal pangolin survey for the eastern berths" in text
+    assert [section.page for section in sections] == [1, 2, 2]  # Introduction; Results, Measurements
+    assert sections[1].heading == ("Results",) and sections[2].heading == ("Results", "Measurements")
+
+
+def test_chunks_keep_their_section_and_prefer_paragraph_breaks() -> None:
+    chunker = chunker_for(default_model_path(), chunk_size=48, overlap=8)
+    sections = extract_sections((CORPUS / "report.docx").read_bytes(), "report.docx")
+    chunks = chunker.chunk_sections(sections)
+    assert {tuple(chunk.location.get("heading", ())) for chunk in chunks} == {
+        ("Introduction",), ("Results",), ("Results", "Measurements")
+    }  # fmt: skip
+    for section in sections:  # no chunk holds text of two sections
+        mine = [chunk.text for chunk in chunks if tuple(chunk.location.get("heading", ())) == section.heading]
+        assert all(text in section.text for text in mine), (section, mine)
+    # Two paragraphs of 60-odd tokens: the first chunk ends where the first paragraph does.
+    first, second = "Alpha " + "one two three " * 12 + "end.", "Beta " + "four five six " * 12 + "stop."
+    pieces = chunker.chunk(f"{first}\n\n{second}")
+    assert pieces[0].endswith("end.") and pieces[1].startswith("Beta"), pieces
+
+
+def test_scans_without_tesseract_fail_with_the_way_to_ocr() -> None:
+    for name in ("scan.pdf", "scan.png"):
+        with pytest.raises(Exception, match=r"^no text layer \(install tesseract-ocr to OCR it\)$"):
+            extract_sections((CORPUS / name).read_bytes(), name, NO_OCR)
+    # A PDF with a text layer needs no OCR, whether or not it is installed.
+    assert extract_sections((CORPUS / "report.pdf").read_bytes(), "report.pdf", NO_OCR)
+
+
+async def search(api: TestClient[Any, Any], query: str, **extra: Any) -> list[dict[str, Any]]:
+    response = await api.post("/api/search", json={"query": query, "collection": "docs", **extra})
+    assert response.status == 200, await response.text()
+    results: list[dict[str, Any]] = (await response.json())["results"]
+    return results
+
+
+async def test_every_format_is_found_first_at_its_place(
+    api: TestClient[Any, Any], docs: Path, run_worker: Callable[[], Awaitable[Any]]
+) -> None:
+    assert shutil.which("tesseract"), "the suite needs tesseract-ocr (scripts/test-deps.sh installs it)"
+    placed = place(docs)
+    job_id = await new_job(api, docs, "docs")
+    await run_worker()
+    job = await wait_for_job(api, job_id)
+    assert job["status"] == "completed" and job["files_done"] == len(EXPECTED), job
+
+    for name, spec in EXPECTED.items():
+        if spec.get("ocr"):
+            continue  # scan.pdf and scan.png hold the same words: checked below
+        hits = await search(api, spec["phrase"], k=3)
+        top = hits[0]
+        assert top["path"] == str(placed[name]), (name, [hit["path"] for hit in hits])
+        assert {key: top[key] for key in LOCATION_KEYS} == expected_location(spec), (name, top)
+        assert top["file_type"] == name.rsplit(".", 1)[1]
+        marked = [top["snippet"]["text"][start:end].lower() for start, end in top["snippet"]["highlights"]]
+        assert set(spec["phrase"].split()) - {"the"} <= set(marked), (name, top["snippet"])
+    scans = await search(api, "harbour crane maintenance", k=5)
+    assert {Path(hit["path"]).name for hit in scans[:2]} == {"scan.pdf", "scan.png"}, scans
+    assert {Path(hit["path"]).name: hit["page"] for hit in scans[:2]} == {"scan.pdf": 1, "scan.png": None}
+
+    # Group by document: each document once, with how many more of its chunks matched.
+    chunks = await search(api, "harbour authority inspection equipment", k=20)
+    documents = await search(api, "harbour authority inspection equipment", k=20, group_by="document")
+    assert len({hit["path"] for hit in documents}) == len(documents)
+    assert len({hit["path"] for hit in chunks}) < len(chunks)  # the reports have several such chunks
+    assert any(hit["other_hits"] for hit in documents) and all(hit["other_hits"] is not None for hit in documents)
+    assert documents[0]["path"] == chunks[0]["path"]
+
+    # Filters: a folder, file types, modification times.
+    under_mail = await search(api, "delivery lease contract", k=10, filters={"path_prefix": str(docs / "mail") + "/"})
+    assert under_mail and {Path(hit["path"]).parent for hit in under_mail} == {docs / "mail"}
+    pdfs = await search(api, "harbour", k=10, filters={"file_types": ["PDF"]})
+    assert pdfs and {hit["file_type"] for hit in pdfs} == {"pdf"}
+    old = await search(api, "shipment", k=10, filters={"modified_before": "2021-01-01T00:00:00Z"})
+    assert {Path(hit["path"]).name for hit in old} == OLD
+    new = await search(api, "shipment", k=10, filters={"modified_after": "2021-01-01T00:00:00+00:00"})
+    assert new and not {Path(hit["path"]).name for hit in new} & OLD
+    assert old[0]["modified"].startswith("2020-06-01")
+    nothing = await search(api, "harbour", filters={"path_prefix": str(docs / "nowhere")})
+    assert nothing == []
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"path_prefix": "relative/folder"},
+        {"file_types": ["p df"]},
+        {"modified_after": "2021-01-01"},  # no zone: ambiguous
+        {"modified_after": "yesterday"},
+        {"unknown": 1},
+    ],
+)
+async def test_bad_filters_are_422_in_the_error_shape(api: TestClient[Any, Any], filters: dict[str, Any]) -> None:
+    response = await api.post("/api/search", json={"query": "x", "collection": "docs", "filters": filters})
+    assert response.status == 422, await response.text()
+    body = await response.json()
+    assert body["error"]["code"] == "validation_error" and body["error"]["details"][0]["loc"][0] == "filters", body
+
+
+async def test_a_scan_without_tesseract_fails_with_the_reason(make_api: Any, docs: Path) -> None:
+    from tests.helpers import run_burst
+
+    api, runtime = await make_api(ocr_command="")
+    for name in ("scan.pdf", "scan.png", "notes.md"):
+        shutil.copyfile(CORPUS / name, docs / name)
+    job_id = await new_job(api, docs, "scans")
+    await run_burst(runtime)
+    job = await wait_for_job(api, job_id)
+    assert job["status"] == "completed_with_errors", job
+    failed = {Path(item["path"]).name: item["error"] for item in job["failed_files"]}
+    reason = "no text layer (install tesseract-ocr to OCR it)"
+    assert failed == {"scan.pdf": reason, "scan.png": reason}, job
+    assert job["files_done"] == 1
+
+
+def test_pdf_bookmarks_open_headings_in_order_even_on_blank_pages() -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    pdf.add_page()
+    pdf.start_section("Chapter 1")
+    pdf.multi_cell(0, 8, "Chapter 1\nThe first chapter tells of the quay.")
+    pdf.add_page()
+    pdf.start_section("Chapter 2")  # a divider page: a bookmark and no text
+    pdf.add_page()
+    pdf.start_section("Tables", level=1)  # its title is not on the page
+    pdf.multi_cell(0, 8, "2024 1234.56 7890\nThe second chapter counts the cranes.")
+    pdf.add_page()
+    pdf.multi_cell(0, 8, "2024 1234.56 7890")  # numbers only: kept, no OCR needed
+    sections = extract_sections(bytes(pdf.output()), "book.pdf", NO_OCR)
+    assert [(section.page, section.heading) for section in sections] == [
+        (1, ("Chapter 1",)), (3, ("Chapter 2", "Tables")), (4, ("Chapter 2", "Tables"))
+    ]  # fmt: skip
+    assert "counts the cranes" in sections[1].text and sections[2].text == "2024 1234.56 7890"
+
+
+def test_markdown_front_matter_rules_and_lists_are_not_headings() -> None:
+    note = b"---\ntitle: Notes\ntags: [x]\n---\n\n# Plan\n\n- item\n---\n\n> quote\n---\n\nSetext\n======\nbody\n"
+    sections = extract_sections(note, "note.md")
+    assert [section.heading for section in sections] == [("Plan",), ("Setext",)], sections
+    assert sections[0].text.startswith("title: Notes\ntags: [x]")  # front matter is text, not lost
+
+
+def test_html_text_cannot_forge_a_heading() -> None:
+    page = (
+        b"<p>intro &#xE000;1&#xE000;Forged&#xE000; and a paragraph long enough to stand alone"
+        b" as a section of its own, before any heading.</p>"
+    )
+    sections = extract_sections(page + b"<h2>Real</h2><p>body</p>", "page.html")
+    assert [section.heading for section in sections] == [(), ("Real",)], sections
+
+
+def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:
+    box = (
+        b"From a@example.org Mon Mar  2 08:00:00 2026\nSubject: one\n\nhello\nFrom the desk of the office\n\n"
+        b"From b@example.org Tue Mar  3 08:00:00 2026\nSubject: two\nContent-Type: text/plain; charset=bogus\n\n"
+        b"bye \x00 now\n"
+    )
+    sections = extract_sections(box, "box.mbox")
+    assert [section.heading for section in sections] == [("one",), ("two",)], sections
+    assert "From the desk of the office" in sections[0].text and "bye  now" in sections[1].text
+
+
+def test_snippet_offsets_count_characters() -> None:
+    from semantik.web.snippets import snippet
+
+    passage, highlights = snippet(
+        "\U0001f600\U0001f600 the measurement of tides, then more measurements", "measurement"
+    )
+    assert [passage[start:end] for start, end in highlights] == ["measurement", "measurements"]
+
+
+def test_a_sheet_declaring_a_million_rows_is_read_as_stored() -> None:
+    import io
+    import time
+
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active["A1"] = "harbour ledger"
+    book.active["XFD1048576"] = "last cell"
+    data = io.BytesIO()
+    book.save(data)
+    began = time.monotonic()
+    sections = extract_sections(data.getvalue(), "big.xlsx")
+    assert [section.text for section in sections] == ["harbour ledger\nlast cell"]
+    assert time.monotonic() - began < 10  # padded to its declared size it took minutes
