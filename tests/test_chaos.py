@@ -303,7 +303,8 @@ async def test_a_sync_killed_halfway_converges_when_it_resumes(
         (docs / f"chapter{i:03}.txt").unlink()
         del current[f"chapter{i:03}.txt"]
     for i in range(6, 18):  # rewritten
-        current[f"chapter{i:03}.txt"] = f"Chapter {i}, second edition: what really happened at event {i}. " * 110
+        # Long enough that the sync is still running when the poll sees its first files done.
+        current[f"chapter{i:03}.txt"] = f"Chapter {i}, second edition: what really happened at event {i}. " * 400
         write(docs / f"chapter{i:03}.txt", current[f"chapter{i:03}.txt"])
     for i in range(18, 21):  # moved
         (docs / f"chapter{i:03}.txt").rename(docs / f"moved{i:03}.txt")

@@ -251,3 +251,40 @@ def test_a_sheet_declaring_a_million_rows_is_read_as_stored() -> None:
     sections = extract_sections(data.getvalue(), "big.xlsx")
     assert [section.text for section in sections] == ["harbour ledger\nlast cell"]
     assert time.monotonic() - began < 10  # padded to its declared size it took minutes
+
+
+async def test_the_cli_prints_where_each_hit_is_and_takes_the_filters(
+    aiohttp_server: Any, api: TestClient[Any, Any], runtime: Any, docs: Path,
+    run_worker: Callable[[], Awaitable[Any]],
+) -> None:  # fmt: skip
+    from semantik.web.app import create_app
+    from tests.test_search_modes import run_cli
+
+    for name in ("report.pdf", "report.docx", "slides.pptx", "notes.md"):
+        folder = docs / ("office" if name.endswith("x") else "")
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(CORPUS / name, folder / name)
+    job_id = await new_job(api, docs, "docs")
+    await run_worker()
+    assert (await wait_for_job(api, job_id))["status"] == "completed"
+    server = await aiohttp_server(create_app(runtime.settings, runtime=runtime))
+    url = f"http://{server.host}:{server.port}"
+
+    code, out, err = await run_cli("search", "teal pangolin survey", "-c", "docs", "-k", "2", url=url)
+    assert code == 0, (out, err)
+    ranked = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert ranked[0].startswith("1. ") and f"{docs / 'report.pdf'} · p. 2 · Results \u203a Measurements" in ranked[0]
+    assert "teal pangolin survey" in out
+
+    code, out, err = await run_cli(
+        "search", "harbour inspection", "-c", "docs", "--type", "docx", "--type", ".pptx", "--by-document",
+        "--under", str(docs / "office"), "--after", "2000-01-01", url=url,
+    )  # fmt: skip
+    assert code == 0, (out, err)
+    ranked = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert ranked and all("/office/" in line and (".docx" in line or ".pptx" in line) for line in ranked), out
+    assert len({line.split()[2] for line in ranked}) == len(ranked), out  # one line per document
+    assert any("more in this document)" in line for line in ranked), out
+
+    code, out, err = await run_cli("search", "x", "-c", "docs", "--before", "last week", url=url)
+    assert code == 2 and "--before" in err and "not an ISO date" in err, (code, out, err)
