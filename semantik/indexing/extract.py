@@ -13,7 +13,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from semantik.indexing.formats.base import (
@@ -76,7 +76,7 @@ TEXT_NAMES = frozenset(
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdx"})
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pnm"})
-ODF_SUFFIXES = frozenset({".odt", ".ods", ".odp", ".fodt"})
+ODF_SUFFIXES = frozenset({".odt", ".ods", ".odp"})
 
 
 def _extractors() -> dict[str, Extractor]:
@@ -88,7 +88,7 @@ def _extractors() -> dict[str, Extractor]:
         **{suffix: web.extract_markdown for suffix in MARKDOWN_SUFFIXES},
         **{suffix: web.extract_html for suffix in HTML_SUFFIXES},
         **{suffix: pdf.extract_image for suffix in IMAGE_SUFFIXES},
-        **{suffix: opendocument.extract_odf for suffix in ODF_SUFFIXES - {".fodt"}},
+        **{suffix: opendocument.extract_odf for suffix in ODF_SUFFIXES},
         ".pdf": pdf.extract_pdf,
         ".docx": office.extract_docx,
         ".pptx": office.extract_pptx,
@@ -101,7 +101,7 @@ def _extractors() -> dict[str, Extractor]:
 
 
 SUPPORTED_SUFFIXES = (
-    TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | (ODF_SUFFIXES - {".fodt"})
+    TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | ODF_SUFFIXES
     | {".pdf", ".docx", ".pptx", ".xlsx", ".epub", ".eml", ".mbox", ".rtf"}
 )  # fmt: skip
 
@@ -194,12 +194,13 @@ def extract_sections(data: bytes, name: str, limits: ExtractLimits | None = None
         raise ExtractionError(f"cannot extract text: {type(exc).__name__}: {exc}") from exc
     if sum(len(section.text) for section in sections) > limits.max_chars:
         raise too_many_chars(limits)
-    cleaned = [
-        Section(text, section.page, section.slide, section.sheet, section.heading)
+    # Blank runs shrink to one blank line; a lone surrogate (from a PDF's odd character map) is not
+    # text the tokenizer takes.
+    return [
+        replace(section, text=text.encode("utf-8", "replace").decode("utf-8"))
         for section in sections
         if (text := BLANK_RUNS.sub("\n\n", section.text).strip())
     ]
-    return cleaned
 
 
 def extract_text(data: bytes, name: str, limits: ExtractLimits | None = None) -> str:

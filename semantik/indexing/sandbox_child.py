@@ -23,7 +23,6 @@ from semantik.indexing.extract import (
     ExtractionError,
     ExtractLimits,
     FileContent,
-    Section,
     extract_sections,
     read_file,
 )
@@ -183,12 +182,6 @@ class _Server:
                 raise ExtractionError("nothing read to extract")
             sections = extract_sections(content.data, Path(content.real_path).name, self.config.limits)
             del content
-            # A lone surrogate (from a PDF's odd character map) is not text the tokenizer takes.
-            sections = [
-                Section(section.text.encode("utf-8", "replace").decode("utf-8"), section.page, section.slide,
-                        section.sheet, section.heading)
-                for section in sections
-            ]  # fmt: skip
             return ("chunks", self.chunker.chunk_sections(sections))
         raise ExtractionError(f"unknown request {message[0]!r}")
 

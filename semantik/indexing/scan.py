@@ -120,7 +120,7 @@ def scan_directory(
             found.append(ScannedFile(str(path), 0, 0.0, status or FileStatus.SKIPPED, reason))
             continue
         status, error = FileStatus.PENDING, None
-        if format_key(target.name if target != path else path.name) is None:
+        if format_key(target.name) is None:  # a symlink's target decides
             status, error = FileStatus.SKIPPED, f"unsupported file type {suffix or '(none)'!r}"
         elif info.st_size > max_file_size_bytes:
             status, error = FileStatus.SKIPPED, f"larger than the {max_file_size_bytes // (1024 * 1024)} MB limit"

@@ -75,8 +75,8 @@ class Contents:
                     (collection, *batch),
                 )
             for sha in sorted(referenced):
-                paths = await self.paths_of(collection, sha)
-                await self.vectors.set_paths(collection, sha, paths, await self._newest_mtime(collection, sha))
+                paths, mtime = await self._where(collection, sha)
+                await self.vectors.set_paths(collection, sha, paths, mtime)
                 # Unless it changed meanwhile (then the next settle takes it).
                 await self.db.execute(
                     "UPDATE documents SET dirty = 0 WHERE collection = ? AND sha256 = ? AND dirty = ?",
@@ -84,23 +84,20 @@ class Contents:
                 )
             return len(doomed)
 
-    async def _newest_mtime(self, collection: str, sha256: str) -> float | None:
-        """The newest modification time (seconds) of the files that refer to a content."""
-        newest = await self.db.fetchval(
-            # 0: not known yet (an entry carried over from before folder sync, until it is read).
-            "SELECT MAX(NULLIF(e.mtime_ns, 0)) FROM entries e JOIN sources s ON s.id = e.source_id"
-            f" WHERE s.collection = ? AND e.sha256 = ? AND {REFERS}",
-            (collection, sha256),
-        )
-        return None if newest is None else int(newest) / 1e9
-
-    async def paths_of(self, collection: str, sha256: str) -> list[str]:
+    async def _where(self, collection: str, sha256: str) -> tuple[list[str], float | None]:
+        """The paths that refer to a content, in order, and the newest modification time (seconds)
+        of their files; None when none is known yet (an entry carried over from before folder sync
+        has mtime_ns 0 until it is read)."""
         rows = await self.db.fetchall(
-            "SELECT DISTINCT e.path FROM entries e JOIN sources s ON s.id = e.source_id"
+            "SELECT e.path, e.mtime_ns FROM entries e JOIN sources s ON s.id = e.source_id"
             f" WHERE s.collection = ? AND e.sha256 = ? AND {REFERS} ORDER BY e.path",
             (collection, sha256),
         )
-        return [row["path"] for row in rows]
+        newest = max((int(row["mtime_ns"]) for row in rows if row["mtime_ns"]), default=None)
+        return list(dict.fromkeys(row["path"] for row in rows)), None if newest is None else newest / 1e9
+
+    async def paths_of(self, collection: str, sha256: str) -> list[str]:
+        return (await self._where(collection, sha256))[0]
 
     # -- removing sources and collections ----------------------------------------------------
 
