@@ -1,8 +1,9 @@
 """Every embedding backend available here on the same NFCorpus chunks, in one run.
 
-Prints chunks/s, min and mean cosine to torch fp32 for each, and which one ``auto`` picks (the
-product's own selection, measured afresh in a temporary cache). Last line: ``RESULT {json}`` with
-``backends`` (name -> chunks/s), ``chosen``, ``ratio_auto_vs_torch_fp32``, ``min_cosine``.
+Prints chunks/s (the median of ``--rounds`` passes, taken in turn across backends), min and mean
+cosine to torch fp32 for each, and which one ``auto`` picks (the product's own selection, measured
+afresh in a temporary cache). Last line: ``RESULT {json}`` with ``backends`` (name -> chunks/s),
+``chosen``, ``ratio_auto_vs_torch_fp32``, ``min_cosine``.
 
     .venv/bin/python bench/encode.py --chunks 512
 """
@@ -21,7 +22,7 @@ import numpy as np
 from _harness import load_corpus
 
 from semantik.indexing.chunk import chunker_for
-from semantik.inference.backends import BackendUnavailable, Spec, load_backend
+from semantik.inference.backends import Backend, BackendUnavailable, Spec, load_backend
 from semantik.inference.choose import candidates, choose
 from semantik.inference.embedder import default_model_path
 
@@ -41,7 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=512, help="NFCorpus chunks to encode per backend")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes per backend, taken in turn")
     args = parser.parse_args()
+    if args.rounds < 1 or args.chunks < 1:
+        parser.error("--rounds and --chunks must be at least 1")
 
     model_path = default_model_path()
     chunker = chunker_for(model_path, 256, 32)
@@ -61,26 +65,39 @@ def main() -> None:
         cache = Path(cache_name)
         rates: dict[str, float] = {}
         cosines: dict[str, tuple[float, float]] = {}
-        reference = None
-        print(f"{'backend':<16}{'chunks/s':>10}{'min cos':>10}{'mean cos':>10}")
+        loaded = {}
         for spec in [Spec("torch", "fp32"), *[s for s in candidates("cpu") if s != Spec("torch", "fp32")]]:
             try:
-                backend = load_backend(spec, model_path, cache)
+                loaded[spec.name] = load_backend(spec, model_path, cache)
             except BackendUnavailable as exc:
                 print(f"{spec.name:<16}  unavailable: {exc}")
                 continue
-            backend.encode(chunks[: args.batch_size])  # warm up
-            began = time.perf_counter()
-            vectors = np.concatenate(
+            loaded[spec.name].encode(chunks[: args.batch_size])  # warm up
+
+        def encode_all(backend: Backend) -> np.ndarray:
+            return np.concatenate(
                 [backend.encode(chunks[i : i + args.batch_size]) for i in range(0, len(chunks), args.batch_size)]
             )
-            rates[spec.name] = round(len(chunks) / (time.perf_counter() - began), 1)
-            if reference is None:
-                reference = vectors
-            cos = np.sum(vectors * reference, axis=1)
-            cosines[spec.name] = (float(cos.min()), float(cos.mean()))
-            print(f"{spec.name:<16}{rates[spec.name]:>10.1f}{cos.min():>10.4f}{cos.mean():>10.4f}")
-            del backend
+
+        # Rounds in turn (torch, onnx, ..., torch, onnx, ...) so a spell of load on a shared host
+        # falls on every backend alike; each backend's median round counts.
+        runs: dict[str, list[float]] = {name: [] for name in loaded}
+        vectors: dict[str, np.ndarray] = {}
+        for _ in range(args.rounds):
+            for name, backend in loaded.items():
+                began = time.perf_counter()
+                vectors[name] = encode_all(backend)
+                runs[name].append(len(chunks) / (time.perf_counter() - began))
+        print(f"{'backend':<16}{'chunks/s':>10}{'min cos':>10}{'mean cos':>10}  rounds")
+        reference = vectors.get("torch-fp32", next(iter(vectors.values())))
+        for name in loaded:
+            rates[name] = round(float(np.median(runs[name])), 1)
+            cos = np.sum(vectors[name] * reference, axis=1)
+            cosines[name] = (float(cos.min()), float(cos.mean()))
+            each = " ".join(f"{r:.1f}" for r in runs[name])
+            print(f"{name:<16}{rates[name]:>10.1f}{cos.min():>10.4f}{cos.mean():>10.4f}  {each}")
+        loaded.clear()
+        del backend
 
         began = time.perf_counter()
         choice = choose(model_path, cache, device="cpu")

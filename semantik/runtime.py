@@ -48,7 +48,8 @@ class Runtime:
 
     async def embedder(self, device: str | None = None) -> Embedder:
         """The model on ``device`` (default SEMANTIK_EMBED_DEVICE), loaded in a thread on first use
-        (seconds), then shared."""
+        (seconds; about a minute the first time on a machine, for the export and auto's measurement),
+        then shared."""
         device = device or self.settings.embed_device
         async with self._model_lock:
             if device not in self._embedders:

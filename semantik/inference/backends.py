@@ -85,7 +85,7 @@ def native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # type: ignore[no-untyped-call]
 
 
-class _Tokens:
+class Tokens:
     """The model's tokenizer with sentence-transformers' truncation, one copy per thread."""
 
     def __init__(self, model_path: Path, max_seq_length: int) -> None:
@@ -143,7 +143,7 @@ class TorchBackend:
         self.max_seq_length = int(self.model.max_seq_length or 512)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim() or 0)
-        self._tokens = _Tokens(model_path, self.max_seq_length)
+        self._tokens = Tokens(model_path, self.max_seq_length)
         self._torch = torch
 
     def preempt(self) -> None:
@@ -185,7 +185,7 @@ class OnnxBackend:
         self._lock = threading.Lock()
         self._preemptible: Any = None
         self.max_seq_length = model_max_seq_length(model_path)
-        self._tokens = _Tokens(model_path, self.max_seq_length)
+        self._tokens = Tokens(model_path, self.max_seq_length)
         self.dim = int(self.encode(["dimension"]).shape[1])
 
     def preempt(self) -> None:
@@ -238,7 +238,7 @@ class OpenVinoBackend:
         self._lock = threading.Lock()
         self._requests: list[Any] = []
         self.max_seq_length = model_max_seq_length(model_path)
-        self._tokens = _Tokens(model_path, self.max_seq_length)
+        self._tokens = Tokens(model_path, self.max_seq_length)
         self.dim = int(self.encode(["dimension"]).shape[1])
 
     def preempt(self) -> None:

@@ -4,7 +4,8 @@ Cache layout (``SEMANTIK_MODEL_CACHE_DIR``, default ``<data dir>/models``)::
 
     <model hash>-torch<version>-ort<version>/
         model-fp32.onnx     BERT + mean pooling + L2 normalisation in one graph
-        model-int8.onnx     the same with int8 weights (dynamic quantization)
+        model-int8-<recipe>.onnx   the same, fused, with int8 weights (``quantize.py``; the
+                            recipe: calibration set, weights, target cosine)
         export.json         what was exported from what, and how long it took
     .lock                   flock: one process exports, the others wait and reuse
 
@@ -13,10 +14,8 @@ changed model or an upgraded onnxruntime exports again; an unchanged one never d
 written beside their final name and renamed, so a process killed mid-export leaves nothing that
 looks finished.
 
-int8 uses unsigned 8-bit per-channel weights with reduced range: on a CPU without VNNI (AVX2 only)
-signed 8-bit weights overflow in the u8 x s8 multiply and gave min cosine 0.90 to fp32; unsigned
-per-channel reduced-range gave 0.991 (../docs/benchmarks.md). Whether int8 is faithful enough is
-measured, not assumed (``choose.py``).
+How the int8 graph is made, and why, is in ``quantize.py``; whether it is faithful enough to run is
+measured again by ``choose.py``, not assumed.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,8 +46,7 @@ def log() -> Any:
 MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "modules.json")
 OPSET = 17
 # Raise when the exported graph or the quantization changes: the cache key includes it.
-EXPORT_VERSION = 2
-QUANTIZATION = {"weight_type": "QUInt8", "per_channel": True, "reduce_range": True}
+EXPORT_VERSION = 3
 _hashes: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
@@ -104,6 +103,10 @@ def onnx_model(cache_root: Path, model_path: Path, variant: str) -> Path:
         raise ExportError(f"no ONNX variant {variant!r} (fp32 or int8)")
     target_dir = cache_dir_for(cache_root, model_path)
     target = target_dir / f"model-{variant}.onnx"
+    if variant == "int8":  # the file name also carries what the int8 graph was made from
+        from semantik.inference.quantize import recipe
+
+        target = target_dir / f"model-int8-{recipe()}.onnx"
     if target.is_file():
         return target
     with _exclusive(cache_root):
@@ -111,7 +114,10 @@ def onnx_model(cache_root: Path, model_path: Path, variant: str) -> Path:
             return target
         target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in target_dir.glob(".*.tmp*"):  # an export killed half-way
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         fp32 = target_dir / "model-fp32.onnx"
         record = _read_record(target_dir)
         if not fp32.is_file():
@@ -120,10 +126,15 @@ def onnx_model(cache_root: Path, model_path: Path, variant: str) -> Path:
             record["fp32"] = {"seconds": round(time.perf_counter() - began, 2), "opset": OPSET}
             log().info("model_exported", variant="fp32", path=str(fp32), seconds=record["fp32"]["seconds"])
         if variant == "int8":
-            began = time.perf_counter()
-            _quantize(fp32, target)
-            record["int8"] = {"seconds": round(time.perf_counter() - began, 2), **QUANTIZATION}
-            log().info("model_exported", variant="int8", path=str(target), seconds=record["int8"]["seconds"])
+            record["int8"] = _quantize(fp32, target, model_path)
+            log().info(
+                "model_exported",
+                variant="int8",
+                path=str(target),
+                seconds=record["int8"]["seconds"],
+                kept_fp32=len(record["int8"]["kept_fp32"]),
+                min_cosine=record["int8"]["min_cosine"],
+            )
         record.update(model=str(model_path), model_sha256=model_hash(model_path), versions=runtime_versions())
         _write_atomic(target_dir / "export.json", json.dumps(record, indent=2).encode())
     return target
@@ -207,18 +218,15 @@ def _export_fp32(model_path: Path, target: Path) -> None:
     _publish(tmp, target)
 
 
-def _quantize(source: Path, target: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _quantize(source: Path, target: Path, model_path: Path) -> dict[str, Any]:
+    from semantik.inference.quantize import quantize_int8
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
-    quantize_dynamic(
-        str(source),
-        str(tmp),
-        weight_type=getattr(QuantType, str(QUANTIZATION["weight_type"])),
-        per_channel=bool(QUANTIZATION["per_channel"]),
-        reduce_range=bool(QUANTIZATION["reduce_range"]),
-    )
+    work = target.with_name(f".{target.name}.{os.getpid()}.tmp.work")
+    work.mkdir()
+    record = quantize_int8(source, tmp, work, model_path)
     _publish(tmp, target)
+    return record
 
 
 class _NoPreprocessingAdvice(logging.Filter):
