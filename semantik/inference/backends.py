@@ -111,7 +111,7 @@ class Tokens:
         }
 
 
-def _normalise(vectors: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+def normalise(vectors: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     out = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     out /= np.maximum(norms, 1e-12)
@@ -156,7 +156,20 @@ class TorchBackend:
         features = {k: torch.from_numpy(v).to(self.spec.device) for k, v in self._tokens(texts).items()}
         with torch.inference_mode():
             out = self.model(features)["sentence_embedding"]
-        return _normalise(out.float().cpu().numpy())
+        return normalise(out.float().cpu().numpy())
+
+
+def onnx_session(path: Path) -> Any:
+    """An ONNX Runtime session on the CPU's cores, with threads that sleep rather than spin."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cpu_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads would steal the cores from the other thread (queries vs indexing).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxBackend:
@@ -173,14 +186,8 @@ class OnnxBackend:
             path = onnx_model(cache_root, model_path, spec.dtype)
         except ExportError as exc:
             raise BackendUnavailable(str(exc)) from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads would steal the cores from the other thread (queries vs indexing).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.spec = spec
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path)
         self._ort = ort
         self._lock = threading.Lock()
         self._preemptible: Any = None
@@ -211,7 +218,7 @@ class OnnxBackend:
             if options is not None:
                 with self._lock:
                     self._preemptible = None
-        return _normalise(out)
+        return normalise(out)
 
 
 class OpenVinoBackend:
@@ -254,7 +261,7 @@ class OpenVinoBackend:
         with self._lock:  # one infer request per concurrent caller
             request = self._requests.pop() if self._requests else self.compiled.create_infer_request()
         try:
-            return _normalise(np.asarray(next(iter(request.infer(inputs).values()))))
+            return normalise(np.asarray(next(iter(request.infer(inputs).values()))))
         finally:
             with self._lock:
                 self._requests.append(request)

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.inference.backends import Tokens, cpu_threads, model_max_seq_length
+from semantik.inference.backends import Tokens, model_max_seq_length, normalise, onnx_session
 from semantik.inference.choose import CALIBRATION_BATCH, MIN_COSINE, calibration
 
 # What the export aims for on every calibration text; auto's bar (MIN_COSINE) sits below it, so a
@@ -42,16 +42,6 @@ TARGET_COSINE = max(0.992, MIN_COSINE)
 WEIGHTS = {"weight_type": "QInt8", "per_channel": True, "reduce_range": True}
 # Raise when the way the graph is made changes (fusions, what may stay fp32, the ranking).
 RECIPE_VERSION = 1
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class _Calibration:
@@ -63,15 +53,13 @@ class _Calibration:
         self.tokens = Tokens(model_path, model_max_seq_length(model_path))
 
     def vectors(self, graph: Path) -> npt.NDArray[np.float32]:
-        session = _session(graph)
+        session = onnx_session(graph)
         out = []
         for texts in (self.passages, self.queries):
             for i in range(0, len(texts), CALIBRATION_BATCH):
                 (batch,) = session.run(["embedding"], self.tokens(texts[i : i + CALIBRATION_BATCH]))
                 out.append(batch)
-        vectors = np.concatenate(out).astype(np.float32)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors
+        return normalise(np.concatenate(out))
 
 
 def recipe() -> str:
