@@ -7,7 +7,6 @@ are all it needs.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import resource
@@ -26,9 +25,9 @@ from semantik.indexing.extract import (
     extract_sections,
     read_file,
 )
+from semantik.indexing.formats.base import die_with_parent
 from semantik.settings import Settings
 
-_PR_SET_PDEATHSIG = 1
 _MB = 1024 * 1024
 # Fractions of the memory limit: a failure past the first is out of memory whatever its type; a
 # request that took the process past the second is its last (a fresh process takes the next file).
@@ -91,7 +90,7 @@ def child_main(conn: Connection) -> None:
     """Receive the config, set the limits, say "ready", then answer ``read`` and ``extract`` until
     the connection closes (or a request took this process near its memory limit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the worker decides
-    _die_with_parent()
+    die_with_parent()
     logging.disable(logging.CRITICAL)  # parsers' warnings about odd files are not the worker's log
     try:
         config: SandboxConfig = conn.recv()
@@ -184,18 +183,6 @@ class _Server:
             del content
             return ("chunks", self.chunker.chunk_sections(sections))
         raise ExtractionError(f"unknown request {message[0]!r}")
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this process when the worker that started it exits, even by SIGKILL."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the call
-        os._exit(1)
 
 
 def _status_kb(*names: str) -> list[int]:

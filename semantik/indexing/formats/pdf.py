@@ -4,13 +4,10 @@ layer through tesseract (OCR) when it is installed."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import io
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +18,7 @@ from semantik.indexing.formats.base import (
     Outline,
     Section,
     TextBudget,
+    die_with_parent,
     heading_title,
 )
 
@@ -35,7 +33,6 @@ MIN_TEXT_LAYER_LETTERS = 3
 # each other thousands of times is refused before pypdf builds a page object per listing.
 _PAGE_TREE_VISITS_PER_PAGE = 4
 _SOFT_HYPHEN_BREAK = re.compile("[\u00ad\ufffe\x02]\r?\n")
-_PR_SET_PDEATHSIG = 1
 
 
 def extract_pdf(data: bytes, limits: ExtractLimits) -> list[Section]:
@@ -181,7 +178,7 @@ def ocr_image(image: bytes, limits: ExtractLimits) -> str:
             capture_output=True,
             timeout=OCR_TIMEOUT_S,
             env={**os.environ, "OMP_THREAD_LIMIT": "1"},
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -192,11 +189,6 @@ def ocr_image(image: bytes, limits: ExtractLimits) -> str:
         error = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise ExtractionError(f"OCR failed: {error[-1] if error else f'exit status {done.returncode}'}")
     return done.stdout.decode("utf-8", "replace").replace("\f", "\n").strip()
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def check_page_tree(data: bytes, max_pages: int) -> None:
