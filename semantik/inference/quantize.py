@@ -49,17 +49,18 @@ class _Calibration:
     queries: with one activation scale per batch, int8 results depend on what shares a batch)."""
 
     def __init__(self, model_path: Path) -> None:
-        self.passages, self.queries = calibration()
-        self.tokens = Tokens(model_path, model_max_seq_length(model_path))
+        passages, queries = calibration()
+        tokens = Tokens(model_path, model_max_seq_length(model_path))
+        # Tokenized once: every graph the export tries reads the same batches.
+        self.batches = [
+            tokens(texts[i : i + CALIBRATION_BATCH])
+            for texts in (passages, queries)
+            for i in range(0, len(texts), CALIBRATION_BATCH)
+        ]
 
     def vectors(self, graph: Path) -> npt.NDArray[np.float32]:
         session = onnx_session(graph)
-        out = []
-        for texts in (self.passages, self.queries):
-            for i in range(0, len(texts), CALIBRATION_BATCH):
-                (batch,) = session.run(["embedding"], self.tokens(texts[i : i + CALIBRATION_BATCH]))
-                out.append(batch)
-        return normalise(np.concatenate(out))
+        return normalise(np.concatenate([session.run(["embedding"], batch)[0] for batch in self.batches]))
 
 
 def recipe() -> str:
