@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     # A GPU (embed_device cuda, or a leased GPU) always runs torch.
     embed_backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     # auto: the backend's best faithful precision (torch: bf16 where the CPU has it natively, else
-    # fp32; CUDA: fp16). int8 is ONNX only; bf16 torch only; fp16 CUDA only.
+    # fp32; CUDA: fp16). int8: ONNX or OpenVINO; bf16: torch or OpenVINO (OpenVINO only where the
+    # CPU has native bf16); fp16: CUDA only.
     embed_dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     # None: data_dir/models. Exported ONNX models and the measured backend choice live here.
     model_cache_dir: Path | None = None
@@ -128,7 +129,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_backend_dtype(self) -> Settings:
-        allowed = {"torch": {"fp32", "bf16", "fp16"}, "onnx": {"fp32", "int8"}, "openvino": {"fp32"}}
+        allowed = {"torch": {"fp32", "bf16", "fp16"}, "onnx": {"fp32", "int8"}, "openvino": {"fp32", "bf16", "int8"}}
         backend, dtype = self.embed_backend, self.embed_dtype
         if dtype != "auto" and backend != "auto" and dtype not in allowed[backend]:
             raise ValueError(

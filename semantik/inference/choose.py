@@ -35,6 +35,7 @@ from semantik.inference.backends import (
     BackendUnavailable,
     Spec,
     cpu_threads,
+    int8_dot_product,
     load_backend,
     native_bf16,
 )
@@ -80,6 +81,10 @@ def candidates(device: str, backend: str = "auto", dtype: str = "auto") -> list[
     specs = [Spec("torch", "fp32"), Spec("onnx", "fp32"), Spec("onnx", "int8"), Spec("openvino", "fp32")]
     if native_bf16() or dtype == "bf16":  # emulated bf16 is slower than fp32: only when asked for
         specs.insert(1, Spec("torch", "bf16"))
+    if native_bf16():
+        specs.append(Spec("openvino", "bf16"))
+    if int8_dot_product() or (backend == "openvino" and dtype == "int8"):
+        specs.append(Spec("openvino", "int8"))
     if backend != "auto":
         specs = [s for s in specs if s.backend == backend]
     if dtype != "auto":

@@ -6,6 +6,8 @@ Cache layout (``SEMANTIK_MODEL_CACHE_DIR``, default ``<data dir>/models``)::
         model-fp32.onnx     BERT + mean pooling + L2 normalisation in one graph
         model-int8-<recipe>.onnx   the same, fused, with int8 weights (``quantize.py``; the
                             recipe: calibration set, weights, target cosine)
+        model-openvino-int8-<recipe>.xml/.bin   the fp32 graph statically quantized for OpenVINO
+                            by NNCF (``quantize.py``; the recipe adds OpenVINO's and NNCF's versions)
         export.json         what was exported from what, and how long it took
     .lock                   flock: one process exports, the others wait and reuse
 
@@ -102,13 +104,27 @@ def onnx_model(cache_root: Path, model_path: Path, variant: str) -> Path:
     if variant not in ("fp32", "int8"):
         raise ExportError(f"no ONNX variant {variant!r} (fp32 or int8)")
     target_dir = cache_dir_for(cache_root, model_path)
-    target = target_dir / f"model-{variant}.onnx"
-    if variant == "int8":  # the file name also carries what the int8 graph was made from
-        from semantik.inference.quantize import recipe
+    if variant == "fp32":
+        return _cached(cache_root, model_path, target_dir / "model-fp32.onnx", None)
+    from semantik.inference.quantize import recipe
 
-        target = target_dir / f"model-int8-{recipe()}.onnx"
+    # The file name also carries what the int8 graph was made from.
+    return _cached(cache_root, model_path, target_dir / f"model-int8-{recipe()}.onnx", "int8")
+
+
+def openvino_int8_model(cache_root: Path, model_path: Path) -> Path:
+    """The cached OpenVINO int8 model (``.xml``; its weights in the ``.bin`` beside it), made first if missing."""
+    from semantik.inference.quantize import openvino_recipe
+
+    target = cache_dir_for(cache_root, model_path) / f"model-openvino-int8-{openvino_recipe()}.xml"
+    return _cached(cache_root, model_path, target, "openvino-int8")
+
+
+def _cached(cache_root: Path, model_path: Path, target: Path, variant: str | None) -> Path:
+    """``target``, made under the cache lock if missing: the fp32 graph first, then ``variant`` from it."""
     if target.is_file():
         return target
+    target_dir = target.parent
     with _exclusive(cache_root):
         if target.is_file():  # another process made it while we waited
             return target
@@ -125,15 +141,15 @@ def onnx_model(cache_root: Path, model_path: Path, variant: str) -> Path:
             _export_fp32(model_path, fp32)
             record["fp32"] = {"seconds": round(time.perf_counter() - began, 2), "opset": OPSET}
             log().info("model_exported", variant="fp32", path=str(fp32), seconds=record["fp32"]["seconds"])
-        if variant == "int8":
-            record["int8"] = _quantize(fp32, target, model_path)
+        if variant is not None:
+            record[variant] = _quantize(fp32, target, model_path, variant)
             log().info(
                 "model_exported",
-                variant="int8",
+                variant=variant,
                 path=str(target),
-                seconds=record["int8"]["seconds"],
-                kept_fp32=len(record["int8"]["kept_fp32"]),
-                min_cosine=record["int8"]["min_cosine"],
+                seconds=record[variant]["seconds"],
+                kept_fp32=len(record[variant]["kept_fp32"]),
+                min_cosine=record[variant]["min_cosine"],
             )
         record.update(model=str(model_path), model_sha256=model_hash(model_path), versions=runtime_versions())
         _write_atomic(target_dir / "export.json", json.dumps(record, indent=2).encode())
@@ -218,12 +234,14 @@ def _export_fp32(model_path: Path, target: Path) -> None:
     _publish(tmp, target)
 
 
-def _quantize(source: Path, target: Path, model_path: Path) -> dict[str, Any]:
-    from semantik.inference.quantize import quantize_int8
+def _quantize(source: Path, target: Path, model_path: Path, variant: str) -> dict[str, Any]:
+    from semantik.inference.quantize import quantize_int8, quantize_openvino_int8
 
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
     work = target.with_name(f".{target.name}.{os.getpid()}.tmp.work")
     work.mkdir()
+    if variant == "openvino-int8":
+        return quantize_openvino_int8(source, target, work, model_path)  # publishes the .bin, then the .xml
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
     record = quantize_int8(source, tmp, work, model_path)
     _publish(tmp, target)
     return record
