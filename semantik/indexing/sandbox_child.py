@@ -25,7 +25,7 @@ from semantik.indexing.extract import (
     extract_sections,
     read_file,
 )
-from semantik.indexing.formats.base import die_with_parent
+from semantik.proc import die_with_parent
 from semantik.settings import Settings
 
 _MB = 1024 * 1024

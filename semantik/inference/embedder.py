@@ -2,9 +2,11 @@
 
 - ``encode`` (indexing) runs in its own thread and works in sub-batches of about
   ``SUB_BATCH_S`` seconds each; before each sub-batch it lets any query in flight finish first.
-- ``encode_query`` (search) runs in another thread and never queues behind indexing: it starts at
-  once; on ONNX Runtime the indexing sub-batch in flight is stopped (and run again after the
-  query); on torch and OpenVINO the query shares the cores with it until it ends.
+- ``encode_query`` (search) runs in another thread and never queues behind more than one indexing
+  sub-batch: on ONNX Runtime the sub-batch in flight is stopped (and run again after the query);
+  on torch the query shares the cores with it until it ends; OpenVINO runs one request at a time
+  per stream, so the query starts when the sub-batch ends (its ``cancel`` breaks the compiled
+  model's state, still in 2026.4).
 
 Which backend runs the model (torch, ONNX Runtime, OpenVINO; fp32, bf16, int8, fp16 on CUDA) is
 decided by ``choose.py`` from ``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DTYPE``.
@@ -36,12 +38,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = structlog.get_logger(__name__)
 
-# An indexing sub-batch aims at this much model time: the longest a query can share the cores.
+# An indexing sub-batch aims at this much model time: the longest a query can share the cores
+# (a backend may aim shorter: ``sub_batch_s``).
 SUB_BATCH_S = 0.05
 FIRST_SUB_BATCH = 4
 MAX_PREEMPTIONS = 3
 # Indexing waits at most this long for queries in flight (a stream of searches cannot stall a job).
 QUERY_PRIORITY_MAX_WAIT_S = 2.0
+
+
+def _cost_width(text: str) -> int:
+    """A text's share of a sub-batch's model time, in characters; a floor for the per-call work
+    that short texts do not shrink."""
+    return max(len(text), 64)
+
 
 _load_lock = threading.Lock()
 _loaded: dict[tuple[str, Spec], Backend] = {}
@@ -112,7 +122,7 @@ class Embedder:
         self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-query")
         self._queries = 0
         self._idle = threading.Condition()
-        self._seconds_per_text = 0.0  # measured; sizes the indexing sub-batches
+        self._seconds_per_char = 0.0  # measured; sizes the indexing sub-batches
         self.preemptions = 0  # indexing sub-batches stopped part-way for a query (ONNX Runtime)
         # On a GPU, CUDA out-of-memory halves the batch (down to 1) and grows it back later.
         self._adaptive = AdaptiveBatch(batch_size) if device.startswith("cuda") else None
@@ -145,8 +155,11 @@ class Embedder:
         while start < len(texts):
             self._wait_for_queries()
             size = min(self.batch_size, FIRST_SUB_BATCH)  # until the model's speed here is known
-            if self._seconds_per_text > 0:
-                size = max(1, min(self.batch_size, int(SUB_BATCH_S / self._seconds_per_text)))
+            # A sub-batch is padded to its first (longest) text: its cost is about size x that length.
+            width = _cost_width(texts[start])
+            if self._seconds_per_char > 0:
+                aim = getattr(self.model, "sub_batch_s", SUB_BATCH_S)
+                size = max(1, min(self.batch_size, int(aim / (self._seconds_per_char * width))))
             batch = texts[start : start + size]
             began = time.perf_counter()
             try:
@@ -157,8 +170,10 @@ class Embedder:
                 stopped += 1
                 continue  # the query goes first; then this sub-batch again
             stopped = 0
-            # Texts come longest first, so the estimate only errs on the short side of SUB_BATCH_S.
-            self._seconds_per_text = (time.perf_counter() - began) / len(batch)
+            # Measured per padded character, not per text: the next call starts with its longest
+            # texts, and a per-text figure from the last call's shortest ones overshot (p99 of a
+            # query behind OpenVINO 118 ms against 50 ms aimed at).
+            self._seconds_per_char = (time.perf_counter() - began) / (len(batch) * width)
             start += len(batch)
         return np.concatenate(parts)
 

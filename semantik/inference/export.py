@@ -122,11 +122,15 @@ def openvino_int8_model(cache_root: Path, model_path: Path) -> Path:
 
 def _cached(cache_root: Path, model_path: Path, target: Path, variant: str | None) -> Path:
     """``target``, made under the cache lock if missing: the fp32 graph first, then ``variant`` from it."""
-    if target.is_file():
+
+    def whole() -> bool:  # an OpenVINO model is two files; its .bin is published first
+        return target.is_file() and (target.suffix != ".xml" or target.with_suffix(".bin").is_file())
+
+    if whole():
         return target
     target_dir = target.parent
     with _exclusive(cache_root):
-        if target.is_file():  # another process made it while we waited
+        if whole():  # another process made it while we waited
             return target
         target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in target_dir.glob(".*.tmp*"):  # an export killed half-way

@@ -33,7 +33,14 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.inference.backends import Tokens, import_openvino, model_max_seq_length, normalise, onnx_session
+from semantik.inference.backends import (
+    Tokens,
+    import_openvino,
+    int8_dot_product,
+    model_max_seq_length,
+    normalise,
+    onnx_session,
+)
 from semantik.inference.choose import CALIBRATION_BATCH, MIN_COSINE, calibration
 from semantik.inference.export import ExportError
 
@@ -192,7 +199,7 @@ def quantize_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dic
 # land in a worker's JSON log. Its telemetry, like OpenVINO's, is kept off (``import_openvino``).
 
 OPENVINO_RECIPE_VERSION = 1
-OPENVINO_QUANTIZE_TIMEOUT_S = 1800  # 20 s measured on 2 cores
+OPENVINO_QUANTIZE_TIMEOUT_S = 600  # 20 s measured on 2 cores
 
 
 def openvino_recipe() -> str:
@@ -204,47 +211,50 @@ def openvino_recipe() -> str:
         versions = [version("openvino"), version("nncf")]
     except PackageNotFoundError as exc:
         raise ImportError(f"{exc.name} is not installed (pip install 'semantik[openvino]')") from exc
-    parts = [OPENVINO_RECIPE_VERSION, "nncf-static-transformer", TARGET_COSINE, versions, passages, queries]
+    # What stays fp32 is decided by measurement on the CPU that makes the model; VNNI or not changes it.
+    parts = [OPENVINO_RECIPE_VERSION, "nncf-static-transformer", TARGET_COSINE, versions, int8_dot_product()]
+    parts += [passages, queries]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
 def quantize_openvino_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dict[str, Any]:
     """Write the OpenVINO int8 model to ``target`` (``.xml``, with its ``.bin`` beside it); return the
-    record for export.json. Runs NNCF in a child process (see above); the child writes in ``work``."""
+    record for export.json. Runs NNCF in a child process (see above) that dies with this one and
+    writes only in ``work``; anything that goes wrong is an ``ExportError``."""
     import subprocess
     import sys
 
     began = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "semantik.inference.quantize", str(fp32), str(work), str(model_path)],
-                env=env,
+                # -P: the child imports what this process imports, whatever its working directory holds.
+                [sys.executable, "-P", "-m", "semantik.inference.quantize", str(fp32), str(work), str(model_path)],
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=work,
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
-                text=True,
                 timeout=OPENVINO_QUANTIZE_TIMEOUT_S,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise ExportError(f"OpenVINO int8 quantization took over {OPENVINO_QUANTIZE_TIMEOUT_S} s") from exc
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise ExportError(f"OpenVINO int8 quantization failed (exit {done.returncode}): {' | '.join(tail)}")
-        record: dict[str, Any] = json.loads(lines[-1])
-        for suffix in (".bin", ".xml"):  # the .xml last: its presence means the pair is whole
-            made = work / f"int8{suffix}"
-            with made.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(made, target.with_suffix(suffix))
+        try:
+            record: dict[str, Any] = json.loads((work / "record.json").read_text())
+            for suffix in (".bin", ".xml"):  # the .xml last: its presence means the pair is whole
+                made = work / f"int8{suffix}"
+                with made.open("rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(made, target.with_suffix(suffix))
+        except (OSError, ValueError) as exc:
+            said = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise ExportError(
+                f"OpenVINO int8 quantization failed (exit {done.returncode}): {' | '.join(said) or exc}"
+            ) from exc
         record["seconds"] = round(time.perf_counter() - began, 2)
         if not record["target_met"]:
             structlog.get_logger(__name__).warning(
-                "model_int8_below_target",
-                variant="openvino-int8",
-                min_cosine=record["min_cosine"],
-                target=TARGET_COSINE,
+                "model_int8_below_target", backend="openvino", min_cosine=record["min_cosine"], target=TARGET_COSINE
             )
         return record
     finally:
@@ -280,7 +290,8 @@ def _openvino_child(fp32: Path, work: Path, model_path: Path) -> dict[str, Any]:
     kept: list[str] = []
     model, worst, mean = quantized(kept)
     if worst < TARGET_COSINE:  # the feed-forward output projections lose the most (see above): keep them fp32
-        kept = _down_projections(fp32, model_path)
+        names = {op.get_friendly_name() for op in core.read_model(str(fp32)).get_ops()}
+        kept = [name for name in _down_projections(fp32, model_path) if name in names]
         if kept:
             model, worst, mean = quantized(kept)
     ov.save_model(model, str(work / "int8.xml"), compress_to_fp16=False)
@@ -296,5 +307,9 @@ def _openvino_child(fp32: Path, work: Path, model_path: Path) -> dict[str, Any]:
 if __name__ == "__main__":  # the OpenVINO quantization's child process
     import sys
 
+    from semantik.proc import die_with_parent
+
+    die_with_parent()
     _fp32, _work, _model = (Path(arg) for arg in sys.argv[1:4])
-    print(json.dumps(_openvino_child(_fp32, _work, _model)), flush=True)
+    _record = json.dumps(_openvino_child(_fp32, _work, _model))
+    (_work / "record.json").write_text(_record)  # last: the parent takes the model only with it

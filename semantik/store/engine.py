@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -34,10 +33,10 @@ import structlog
 
 import semantik
 from semantik.errors import SemantikError, Unavailable
+from semantik.proc import die_with_parent
 
 log = structlog.get_logger(__name__)
 
-PR_SET_PDEATHSIG = 1
 CLOSE_TIMEOUT_S = 30.0
 
 
@@ -163,14 +162,6 @@ class EngineProcess:
 # -- the engine process -------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before we asked
-        os._exit(0)
-
-
 def serve(conn: Connection) -> None:
     from semantik.store.edge import EdgeEngine, EngineError
     from semantik.store.migrate import migrate_legacy
@@ -240,7 +231,7 @@ def serve(conn: Connection) -> None:
 
 def main() -> None:
     fd, parent = int(sys.argv[1]), int(sys.argv[2])
-    _die_with_parent(parent)
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent closes us
     conn = Connection(fd)
     try:

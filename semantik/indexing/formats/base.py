@@ -3,11 +3,8 @@ yields, text decoding and the zip-container check."""
 
 from __future__ import annotations
 
-import ctypes
 import io
-import os
 import re
-import signal
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -201,19 +198,3 @@ def safe_xml_parser() -> Any:
     from lxml import etree
 
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, recover=False)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """SIGKILL this process when the process that started it exits, even by SIGKILL: the extraction
-    child (its worker) and the OCR command (its extraction child) call it first thing."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the call
-        os._exit(1)

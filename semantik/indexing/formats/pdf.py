@@ -18,9 +18,9 @@ from semantik.indexing.formats.base import (
     Outline,
     Section,
     TextBudget,
-    die_with_parent,
     heading_title,
 )
+from semantik.proc import die_with_parent
 
 NO_TEXT_LAYER = "no text layer (install tesseract-ocr to OCR it)"
 # A page is rendered for OCR at this resolution, but never larger than OCR_MAX_PIXELS.
