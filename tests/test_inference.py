@@ -254,7 +254,7 @@ def test_explicit_settings_pick_without_measuring(model_cache: Path) -> None:
         embedder.close()
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
 async def test_a_query_does_not_wait_for_an_indexing_batch(model_cache: Path, backend: str) -> None:
     embedder = Embedder(MODEL_DIR, device="cpu", backend=backend, dtype="fp32", batch_size=32, cache_dir=model_cache)
     try:
