@@ -38,9 +38,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = structlog.get_logger(__name__)
 
-# An indexing sub-batch aims at this much model time: the longest a query can share the cores
-# (a backend may aim shorter: ``sub_batch_s``).
+# An indexing sub-batch aims at this much model time: the longest a query can share the cores.
+# A backend that cannot stop a run for a query may aim shorter (``sub_batch_s``) while people are
+# searching (a query within SEARCHING_WINDOW_S): small sub-batches cost it indexing speed.
 SUB_BATCH_S = 0.05
+SEARCHING_WINDOW_S = 10.0
 FIRST_SUB_BATCH = 4
 MAX_PREEMPTIONS = 3
 # Indexing waits at most this long for queries in flight (a stream of searches cannot stall a job).
@@ -121,6 +123,7 @@ class Embedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-encode")
         self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-query")
         self._queries = 0
+        self._last_query_s = -1e9  # time.monotonic() of the last query
         self._idle = threading.Condition()
         self._seconds_per_char = 0.0  # measured; sizes the indexing sub-batches
         self.preemptions = 0  # indexing sub-batches stopped part-way for a query (ONNX Runtime)
@@ -158,7 +161,9 @@ class Embedder:
             # A sub-batch is padded to its first (longest) text: its cost is about size x that length.
             width = _cost_width(texts[start])
             if self._seconds_per_char > 0:
-                aim = getattr(self.model, "sub_batch_s", SUB_BATCH_S)
+                aim = SUB_BATCH_S
+                if time.monotonic() - self._last_query_s < SEARCHING_WINDOW_S:  # people are searching
+                    aim = min(aim, getattr(self.model, "sub_batch_s", SUB_BATCH_S))
                 size = max(1, min(self.batch_size, int(aim / (self._seconds_per_char * width))))
             batch = texts[start : start + size]
             began = time.perf_counter()
@@ -193,6 +198,7 @@ class Embedder:
             return np.empty((0, self.dim), dtype=np.float32)
         with self._idle:
             self._queries += 1
+            self._last_query_s = time.monotonic()
         self.model.preempt()  # an indexing sub-batch in flight stops (where the backend can) and waits
         try:
             return self.model.encode(texts)
