@@ -13,6 +13,8 @@ model is read-only.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -102,15 +104,15 @@ def import_openvino() -> Any:
     return openvino
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``), read once per process."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return frozenset(value.split())
+    return frozenset()
 
 
 def int8_dot_product() -> bool:
@@ -283,9 +285,7 @@ class OpenVinoBackend:
             path = onnx_model(cache_root, model_path, "fp32")
             if spec.dtype == "int8":
                 path = openvino_int8_model(cache_root, model_path)
-        except ImportError as exc:  # nncf, for the int8 model
-            raise BackendUnavailable(str(exc)) from exc
-        except ExportError as exc:
+        except (ImportError, ExportError) as exc:  # ImportError: nncf, for the int8 model
             raise BackendUnavailable(str(exc)) from exc
         core = ov.Core()
         self.spec = spec

@@ -35,6 +35,7 @@ from semantik.inference.backends import (
     BackendUnavailable,
     Spec,
     bf16_instructions,
+    cpu_flags,
     cpu_threads,
     int8_dot_product,
     load_backend,
@@ -108,15 +109,14 @@ def _library_versions() -> str:
 
 
 def cpu_fingerprint() -> str:
-    model, flags = "", ""
+    model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
+            if key.strip() == "model name":
                 model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = " ".join(sorted(value.split()))
-    return f"{model}|{flags}|threads={cpu_threads()}"
+                break
+    return f"{model}|{' '.join(sorted(cpu_flags()))}|threads={cpu_threads()}"
 
 
 def fingerprint(model_path: Path, specs: list[Spec], min_cosine: float = MIN_COSINE) -> str:

@@ -170,10 +170,10 @@ def _read_record(target_dir: Path) -> dict[str, Any]:
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
-    _publish(tmp, path)
+    publish(tmp, path)
 
 
-def _publish(tmp: Path, path: Path) -> None:
+def publish(tmp: Path, path: Path) -> None:
     """fsync, then rename: after a crash or power loss the final name holds the whole file or nothing."""
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -235,7 +235,7 @@ def _export_fp32(model_path: Path, target: Path) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
-    _publish(tmp, target)
+    publish(tmp, target)
 
 
 def _quantize(source: Path, target: Path, model_path: Path, variant: str) -> dict[str, Any]:
@@ -247,7 +247,7 @@ def _quantize(source: Path, target: Path, model_path: Path, variant: str) -> dic
         return quantize_openvino_int8(source, target, work, model_path)  # publishes the .bin, then the .xml
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.onnx")
     record = quantize_int8(source, tmp, work, model_path)
-    _publish(tmp, target)
+    publish(tmp, target)
     return record
 
 

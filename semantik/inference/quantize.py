@@ -42,7 +42,7 @@ from semantik.inference.backends import (
     onnx_session,
 )
 from semantik.inference.choose import CALIBRATION_BATCH, MIN_COSINE, calibration
-from semantik.inference.export import ExportError
+from semantik.inference.export import ExportError, publish
 
 # What the export aims for on every calibration text; auto's bar (MIN_COSINE) sits below it, so a
 # graph made here is not refused by a few thousandths of timing-independent noise (batch makeup).
@@ -242,10 +242,7 @@ def quantize_openvino_int8(fp32: Path, target: Path, work: Path, model_path: Pat
         try:
             record: dict[str, Any] = json.loads((work / "record.json").read_text())
             for suffix in (".bin", ".xml"):  # the .xml last: its presence means the pair is whole
-                made = work / f"int8{suffix}"
-                with made.open("rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(made, target.with_suffix(suffix))
+                publish(work / f"int8{suffix}", target.with_suffix(suffix))
         except (OSError, ValueError) as exc:
             said = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()[-3:]
             raise ExportError(
