@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from semantik.indexing.pipeline import UPSERTS_IN_FLIGHT
 from semantik.store.vectors import VectorStore, point_id, qdrant_name
 
 DIM = 384
@@ -108,6 +111,69 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+class MemoryWatch:
+    """The engine process's peak anonymous memory (``RssAnon``, sampled every 0.2 s): what it holds
+    itself, without the mmapped segment files the kernel can drop (both are in ``VmHWM``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            with contextlib.suppress(OSError, KeyError):
+                self.peak = max(self.peak, proc_memory_mb(self.pid)["RssAnon"])
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+class MemoryCap:
+    """A memory cgroup (v2, or v1's memory controller) the engine process is moved into: a hard
+    limit on everything the process holds, page cache included, as a container's ``--memory`` sets.
+    Mapped segment pages are reclaimed under it; anonymous memory beyond it gets the process killed."""
+
+    def __init__(self, limit_mb: int) -> None:
+        mine = Path("/proc/self/cgroup").read_text().splitlines()
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        if v2:
+            base = Path("/sys/fs/cgroup") / next(line for line in mine if line.startswith("0::")).split("::", 1)[
+                1
+            ].lstrip("/")
+            limit_file, self._peak_file, self._events = "memory.max", "memory.peak", "memory.events"
+        else:
+            rel = next(line.split(":", 2)[2] for line in mine if line.split(":")[1] == "memory")
+            base = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+            limit_file, self._peak_file, self._events = (
+                "memory.limit_in_bytes",
+                "memory.max_usage_in_bytes",
+                "memory.failcnt",
+            )
+        self.path = base / f"semantik-bench-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / limit_file).write_text(str(limit_mb * 2**20))
+        self.limit_mb = limit_mb
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+    def report(self) -> dict[str, Any]:
+        peak = self.path / self._peak_file
+        return {
+            "limit_mb": self.limit_mb,
+            "peak_mb": round(int(peak.read_text()) / 2**20, 1) if peak.exists() else None,
+            "events": (self.path / self._events).read_text().split(),
+        }
+
+
 def du_mb(path: Path) -> float:
     """Blocks on disk (the WAL's files are preallocated sparse files)."""
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
@@ -139,38 +205,51 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     await store.ensure_collection("bench", DIM)
     pid = store.engine_pid
     assert pid is not None
+    if args.memory_cap_mb:
+        cap = MemoryCap(args.memory_cap_mb)
+        cap.add(pid)
     vectors = np.empty((args.points, DIM), dtype=np.float32)
     topics = np.empty(args.points, dtype=np.int64)
     ids: dict[str, int] = {}
     per_file = args.chunks_per_file
     slow: list[float] = []
     upsert_s = 0.0
+    memory = MemoryWatch(pid)
+
+    async def upsert(f: int, start: int, end: int, texts: list[str], batch_vectors: npt.NDArray[np.float32]) -> None:
+        file_no = f // per_file
+        sha = f"{file_no:064x}"
+        n = min(per_file, end - f)
+        kind = "pdf" if file_no % 8 == 0 else "txt"
+        call = time.perf_counter()
+        await store.upsert_file(
+            "bench",
+            sha256=sha,
+            path=f"/docs/{file_no}.{kind}",
+            job_id="bench",
+            texts=texts[f - start : f - start + n],
+            vectors=batch_vectors[f - start : f - start + n],
+        )
+        if args.fsync_each_file:
+            await store.flush()
+        took = time.perf_counter() - call
+        if took > 1.0:
+            slow.append(took)
+        for c in range(n):
+            ids[point_id("bench", sha, c)] = f + c
+
+    async def writer(files: list[int], *batch: Any) -> None:  # as a job commits files: args.in_flight at once
+        while files:
+            await upsert(files.pop(0), *batch)
+
     for start in range(0, args.points, 4096):
         end = min(args.points, start + 4096)
         batch_vectors, texts, topics[start:end] = corpus.batch(start, end)
         vectors[start:end] = batch_vectors
-        for f in range(start, end, per_file):
-            file_no = f // per_file
-            sha = f"{file_no:064x}"
-            n = min(per_file, end - f)
-            kind = "pdf" if file_no % 8 == 0 else "txt"
-            call = time.perf_counter()
-            await store.upsert_file(
-                "bench",
-                sha256=sha,
-                path=f"/docs/{file_no}.{kind}",
-                job_id="bench",
-                texts=texts[f - start : f - start + n],
-                vectors=batch_vectors[f - start : f - start + n],
-            )
-            if args.fsync_each_file:
-                await store.flush()
-            took = time.perf_counter() - call
-            upsert_s += took
-            if took > 1.0:
-                slow.append(took)
-            for c in range(n):
-                ids[point_id("bench", sha, c)] = f + c
+        files = list(range(start, end, per_file))
+        began = time.perf_counter()
+        await asyncio.gather(*(writer(files, start, end, texts, batch_vectors) for _ in range(args.in_flight)))
+        upsert_s += time.perf_counter() - began
         if (end // 4096) % 25 == 0:
             print(f"  upserted {end:,} points, {end / upsert_s:,.0f}/s", flush=True)
     began = time.perf_counter()  # the count waits for an index build the engine may have begun
@@ -232,6 +311,9 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         round(x, 2) for x in percentiles(during)
     )
 
+    result["rss_anon_peak_mb"] = round(memory.stop(), 1)
+    if args.memory_cap_mb:
+        result["memory_cap"] = cap.report()
     memory = proc_memory_mb(pid)
     result["rss_mb"] = round(memory["VmHWM"], 1)
     result["rss_now_mb"] = round(memory["VmRSS"], 1)
@@ -239,6 +321,8 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     result["rss_anon_now_mb"] = round(memory["RssAnon"], 1)
     result["rss_file_now_mb"] = round(memory["RssFile"], 1)
     await store.close()
+    if args.memory_cap_mb:
+        cap.remove()
     result["disk_mb"] = round(du_mb(root / "vectors"), 1)
     began = time.perf_counter()
     reopened = VectorStore(url=None, api_key=None, path=root / "vectors")
@@ -326,6 +410,12 @@ def main() -> None:
     parser.add_argument("--chunks-per-file", type=int, default=16)
     parser.add_argument("--legacy-max", type=int, default=20_000, help="cap for the old local mode (0: skip it)")
     parser.add_argument("--uniform", action="store_true", help="uniform random vectors instead of clustered ones")
+    parser.add_argument(
+        "--in-flight", type=int, default=UPSERTS_IN_FLIGHT, help="files upserted at once (default: as a job does)"
+    )
+    parser.add_argument(
+        "--memory-cap-mb", type=int, default=0, help="run the engine in a memory cgroup of this size (needs root)"
+    )
     parser.add_argument("--fsync-each-file", action="store_true", help="flush (fsync) after every file's upsert")
     parser.add_argument("--legacy-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the stores (default: a temp dir)")

@@ -1,4 +1,5 @@
-"""What every child process Semantik starts does first: die with the process that started it."""
+"""Process plumbing: what every child process Semantik starts does first (die with the process
+that started it), and handing freed memory back to the system in a long-lived process."""
 
 from __future__ import annotations
 
@@ -22,3 +23,28 @@ def die_with_parent(parent: int | None = None) -> None:
         return
     if os.getppid() != parent:  # it died before the call
         os._exit(1)
+
+
+def release_free_memory() -> int | None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``) and return the
+    process's anonymous memory after it, in MB (None where either is unavailable). The vector
+    engine calls it after an index build: the build frees hundreds of MB that glibc would otherwise
+    keep mapped for the process, counted in its RSS until it exits."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return anonymous_memory_mb()
+
+
+def anonymous_memory_mb() -> int | None:
+    """This process's resident anonymous memory (``RssAnon``), in MB; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        return None
+    return None

@@ -5,6 +5,7 @@ durability across kill -9, one process per store, and the migration of local-mod
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from qdrant_edge import (
     EdgeSparseVectorParams,
     EdgeVectorParams,
     Fusion,
+    Memory,
     Modifier,
     Point,
     Prefetch,
@@ -663,13 +665,15 @@ async def test_a_collection_in_both_stores_is_refused_with_the_way_forward(tmp_p
 def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from semantik.store import edge
+    from semantik.store import edge, shard
 
     # The policy at a small scale: 100 points make a build worth doing, 400 force one.
     monkeypatch.setattr(edge, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)  # Edge's own threshold, so builds index
     monkeypatch.setattr(edge, "OPTIMIZE_FORCE_POINTS", 400)
     monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.5)
-    engine = edge.EdgeEngine(tmp_path / "vectors")
+    logged: list[tuple[str, dict[str, Any]]] = []
+    engine = edge.EdgeEngine(tmp_path / "vectors", log=lambda event, **fields: logged.append((event, fields)))
     try:
         engine.ensure("c", 8)
         rng = np.random.default_rng(1)
@@ -703,8 +707,57 @@ def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
         write(250)  # 400 waiting: built inside this write
         assert engine.stats("c")["waiting"] == 0
         assert engine.count("c") == written == 700
+        # Each build says why it ran and what the engine holds after handing freed memory back.
+        builds = [fields for event, fields in logged if event == "vector_index_built"]
+        assert [b["reason"] for b in builds] == ["idle", "backlog"]
+        assert all(isinstance(b["rss_anon_mb"], int) and b["rss_anon_mb"] > 0 for b in builds)
     finally:
         engine.close()
+
+
+async def test_a_store_made_with_the_keyword_index_in_memory_opens_with_it_on_disk(tmp_path: Path) -> None:
+    """Stores written before the BM25 index moved to disk (session 9) open, keep every point, answer
+    keyword searches, and carry on with the index on disk."""
+    old_config = EdgeConfig(
+        vectors={hybrid.DENSE_VECTOR: EdgeVectorParams(size=DIM, distance=Distance.Cosine)},
+        sparse_vectors={hybrid.SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+        payload_memory=Memory.Cold,
+    )
+    shard_dir = tmp_path / "vectors" / "docs"
+    shard_dir.parent.mkdir(parents=True)
+    shard = EdgeShard.create(str(shard_dir), old_config)
+    vectors = unit(np.random.default_rng(3), len(TEXTS))
+    points = [
+        Point(
+            point_id("docs", f"{i:064x}", 0),
+            {
+                hybrid.DENSE_VECTOR: vectors[i].tolist(),
+                hybrid.SPARSE_VECTOR: hybrid_sparse(hybrid.document_sparse(text)),
+            },
+            {"text": text, "path": f"/d/{i}.txt", "sha256": f"{i:064x}", "chunk_index": 0},
+        )
+        for i, text in enumerate(TEXTS)
+    ]
+    shard.update(UpdateOperation.upsert_points(points))
+    shard.optimize()
+    shard.flush()
+    shard.close()
+
+    store = VectorStore(url=None, api_key=None, path=tmp_path / "vectors")
+    try:
+        assert await store.count("docs") == len(TEXTS)
+        hits = await store.search("docs", vectors[0], 2, query_text="error E4521", mode="keyword")
+        assert hits[0].payload["text"] == TEXTS[1]
+        await store.upsert_file(
+            "docs", sha256="f" * 64, path="/d/new.txt", job_id="j", texts=["The keeper logged E4521 too."],
+            vectors=vectors[:1],
+        )  # fmt: skip
+        hits = await store.search("docs", vectors[0], 3, query_text="E4521", mode="keyword")
+        assert {h.payload["path"] for h in hits} == {"/d/1.txt", "/d/new.txt"}
+    finally:
+        await store.close()
+    config = json.loads((shard_dir / "edge_config.json").read_text())
+    assert config["sparse_vectors"][hybrid.SPARSE_VECTOR]["memory"] == "cold"
 
 
 async def test_paths_content_counts_and_drop_behave_alike_on_both_engines(
@@ -783,3 +836,29 @@ async def test_folder_type_and_time_filters_behave_alike_on_both_engines(store: 
         assert (hit.payload["page"], hit.payload["heading"], hit.payload["mtime"]) == (3, ["Results"], 1_600_000_000.0)
     finally:
         await remote.close()
+
+
+def test_memory_freed_inside_the_engine_goes_back_to_the_system() -> None:
+    """What the engine does after each index build: a build frees hundreds of MB of small blocks,
+    which glibc keeps (counted in the process's RSS) until they are trimmed."""
+    script = textwrap.dedent(
+        """
+        import ctypes
+        from semantik.proc import anonymous_memory_mb, release_free_memory
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        blocks = [libc.malloc(4000) for _ in range(50_000)]  # 200 MB on the heap
+        for block in blocks:
+            ctypes.memset(block, 1, 4000)
+        top = libc.malloc(4000)  # still in use, above them: free() alone hands nothing back
+        ctypes.memset(top, 1, 4000)
+        for block in blocks:
+            libc.free(block)
+        print(anonymous_memory_mb(), release_free_memory())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
+    before, after = map(int, out.stdout.split())
+    assert before >= 190 and after <= before - 150, (before, after)

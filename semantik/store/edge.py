@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_edge import EdgeShard, ScrollRequest
 
+from semantik.proc import release_free_memory
 from semantik.store import hybrid
 from semantik.store.hybrid import INDEXED_FIELDS, SearchPlan
 from semantik.store.shard import INDEX_AFTER_POINTS, MAX_SEGMENT_POINTS, EngineError, Shard
@@ -294,6 +295,7 @@ class EdgeEngine:
                 points=waiting,
                 reason=reason,
                 seconds=round(time.monotonic() - began, 2),
+                rss_anon_mb=release_free_memory(),
             )
 
     def flush(self) -> None:
@@ -304,6 +306,7 @@ class EdgeEngine:
         shard = self._shards.pop(collection, None)
         if shard is not None:
             shard.close()
+            release_free_memory()
 
     def close(self) -> None:
         for collection in list(self._shards):
