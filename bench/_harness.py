@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from semantik.cli.client import Client
 from semantik.cli.redis_server import RedisServer, free_port
 from semantik.indexing.worker import in_process_worker
+from semantik.logs import configure_logging
 from semantik.runtime import Runtime
 from semantik.settings import Settings
 from semantik.web.app import create_app
@@ -59,6 +60,7 @@ async def running_product(tmp: Path, docs: Path, **overrides: Any) -> AsyncItera
         log_level="warning",
         **overrides,
     )
+    configure_logging(settings)  # as `semantik serve` and the worker do: warnings and errors only
     runtime = Runtime(settings)
     await runtime.open()
     runner = web.AppRunner(create_app(settings, runtime=runtime), access_log=None)
