@@ -230,6 +230,22 @@ def test_auto_picks_the_fastest_faithful_backend_and_remembers_it(tmp_path: Path
         again = choose(MODEL_DIR, tmp_path, specs=specs, min_cosine=strict)
     assert again.cached and again.spec == choice.spec and again.measured == choice.measured
     assert [e for e in logs if e["event"] == "embed_backend_measured"] == []  # nothing measured again
+    assert again.backend is not None and again.backend.encode(["loaded"]).shape == (1, 384)
+
+    # A remembered winner that no longer loads here is measured again, not a model that fails to load.
+    saved["chosen"] = {"backend": "onnx", "dtype": "fp32", "device": "cuda"}
+    record.write_text(json.dumps(saved))
+    with capture_logs() as logs:
+        fresh = choose(MODEL_DIR, tmp_path, specs=specs, min_cosine=strict)
+    stale = [e for e in logs if e["event"] == "embed_backend_choice_stale"]
+    assert stale and stale[0]["backend"] == "onnx-fp32" and "CPU" in stale[0]["error"]
+    assert not fresh.cached and fresh.backend is not None and fresh.spec.device == "cpu"
+    assert [e["backend"] for e in logs if e["event"] == "embed_backend_measured"] == [
+        "torch-fp32",
+        "onnx-fp32",
+        "onnx-int8",
+    ]
+    assert json.loads(record.read_text())["chosen"]["device"] == "cpu"
 
 
 def test_settings_refuse_a_precision_the_backend_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:

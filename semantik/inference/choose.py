@@ -186,11 +186,20 @@ def choose(
     key = fingerprint(model_path, specs, min_cosine)
     record_path = cache_root / "choices" / f"{key}.json"
     with _locked(cache_root / "choices" / ".lock"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        cached: Choice | None = None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             record = json.loads(record_path.read_text())
-            choice = Choice(Spec(**record["chosen"]), record["reason"], record["measured"], cached=True)
-            log().info("embed_backend_chosen", backend=choice.spec.name, cached=True, reason=choice.reason)
-            return choice
+            cached = Choice(Spec(**record["chosen"]), record["reason"], record["measured"], cached=True)
+        if cached is not None:
+            # The remembered winner may no longer load (a runtime uninstalled, its export removed):
+            # then the candidates are measured again, instead of the model failing to load.
+            try:
+                cached.backend = load_backend(cached.spec, model_path, cache_root)
+            except BackendUnavailable as exc:
+                log().warning("embed_backend_choice_stale", backend=cached.spec.name, error=str(exc))
+            else:
+                log().info("embed_backend_chosen", backend=cached.spec.name, cached=True, reason=cached.reason)
+                return cached
         choice = _measure_all(model_path, cache_root, specs, min_cosine)
         record = {
             "chosen": {"backend": choice.spec.backend, "dtype": choice.spec.dtype, "device": choice.spec.device},
