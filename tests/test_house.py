@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
@@ -314,7 +315,11 @@ def test_terminal_gets_readable_lines_and_the_sweeper_stays_at_debug(tmp_path: P
         structlog.get_logger("semantik.test").info("job_started", job_id="j1")
         logging.getLogger("arq.worker").info("%6.2fs → %s()", 0.01, "semantik:sweep_orphans")
         logging.getLogger("arq.worker").info("%6.2fs → %s()", 0.01, "abc:embed_job")
-    output = os.read(primary, 65536).decode()
+    # A pty hands written bytes to its reader through the kernel's flip buffer, a moment later:
+    # read until the last line is there (or 5 s), not just what the first read() finds.
+    output, deadline = "", time.monotonic() + 5
+    while "embed_job" not in output and select.select([primary], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        output += os.read(primary, 65536).decode()
     os.close(primary)
     assert "job_started" in output and not output.lstrip().startswith("{")  # console rendering, not JSON
     assert "embed_job" in output and "sweep_orphans" not in output
