@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
@@ -172,8 +173,11 @@ def choose(
     dtype: str = "auto",
     specs: list[Spec] | None = None,
     min_cosine: float = MIN_COSINE,
+    load: Callable[[Spec], Backend] | None = None,
 ) -> Choice:
-    """The backend to run; ``specs`` replaces the candidates (tests, benchmarks)."""
+    """The backend to run; ``specs`` replaces the candidates (tests, benchmarks). ``load`` loads a
+    remembered choice (default ``load_backend``; the embedder passes one that reuses a model this
+    process already loaded)."""
     specs = specs if specs is not None else candidates(device, backend, dtype)
     if dtype != "auto":
         # A precision asked for by name runs even below the bar (its cosine is still measured and
@@ -194,7 +198,7 @@ def choose(
             # The remembered winner may no longer load (a runtime uninstalled, its export removed):
             # then the candidates are measured again, instead of the model failing to load.
             try:
-                cached.backend = load_backend(cached.spec, model_path, cache_root)
+                cached.backend = load(cached.spec) if load else load_backend(cached.spec, model_path, cache_root)
             except BackendUnavailable as exc:
                 log().warning("embed_backend_choice_stale", backend=cached.spec.name, error=str(exc))
             else:

@@ -82,7 +82,14 @@ def default_cache_dir() -> Path:
 
 def _load(model_path: Path, *, device: str, backend: str, dtype: str, cache_dir: Path) -> Backend:
     with _load_lock:
-        choice = choose(model_path, cache_dir, device=device, backend=backend, dtype=dtype)
+        choice = choose(
+            model_path,
+            cache_dir,
+            device=device,
+            backend=backend,
+            dtype=dtype,
+            load=lambda spec: _loaded.get((str(model_path), spec)) or load_backend(spec, model_path, cache_dir),
+        )
         key = (str(model_path), choice.spec)
         if key not in _loaded:
             began = time.perf_counter()
