@@ -5,11 +5,13 @@ Vectors: 384-dimension unit vectors drawn around topics and sub-topics (real emb
 uniform random vectors are the worst case for any ANN index, see --uniform). Payloads as the
 pipeline writes them, with ~1 KB of text: words from the chunk's topic vocabulary and a Zipf-shaped
 common vocabulary, so BM25 has real term statistics. Files of --chunks-per-file chunks, one
-``upsert_file`` each, as a job commits them; one file in eight is a pdf (the filtered searches).
+``upsert_file`` each, as a job commits them, in a team drive's folders (``file_path``); one file in
+eight is a pdf.
 
 Prints: upsert points/s (with the index builds the engine ran meanwhile), the final index build,
-dense / keyword / hybrid / filtered search p50 and p99, search while another task writes,
-recall@10 of the index against exact search (numpy, same vectors), the engine process's RSS, disk
+dense / keyword / hybrid / filtered (pdf) / folder (a team's) search p50 and p99, search while another
+task writes, recall@10 of the index against exact search (numpy, same vectors; also under the two
+filters), the engine process's RSS, disk
 size, and the time from reopening the store to its first answer; then the old local mode at
 min(N, --legacy-max) in a child process. Last line: ``RESULT {json}``.
 
@@ -89,6 +91,16 @@ class Corpus:
         queries = _unit(vectors[rows] + 0.6 * _unit(rng.standard_normal((n, DIM))))
         texts = [" ".join(rng.choice(self.topic_words[int(topics[row])], 3)) for row in rows]
         return queries, texts
+
+
+TEAMS, PROJECTS = 7, 56
+
+
+def file_path(file_no: int) -> str:
+    """A team drive's layout: 7 team folders of 8 projects each (a project in one team only); one
+    file in eight is a pdf, spread over every folder."""
+    kind = "pdf" if file_no % 8 == 0 else "txt"
+    return f"/drive/team{file_no % TEAMS}/project{file_no % PROJECTS}/{file_no}.{kind}"
 
 
 def _unit(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
@@ -220,12 +232,11 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         file_no = f // per_file
         sha = f"{file_no:064x}"
         n = min(per_file, end - f)
-        kind = "pdf" if file_no % 8 == 0 else "txt"
         call = time.perf_counter()
         await store.upsert_file(
             "bench",
             sha256=sha,
-            path=f"/docs/{file_no}.{kind}",
+            path=file_path(file_no),
             job_id="bench",
             texts=texts[f - start : f - start + n],
             vectors=batch_vectors[f - start : f - start + n],
@@ -275,6 +286,7 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         ("hybrid", {"mode": "hybrid"}),
         ("filtered", {"mode": "dense", "where": {"file_type": ["pdf"]}}),
         ("filtered_hybrid", {"mode": "hybrid", "where": {"file_type": ["pdf"]}}),
+        ("folder", {"mode": "dense", "where": {"dirs": ["/drive/team3"]}}),
     ]
     for name, kw in modes:
         p50, p99 = percentiles(await timed_searches(store, queries, texts, **kw))
@@ -286,6 +298,18 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         hits = await store.search("bench", q, 10)
         recalls.append(len({ids[h.id] for h in hits} & want) / 10)
     result["recall_at_10"] = round(float(np.mean(recalls)), 4)
+    # The same under filters (searched on the graph with ACORN: no per-folder graphs are built).
+    file_nos = np.arange(args.points) // per_file
+    for name, where, rows in (
+        ("filtered", {"file_type": ["pdf"]}, np.flatnonzero(file_nos % 8 == 0)),
+        ("folder", {"dirs": ["/drive/team3"]}, np.flatnonzero(file_nos % TEAMS == 3)),
+    ):
+        truth = [{int(rows[i]) for i in top} for top in exact_top(vectors[rows], queries)]
+        recalls = []
+        for q, want in zip(queries, truth, strict=True):
+            hits = await store.search("bench", q, 10, where=where)
+            recalls.append(len({ids[h.id] for h in hits} & want) / 10)
+        result[f"{name}_recall_at_10"] = round(float(np.mean(recalls)), 4)
 
     # Searches while another task writes 2% more points into the same collection.
     extra_vectors, extra_texts, _ = corpus.batch(args.points, args.points + max(per_file, args.points // 50))

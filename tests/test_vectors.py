@@ -715,6 +715,61 @@ def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
         engine.close()
 
 
+def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An indexed segment has one graph (no per-folder or per-type graphs: they multiplied the build
+    time); a filter the payload index cannot answer by exact search (more than FULL_SCAN_POINTS
+    match) walks that graph, and still returns what an exact search would."""
+    from semantik.store import edge, shard
+
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 500)
+    monkeypatch.setattr(shard, "FULL_SCAN_POINTS", 100)  # so these filters take the graph
+    dim, n = 32, 6_000
+    rng = np.random.default_rng(5)
+    centres = unit(rng, 60, dim)
+    vectors = unit(rng, n, dim) * 0.35 + centres[rng.integers(0, 60, n)]
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    kinds = np.where(np.arange(n) % 8 == 0, "pdf", "txt")
+    teams = np.arange(n) % 5
+    engine = edge.EdgeEngine(tmp_path / "vectors")
+    try:
+        engine.ensure("c", dim)
+        for start in range(0, n, 1000):
+            rows = range(start, start + 1000)
+            payloads = [
+                {"text": f"chunk {i}", "file_type": str(kinds[i]), **hybrid.path_fields([f"/drive/team{teams[i]}/{i}"])}
+                for i in rows
+            ]
+            ids = [point_id("c", f"{i:064x}", 0) for i in rows]
+            engine.upsert("c", ids, vectors[start : start + 1000], payloads)
+        engine.optimize("c")
+        stats = engine.stats("c")
+        assert stats["waiting"] == 0 and stats["indexed_vectors"] >= n  # the searches below walk the graph
+        config = json.loads((tmp_path / "vectors" / "c" / "edge_config.json").read_text())
+        assert config["hnsw_config"]["payload_m"] == 0
+
+        queries = unit(rng, 40, dim) * 0.5 + vectors[rng.integers(0, n, 40)]
+        for where, matches in (
+            ({"file_type": ["pdf"]}, kinds == "pdf"),  # 12.5% of the points
+            ({"dirs": ["/drive/team3"]}, teams == 3),  # 20%
+        ):
+            rows = np.flatnonzero(matches)
+            found = 0
+            for query in queries:
+                query = query / np.linalg.norm(query)
+                exact = {point_id("c", f"{i:064x}", 0) for i in rows[np.argsort(-(vectors[rows] @ query))[:10]]}
+                plan = hybrid.plan_search(SearchMode.DENSE, vector=query.tolist(), query_text=None, k=10, where=where)
+                hits = engine.search("c", plan)
+                ((field, wanted),) = where.items()
+                assert len(hits) == 10
+                assert all(set(wanted) & set(np.atleast_1d(h["payload"][field])) for h in hits)
+                found += len(exact & {str(h["id"]) for h in hits})
+            assert found / (10 * len(queries)) >= 0.97, where
+    finally:
+        engine.close()
+
+
 async def test_a_store_made_with_the_keyword_index_in_memory_opens_with_it_on_disk(tmp_path: Path) -> None:
     """Stores written before the BM25 index moved to disk (session 9) open, keep every point, answer
     keyword searches, and carry on with the index on disk."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from qdrant_edge import (
+    AcornSearchParams,
     CountRequest,
     Distance,
     EdgeConfig,
@@ -53,8 +54,21 @@ MAX_SEGMENT_POINTS = 200_000
 SEGMENTS = 8
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
+# No extra HNSW graphs per payload value (Qdrant's ``payload_m``). By default Qdrant builds one for
+# every value of every indexed field that holds more than FULL_SCAN_POINTS points: on a drive that
+# is a graph for each big folder in ``dirs`` (the root holds every point), each file type and each
+# job, so a build did the work several times over (100k points: 72 s against 23 s without them,
+# docs/benchmarks.md, session 10), and the engine answers nothing while it builds. Filtered searches
+# use ACORN instead (below), which keeps their recall on the one graph.
+HNSW_PAYLOAD_M = 0
+# A filter matching fewer points than this is answered from the payload index by exact search.
+FULL_SCAN_POINTS = 10_000
 # Search-time beam: at least this, and at least the number of candidates asked for.
 HNSW_EF = 128
+# Filtered searches on the graph also visit neighbours' neighbours where the filter drops a direct
+# one (ACORN), so a folder or a file type holding 2-40% of the points is still searched in full: without
+# it (and without per-value graphs) recall@10 under a 12.5% filter fell to 0.15; with it, 0.999.
+ACORN = AcornSearchParams(enable=True)
 
 
 class EngineError(Exception):
@@ -78,7 +92,12 @@ def shard_config(dim: int) -> EdgeConfig:
         # per 300k points, searches as fast (docs/benchmarks.md, session 9).
         sparse_vectors={SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf, memory=Memory.Cold)},
         payload_memory=Memory.Cold,
-        hnsw_config=HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=kb(10_000, dim)),
+        hnsw_config=HnswIndexConfig(
+            m=HNSW_M,
+            ef_construct=HNSW_EF_CONSTRUCT,
+            full_scan_threshold=kb(FULL_SCAN_POINTS, dim),
+            payload_m=HNSW_PAYLOAD_M,
+        ),
         optimizers=EdgeOptimizersConfig(
             indexing_threshold=kb(INDEX_AFTER_POINTS, dim),
             max_segment_size=kb(MAX_SEGMENT_POINTS, dim),
@@ -215,7 +234,7 @@ class Shard:
                     limit=spec.limit,
                     query=query,
                     filter=flt,
-                    params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit)),
+                    params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit), acorn=ACORN if flt is not None else None),
                     with_payload=not plan.fused,
                     with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
                 )
