@@ -672,6 +672,7 @@ def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
     monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)  # Edge's own threshold, so builds index
     monkeypatch.setattr(edge, "OPTIMIZE_FORCE_POINTS", 400)
     monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.5)
+    monkeypatch.setattr(edge, "SEARCH_QUIET_S", 3.0)
     logged: list[tuple[str, dict[str, Any]]] = []
     engine = edge.EdgeEngine(tmp_path / "vectors", log=lambda event, **fields: logged.append((event, fields)))
     try:
@@ -699,17 +700,30 @@ def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
         engine.maintain()
         assert engine.stats("c")["waiting"] == 0 and engine.stats("c")["index_seconds"] > 0
 
-        # A search also counts as activity; a backlog at the cap is built at once, searches or not.
+        # Someone searching holds a build off (it would make their next search wait for it) until
+        # searches go quiet, though the writes paused; the waiting points are searched meanwhile.
         write(150)
-        engine.last_search = time.monotonic()
+        plan = hybrid.plan_search(SearchMode.KEYWORD, vector=None, query_text=f"chunk {written - 1}", k=1)
+        assert engine.search("c", plan)[0]["payload"]["path"] == f"/d/{written - 1}"
+        time.sleep(0.6)
+        quiet_in = engine.build_due_at - time.monotonic()
+        assert 1.0 < quiet_in <= 3.0
         engine.maintain()
         assert engine.stats("c")["waiting"] == 150
+        time.sleep(quiet_in + 0.05)
+        assert engine.due_in() == 0
+        engine.maintain()
+        assert engine.stats("c")["waiting"] == 0
+
+        # A backlog at the cap is built at once, searches or not.
+        write(150)
+        engine.search("c", hybrid.plan_search(SearchMode.DENSE, vector=[1.0] * 8, query_text=None, k=3))
         write(250)  # 400 waiting: built inside this write
         assert engine.stats("c")["waiting"] == 0
-        assert engine.count("c") == written == 700
+        assert engine.count("c") == written == 850
         # Each build says why it ran and what the engine holds after handing freed memory back.
         builds = [fields for event, fields in logged if event == "vector_index_built"]
-        assert [b["reason"] for b in builds] == ["idle", "backlog"]
+        assert [b["reason"] for b in builds] == ["idle", "idle", "backlog"]
         assert all(isinstance(b["rss_anon_mb"], int) and b["rss_anon_mb"] > 0 for b in builds)
     finally:
         engine.close()
@@ -754,11 +768,12 @@ def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
             ({"file_type": ["pdf"]}, kinds == "pdf"),  # 12.5% of the points
             ({"dirs": ["/drive/team3"]}, teams == 3),  # 20%
         ):
-            rows = np.flatnonzero(matches)
+            matching = np.flatnonzero(matches)
             found = 0
             for query in queries:
                 query = query / np.linalg.norm(query)
-                exact = {point_id("c", f"{i:064x}", 0) for i in rows[np.argsort(-(vectors[rows] @ query))[:10]]}
+                nearest = matching[np.argsort(-(vectors[matching] @ query))[:10]]
+                exact = {point_id("c", f"{i:064x}", 0) for i in nearest.tolist()}
                 plan = hybrid.plan_search(SearchMode.DENSE, vector=query.tolist(), query_text=None, k=10, where=where)
                 hits = engine.search("c", plan)
                 ((field, wanted),) = where.items()

@@ -18,9 +18,9 @@ segments) runs after writes once the engine has been idle for ``FLUSH_IDLE_S`` a
 
 Indexing: Edge has no background optimizer, and ``optimize`` holds the GIL (and so this process) for
 the whole build. Points land in a plain (brute force) appendable segment (``shard.py``); once
-``INDEX_AFTER_POINTS`` points are waiting, ``optimize`` builds HNSW for them as soon as nothing (no
-write, no search) has come for ``OPTIMIZE_IDLE_S``, or at once when ``OPTIMIZE_FORCE_POINTS`` are
-waiting; requests arriving during a build wait for it. Building on every pause of a bulk load made
+``INDEX_AFTER_POINTS`` points are waiting, ``optimize`` builds HNSW for them once no write has come
+for ``OPTIMIZE_IDLE_S`` and no search for ``SEARCH_QUIET_S``, or at once when ``OPTIMIZE_FORCE_POINTS``
+are waiting; requests arriving during a build wait for it. Building on every pause of a bulk load made
 many small segments that merges then rebuilt: at 1M points 737 s of a 901 s load.
 """
 
@@ -55,9 +55,13 @@ LAYOUT = 1
 # A collection name is a directory name here: the API's own rule (no leading dot, no slash).
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# Waiting points get their HNSW index once nothing (no write, no search) came for this long, so a
-# bulk load is not interrupted by builds that later merges would redo ...
+# Waiting points get their HNSW index once no write came for this long, so a bulk load is not
+# interrupted by builds that later merges would redo ...
 OPTIMIZE_IDLE_S = 5.0
+# ... and nobody searched for this long: a build holds the engine (about 25 s per 100k points on 2
+# cores), and a search arriving meanwhile waits for it, so it waits for people to stop searching (the
+# waiting points are searched by brute force meanwhile, in tens of milliseconds) ...
+SEARCH_QUIET_S = 30.0
 # ... or at once when this many wait: one full-size segment, built once, never merged again. Until
 # then searches scan the waiting points (brute force over up to this many: tens of milliseconds).
 OPTIMIZE_FORCE_POINTS = MAX_SEGMENT_POINTS
@@ -103,7 +107,7 @@ class EdgeEngine:
         self.log = log
         self._lock = lock_store(root)
         self._shards: dict[str, Shard] = {}
-        self.last_search = 0.0
+        self.last_search = float("-inf")
         self.last_write = 0.0
         self._retry_at = 0.0
         self._clear_dead_migrations()
@@ -248,8 +252,9 @@ class EdgeEngine:
     # -- housekeeping -------------------------------------------------------------------------
 
     @property
-    def last_request(self) -> float:
-        return max(self.last_search, self.last_write)
+    def build_due_at(self) -> float:
+        """When waiting points may be indexed (``time.monotonic()``): writes paused, searches quiet."""
+        return max(self.last_write + OPTIMIZE_IDLE_S, self.last_search + SEARCH_QUIET_S)
 
     def due_in(self) -> float | None:
         """Seconds until ``maintain`` has something to do, None when nothing is pending."""
@@ -258,18 +263,18 @@ class EdgeEngine:
         if any(s.dirty for s in self._shards.values()):
             due.append(self.last_write + FLUSH_IDLE_S - now)
         if any(s.waiting >= INDEX_AFTER_POINTS for s in self._shards.values()):
-            due.append(self.last_request + OPTIMIZE_IDLE_S - now)
+            due.append(self.build_due_at - now)
         if not due:
             return None
         return max(0.0, min(due), self._retry_at - now)
 
     def maintain(self) -> None:
-        """Build HNSW for waiting points when no request came for a while; flush (fsync) once
-        writes paused. A failure is logged and tried again a minute later."""
+        """Build HNSW for waiting points once writes paused and searches went quiet; flush (fsync)
+        once writes paused. A failure is logged and tried again a minute later."""
         now = time.monotonic()
         try:
             for collection, shard in list(self._shards.items()):
-                if shard.waiting >= INDEX_AFTER_POINTS and now - self.last_request >= OPTIMIZE_IDLE_S:
+                if shard.waiting >= INDEX_AFTER_POINTS and now >= self.build_due_at:
                     self._optimize(collection, shard, reason="idle")
                 if shard.dirty and now - self.last_write >= FLUSH_IDLE_S:
                     shard.flush()
