@@ -58,9 +58,9 @@ COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Waiting points get their HNSW index once no write came for this long, so a bulk load is not
 # interrupted by builds that later merges would redo ...
 OPTIMIZE_IDLE_S = 5.0
-# ... and nobody searched for this long: a build holds the engine (about 25 s per 100k points on 2
-# cores), and a search arriving meanwhile waits for it, so it waits for people to stop searching (the
-# waiting points are searched by brute force meanwhile, in tens of milliseconds) ...
+# ... and nobody searched for this long: a build holds the engine (a 200k-point segment: one to two
+# minutes on 2 cores) and a search arriving meanwhile waits for it, so the build waits for people to
+# stop searching (the waiting points are searched by brute force meanwhile) ...
 SEARCH_QUIET_S = 30.0
 # ... or at once when this many wait: one full-size segment, built once, never merged again. Until
 # then searches scan the waiting points (brute force over up to this many: tens of milliseconds).
