@@ -66,8 +66,9 @@ FULL_SCAN_POINTS = 10_000
 # Search-time beam: at least this, and at least the number of candidates asked for.
 HNSW_EF = 128
 # Filtered searches on the graph also visit neighbours' neighbours where the filter drops a direct
-# one (ACORN), so a folder or a file type holding 2-40% of the points is still searched in full: without
-# it (and without per-value graphs) recall@10 under a 12.5% filter fell to 0.15; with it, 0.999.
+# one (ACORN). Qdrant uses it for a filter matching at most 40% of the points (its default bound; above
+# that most neighbours pass anyway): without it, and without per-value graphs, recall@10 under a 12.5%
+# filter fell to 0.15; with it, 0.999. It costs time: at 1M points 34 ms against 6 ms unfiltered.
 ACORN = AcornSearchParams(enable=True)
 
 
