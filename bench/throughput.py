@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model-cache", type=Path, default=None, help="reuse exported models from here")
     args = parser.parse_args()
 
     docs_data = load_corpus()[: args.files]
@@ -63,8 +64,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         write_corpus(docs_data, tmp / "docs")
-        raw_chunks, raw_s, label = raw_encode(args, texts, tmp / "models")
-        job_chunks, wall_s = asyncio.run(full_job(args, tmp, tmp / "docs", tmp / "models"))
+        cache = args.model_cache or tmp / "models"
+        raw_chunks, raw_s, label = raw_encode(args, texts, cache)
+        job_chunks, wall_s = asyncio.run(full_job(args, tmp, tmp / "docs", cache))
     raw_rate, job_rate = raw_chunks / raw_s, job_chunks / wall_s
     print(f"files: {args.files}   model: {label}   batch: {args.batch_size}")
     print(f"{'path':<44}{'chunks':>8}{'seconds':>10}{'chunks/s':>10}")

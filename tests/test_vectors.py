@@ -211,6 +211,34 @@ async def test_the_event_loop_never_waits_for_the_engine(store: VectorStore) -> 
     assert max(stalls) < 0.25, max(stalls)
 
 
+async def test_searches_are_answered_while_the_index_is_built(store: VectorStore) -> None:
+    """A build takes the engine's CPU but not the engine: the sealed points are copied into a build
+    process, and searches find them (by brute force) while it builds."""
+    rng = np.random.default_rng(4)
+    dim, n = 384, 25_000
+    await store.ensure_collection("big", dim)
+    vectors = unit(rng, n, dim)
+    for f in range(0, n, 1000):
+        texts = [f"chunk {f + i} of file {f}" for i in range(1000)]
+        await store.upsert_file(
+            "big", sha256=f"{f:064d}", path=f"/big/{f}.txt", job_id="j", texts=texts, vectors=vectors[f : f + 1000]
+        )
+    wanted = point_id("big", f"{3000:064d}", 7)
+    deadline = time.monotonic() + 60
+    while not (await store.stats("big"))["building"]:  # writes paused: the engine starts a build
+        assert time.monotonic() < deadline, await store.stats("big")
+        await asyncio.sleep(0.1)
+    answered = 0
+    while (await store.stats("big"))["building"]:
+        hits = await store.search("big", vectors[3007], 3)
+        assert hits[0].id == wanted
+        answered += 1
+    stats = await store.stats("big")
+    assert answered >= 5, answered  # an engine held by the build answers nothing until it ends
+    assert stats["points"] == n and stats["waiting"] == 0 and stats["held_seconds"] == 0
+    assert (await store.search("big", vectors[3007], 3))[0].id == wanted
+
+
 # -- one process per store ----------------------------------------------------------------------
 
 HOLDER = (
@@ -662,71 +690,184 @@ async def test_a_collection_in_both_stores_is_refused_with_the_way_forward(tmp_p
     assert (legacy / "meta.json").exists()  # untouched
 
 
-def test_a_bulk_load_builds_its_index_once_writes_pause_or_at_the_backlog_cap(
+def settle(engine: Any, limit_s: float = 60.0) -> None:
+    """Run the engine's housekeeping as its process does (between requests, and when a build
+    process reports) until nothing is due."""
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        due = engine.due_in()
+        if due is None and not engine.build_connections():
+            return
+        if due is None or due > 0:
+            wait(engine.build_connections(), timeout=min(due or 0.5, 0.5))
+        engine.maintain()
+    raise AssertionError("the engine never settled")
+
+
+def test_a_bulk_load_is_indexed_in_a_build_process_once_writes_pause_or_a_shard_fills(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from semantik.store import edge, shard
+    from semantik.store import collection, edge, shard
 
-    # The policy at a small scale: 100 points make a build worth doing, 400 force one.
-    monkeypatch.setattr(edge, "INDEX_AFTER_POINTS", 100)
+    # The policy at a small scale: 100 waiting points make a build worth doing, 400 fill a shard.
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
     monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)  # Edge's own threshold, so builds index
-    monkeypatch.setattr(edge, "OPTIMIZE_FORCE_POINTS", 400)
+    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 400)
     monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.5)
-    monkeypatch.setattr(edge, "SEARCH_QUIET_S", 3.0)
     logged: list[tuple[str, dict[str, Any]]] = []
-    engine = edge.EdgeEngine(tmp_path / "vectors", log=lambda event, **fields: logged.append((event, fields)))
+    root = tmp_path / "vectors"
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
     try:
         engine.ensure("c", 8)
         rng = np.random.default_rng(1)
         written = 0
 
-        def write(n: int) -> None:
+        def write(n: int) -> int:
             nonlocal written
             vectors = rng.standard_normal((n, 8)).astype(np.float32)
             ids = [point_id("c", f"{written + i:064x}", 0) for i in range(n)]
-            payloads = [{"text": f"chunk {written + i}", "path": f"/d/{written + i}"} for i in range(n)]
-            engine.upsert("c", ids, vectors, payloads)
+            payloads = [
+                {"text": f"chunk {written + i}", "path": f"/d/{written + i}", "sha256": f"{written + i:064x}"}
+                for i in range(n)
+            ]
+            backlog = engine.upsert("c", ids, vectors, payloads)
             written += n
+            return backlog
 
-        # Writes keep coming: no build, however many points wait (below the cap).
+        def keyword(n: int) -> list[dict[str, Any]]:
+            plan = hybrid.plan_search(SearchMode.KEYWORD, vector=None, query_text=f"chunk {n}", k=1)
+            return engine.search("c", plan)
+
+        # Writes keep coming: no build, however many points wait (below a full shard).
         for _ in range(6):
             write(50)
             engine.maintain()
-            assert engine.stats("c")["waiting"] == written
+            assert engine.stats("c")["waiting"] == written and not engine.stats("c")["building"]
         due = engine.due_in()
         assert due is not None and 0 < due <= 0.5
-        time.sleep(0.6)  # the writes paused: the next turn of the engine's loop builds
-        assert engine.due_in() == 0
+        time.sleep(0.6)  # the writes paused: the open shard is sealed and copied into a build process
         engine.maintain()
-        assert engine.stats("c")["waiting"] == 0 and engine.stats("c")["index_seconds"] > 0
+        assert engine.stats("c")["building"] and engine.stats("c")["shards"] == 2
 
-        # Someone searching holds a build off (it would make their next search wait for it) until
-        # searches go quiet, though the writes paused; the waiting points are searched meanwhile.
-        write(150)
-        plan = hybrid.plan_search(SearchMode.KEYWORD, vector=None, query_text=f"chunk {written - 1}", k=1)
-        assert engine.search("c", plan)[0]["payload"]["path"] == f"/d/{written - 1}"
-        time.sleep(0.6)
-        quiet_in = engine.build_due_at - time.monotonic()
-        assert 1.0 < quiet_in <= 3.0
-        engine.maintain()
-        assert engine.stats("c")["waiting"] == 150
-        time.sleep(quiet_in + 0.05)
-        assert engine.due_in() == 0
-        engine.maintain()
-        assert engine.stats("c")["waiting"] == 0
+        # Meanwhile the engine answers from the original, and takes writes, deletes and path changes;
+        # those made to the shard being copied reach the copy too.
+        assert keyword(7)[0]["payload"]["path"] == "/d/7"
+        engine.delete("c", "path", ["/d/5"])
+        engine.set_paths("c", f"{9:064x}", ["/moved/9", "/also/9"])
+        write(20)  # into the new open shard
+        settle(engine)
+        stats = engine.stats("c")
+        assert stats["waiting"] == 20 and not stats["building"] and stats["held_seconds"] == 0
+        assert engine.count("c") == written - 1 and all(h["payload"]["path"] != "/d/5" for h in keyword(5))
+        assert keyword(9)[0]["payload"]["paths"] == ["/moved/9", "/also/9"]
+        assert keyword(7)[0]["payload"]["path"] == "/d/7" and keyword(310)[0]["payload"]["path"] == "/d/310"
 
-        # A backlog at the cap is built at once, searches or not.
-        write(150)
-        engine.search("c", hybrid.plan_search(SearchMode.DENSE, vector=[1.0] * 8, query_text=None, k=3))
-        write(250)  # 400 waiting: built inside this write
-        assert engine.stats("c")["waiting"] == 0
-        assert engine.count("c") == written == 850
-        # Each build says why it ran and what the engine holds after handing freed memory back.
+        # A shard that fills is sealed at the write that fills it and built while writes go on.
+        assert write(390) == 0
+        assert engine.stats("c")["shards"] == 3
+        engine.maintain()
+        assert engine.stats("c")["building"]
+        # Writes that outrun the build: the next full shard waits for it, and the write that sealed
+        # it says so (the store's client then holds its writers, not its searches, until it starts).
+        assert write(10) == 0
+        assert write(390) == 1 and engine.backlog("c") == 1
+        settle(engine)
+        stats = engine.stats("c")
+        assert engine.backlog("c") == 0 and stats["shards"] == 4 and stats["waiting"] == 0
+        assert engine.count("c") == written - 1
         builds = [fields for event, fields in logged if event == "vector_index_built"]
-        assert [b["reason"] for b in builds] == ["idle", "idle", "backlog"]
+        # The first shard (299 points) went into neither later build: with either it exceeds a shard.
+        assert [b["reason"] for b in builds] == ["copy", "copy", "copy"]
+        assert [b["points"] for b in builds] == [299, 410, 400]
         assert all(isinstance(b["rss_anon_mb"], int) and b["rss_anon_mb"] > 0 for b in builds)
     finally:
         engine.close()
+    # Only the shards the manifest names are on disk, and they hold every point once.
+    manifest = json.loads((root / ".meta" / "c.json").read_text())["shards"]
+    on_disk = sorted(p.parent.name for p in root.rglob("edge_config.json"))
+    assert sorted(manifest) == on_disk and not (root / "c").exists()
+    ids = stored_point_ids(root, "c")
+    assert len(ids) == len(set(ids)) == written - 1
+
+
+def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(collection, "BUILD_RETRY_S", 0.3)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    root = tmp_path / "vectors"
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    ids = [point_id("c", f"{i:064x}", 0) for i in range(300)]
+    payloads = [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(300)]
+    plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[42].tolist(), query_text=None, k=1)
+
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    try:
+        engine.ensure("c", 8)
+        engine.upsert("c", ids, vectors, payloads)
+        time.sleep(0.3)
+        engine.maintain()  # sealed, and the build process started
+        build = engine.collection("c").build  # type: ignore[union-attr]
+        assert build is not None
+        build.process.kill()  # the build process dies (out of memory, say)
+        engine.maintain()
+        assert [e for e, _ in logged if e.startswith("vector_index_build")] == [
+            "vector_index_build_started",
+            "vector_index_build_failed",
+        ]
+        assert engine.search("c", plan)[0]["payload"]["path"] == "/d/42"  # answered from the sealed shard
+        assert engine.stats("c")["waiting"] == 300 and not build.target.exists()
+        settle(engine)  # tried again a moment later
+        assert engine.stats("c")["waiting"] == 0 and engine.count("c") == 300
+
+        # A build cut off by the engine's own death leaves a half-written shard; the next start
+        # removes it, keeps the sealed shard, and builds it again.
+        engine.upsert("c", [point_id("c", "x" * 64, 0)], vectors[:1], [{"text": "x", "path": "/x"}])
+        more = [point_id("c", f"{i:064x}", 1) for i in range(150)]
+        engine.upsert("c", more, vectors[:150], [{"text": f"more {i}", "path": f"/m/{i}"} for i in range(150)])
+        time.sleep(0.3)
+        engine.maintain()
+        target = engine.collection("c").build.target  # type: ignore[union-attr]
+    finally:
+        engine.close()  # stops the build as a crash would (and removes what it wrote: put some back)
+    (target / "segments").mkdir(parents=True)
+    (target / "edge_config.json").write_text("{}")
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    try:
+        assert engine.count("c") == 451 and not target.exists()
+        settle(engine)
+        assert engine.stats("c")["waiting"] == 0 and engine.count("c") == 451
+        assert engine.search("c", plan)[0]["payload"]["path"] == "/d/42"
+
+        # A shard whose copies keep failing (a memory limit that cannot hold two sets of its points)
+        # is indexed in this process instead, once writes and searches pause; writers are told to
+        # wait for it meanwhile.
+        monkeypatch.setattr(collection, "COPY_ATTEMPTS", 1)
+        monkeypatch.setattr(edge, "SEARCH_QUIET_S", 0.2)
+        last = [point_id("c", f"{i:064x}", 2) for i in range(120)]
+        engine.upsert("c", last, vectors[:120], [{"text": f"last {i}", "path": f"/l/{i}"} for i in range(120)])
+        time.sleep(0.3)
+        engine.maintain()  # sealed, copy started
+        engine.collection("c").build.process.kill()  # type: ignore[union-attr]
+        engine.maintain()
+        assert engine.backlog("c") == 1 and engine.stats("c")["waiting"] == 120
+        settle(engine)
+        stats = engine.stats("c")
+        assert stats["waiting"] == 0 and stats["held_seconds"] > 0 and engine.backlog("c") == 0
+        assert [f["reason"] for e, f in logged if e == "vector_index_built"][-1] == "in_place"
+        assert engine.count("c") == 571
+    finally:
+        engine.close()
+    ids_on_disk = stored_point_ids(root, "c")
+    assert len(ids_on_disk) == len(set(ids_on_disk)) == 571
 
 
 def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
@@ -735,9 +876,10 @@ def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
     """An indexed segment has one graph (no per-folder or per-type graphs: they multiplied the build
     time); a filter the payload index cannot answer by exact search (more than FULL_SCAN_POINTS
     match) walks that graph, and still returns what an exact search would."""
-    from semantik.store import edge, shard
+    from semantik.store import collection, edge, shard
 
     monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 500)
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 500)
     monkeypatch.setattr(shard, "FULL_SCAN_POINTS", 100)  # so these filters take the graph
     dim, n = 32, 6_000
     rng = np.random.default_rng(5)
@@ -760,8 +902,8 @@ def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
         engine.optimize("c")
         stats = engine.stats("c")
         assert stats["waiting"] == 0 and stats["indexed_vectors"] >= n  # the searches below walk the graph
-        config = json.loads((tmp_path / "vectors" / "c" / "edge_config.json").read_text())
-        assert config["hnsw_config"]["payload_m"] == 0
+        for config_file in (tmp_path / "vectors").rglob("edge_config.json"):
+            assert json.loads(config_file.read_text())["hnsw_config"]["payload_m"] == 0
 
         queries = unit(rng, 40, dim) * 0.5 + vectors[rng.integers(0, n, 40)]
         for where, matches in (

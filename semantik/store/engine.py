@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,7 @@ def serve(conn: Connection) -> None:
     handlers: dict[str, Callable[..., Any]] = {
         "ensure": engine.ensure,
         "upsert": engine.upsert,
+        "backlog": engine.backlog,
         "delete": engine.delete,
         "search": engine.search,
         "count": engine.count,
@@ -209,9 +210,14 @@ def serve(conn: Connection) -> None:
             due = engine.due_in()
             if due is not None and due <= 0:  # between requests, even when they keep coming
                 engine.maintain()
-                continue
-            if not conn.poll(due):
-                continue
+                if not conn.poll(0):
+                    continue
+            else:
+                ready = wait([conn, *engine.build_connections()], due)
+                if conn not in ready:
+                    if ready:  # a build process's news
+                        engine.maintain()
+                    continue
             try:
                 op, kwargs = conn.recv()
             except EOFError:

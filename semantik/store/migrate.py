@@ -79,7 +79,7 @@ def _migrate_collection(client: Any, name: str, legacy: Path, engine: EdgeEngine
     params = client.get_collection(name).config.params.vectors
     dim = int(params.size)
     expected = int(client.count(name, exact=True).count)
-    existing = engine.shard(collection)
+    existing = engine.collection(collection)
     if existing is not None:
         count = existing.count()
         if engine.read_meta(collection).get("migrated_from") == str(legacy) and count == expected:
@@ -91,8 +91,6 @@ def _migrate_collection(client: Any, name: str, legacy: Path, engine: EdgeEngine
                 f" moving the old store aside (`mv {legacy} {legacy}.old`), or the old one by moving the new shard"
                 f" aside (`mv {target} {target}.old`)",
             )
-        engine.close_shard(collection)
-        shutil.rmtree(target)
     building = engine.root / MIGRATING_DIR / collection
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)

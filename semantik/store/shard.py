@@ -1,16 +1,18 @@
 """One Qdrant Edge shard: how it is configured, how points are made, and the calls the engine makes on it.
 
-Used only inside the engine process (``edge.py`` holds the shards, ``engine.py`` runs them). Edge
-has no background optimizer: points land in a plain (brute force) appendable segment and
-``optimize`` turns waiting points into HNSW-indexed segments when the engine decides (see
-``EdgeEngine.maintain``). Dense vectors are stored as float32 in memory; payloads and the built BM25
-index stay on disk (mmapped, cold: paged in as searches touch them).
+Used inside the engine process (``collection.py`` holds a collection's shards, ``engine.py`` runs
+them) and in an index build process (``builder.py``). Edge has no background optimizer: points
+land in a plain (brute force) appendable segment and ``optimize`` turns waiting points into
+HNSW-indexed segments when the collection decides (see ``Collection.maintain``). Dense vectors are
+stored as float32 in memory; payloads and the built BM25 index stay on disk (mmapped, cold: paged
+in as searches touch them).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from qdrant_edge import (
     QueryBatchRequest,
     QueryRequest,
     RangeFloat,
+    ScrollRequest,
     SearchParams,
     SparseVector,
     UpdateOperation,
@@ -86,7 +89,9 @@ def kb(points: int, dim: int) -> int:
     return max(1, points * dim * 4 // 1024)
 
 
-def shard_config(dim: int) -> EdgeConfig:
+def shard_config(dim: int, index_after: int | None = None) -> EdgeConfig:
+    """The shard's configuration; ``index_after``: points a segment needs to be indexed
+    (``INDEX_AFTER_POINTS`` unless given)."""
     return EdgeConfig(
         vectors={DENSE_VECTOR: EdgeVectorParams(size=dim, distance=Distance.Cosine)},
         # The BM25 index on disk (mmapped), not in the engine's heap: 185 MB less anonymous memory
@@ -100,7 +105,7 @@ def shard_config(dim: int) -> EdgeConfig:
             payload_m=HNSW_PAYLOAD_M,
         ),
         optimizers=EdgeOptimizersConfig(
-            indexing_threshold=kb(INDEX_AFTER_POINTS, dim),
+            indexing_threshold=kb(INDEX_AFTER_POINTS if index_after is None else index_after, dim),
             max_segment_size=kb(MAX_SEGMENT_POINTS, dim),
             default_segment_number=SEGMENTS,
         ),
@@ -129,6 +134,31 @@ def ensure_indexes(edge: EdgeShard) -> None:
         edge.flush()
 
 
+def search_requests(plan: SearchPlan, *, with_payload: bool) -> list[QueryRequest]:
+    """The plan's candidate lists worth sending (``hybrid.searchable``), as Edge requests;
+    ``with_payload``: each candidate's payload comes with it (else they are read for the hits)."""
+    flt = where_filter(plan.where, plan.ranges)
+    requests = []
+    for i in hybrid.searchable(plan):
+        spec = plan.lists[i]
+        if spec.dense is not None:
+            query = Query.Nearest(spec.dense, using=DENSE_VECTOR)
+        else:
+            assert spec.sparse is not None
+            query = Query.Nearest(SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE_VECTOR)
+        requests.append(
+            QueryRequest(
+                limit=spec.limit,
+                query=query,
+                filter=flt,
+                params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit), acorn=ACORN if flt is not None else None),
+                with_payload=with_payload,
+                with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
+            )
+        )
+    return requests
+
+
 def make_points(
     ids: Sequence[str],
     vectors: npt.NDArray[np.float32],
@@ -148,20 +178,32 @@ def make_points(
     return points
 
 
+@dataclass(frozen=True)
+class Exported:
+    """A page of points read back from a shard (``Shard.export``), to be written into another."""
+
+    ids: list[str]
+    vectors: npt.NDArray[np.float32]
+    payloads: list[dict[str, Any]]
+    sparse: list[hybrid.Sparse]
+
+
+NO_TERMS = hybrid.Sparse([], [])
+
+
 class Shard:
     """One open Edge shard and what the engine knows about its indexing."""
 
     def __init__(self, path: Path, edge: EdgeShard, dim: int) -> None:
         self.path, self.edge, self.dim = path, edge, dim
-        info = edge.info()
-        # Dense vectors not in an HNSW index yet (sparse ones are indexed as they come).
-        self.waiting = max(0, 2 * info.points_count - info.indexed_vectors_count)
+        self.points = 0  # an upper bound between counts: re-upserted points count twice
+        self.waiting = 0  # dense vectors not in an HNSW index yet (sparse ones are indexed as they come)
+        self._recount()
         self.dirty = False
-        self.index_seconds = 0.0  # spent in optimize since the shard was opened
 
     @classmethod
-    def create(cls, path: Path, dim: int) -> Shard:
-        edge = EdgeShard.create(str(path), shard_config(dim))
+    def create(cls, path: Path, dim: int, *, index_after: int | None = None) -> Shard:
+        edge = EdgeShard.create(str(path), shard_config(dim, index_after))
         ensure_indexes(edge)
         return cls(path, edge, dim)
 
@@ -192,6 +234,11 @@ class Shard:
             )
             self.edge.update(UpdateOperation.upsert_points(points))
         self.waiting += len(ids)
+        self.points += len(ids)
+        self.dirty = True
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        self.edge.update(UpdateOperation.delete_points(list(ids)))
         self.dirty = True
 
     def delete(self, field: str, values: Sequence[str]) -> None:
@@ -221,44 +268,41 @@ class Shard:
         answer = self.edge.facet(FacetRequest(key="sha256", limit=limit, exact=True))
         return {str(hit.value): int(hit.count) for hit in answer.hits}
 
-    def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
-        flt = where_filter(plan.where, plan.ranges)
-        requests = []
-        for spec in plan.lists:
-            if spec.dense is not None:
-                query = Query.Nearest(spec.dense, using=DENSE_VECTOR)
-            else:
-                assert spec.sparse is not None
-                query = Query.Nearest(SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE_VECTOR)
-            requests.append(
-                QueryRequest(
-                    limit=spec.limit,
-                    query=query,
-                    filter=flt,
-                    params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit), acorn=ACORN if flt is not None else None),
-                    with_payload=not plan.fused,
-                    with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
-                )
-            )
-        live = hybrid.searchable(plan)
-        answers: list[list[Any]] = [[] for _ in plan.lists]
-        if live:
-            found = self.edge.query_batch(QueryBatchRequest([requests[i] for i in live]))
-            for i, answer in zip(live, found, strict=True):
-                answers[i] = answer
-        fused = hybrid.fuse(plan, hybrid.collect(plan, answers, _sparse_indices))
-        if plan.fused and fused:
-            payloads = {
-                str(r.id): r.payload
-                for r in self.edge.retrieve([h.id for h in fused], with_payload=True, with_vector=False)
-            }
-        else:
-            payloads = {str(p.id): p.payload for p in answers[0]}
-        return hybrid.rows(fused, payloads)
+    def query(self, requests: Sequence[QueryRequest]) -> list[list[Any]]:
+        """Edge's answers to a batch of candidate requests (``search_requests``)."""
+        return [list(answer) for answer in self.edge.query_batch(QueryBatchRequest(list(requests)))] if requests else []
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, Any]:
+        if not ids:
+            return {}
+        return {str(r.id): r.payload for r in self.edge.retrieve(list(ids), with_payload=True, with_vector=False)}
+
+    def export(self, offset: Any, limit: int) -> tuple[Exported | None, Any]:
+        """One page of points, everything a copy needs (dense and BM25 vectors, payloads), and the
+        offset of the next page (None after the last)."""
+        records, offset = self.edge.scroll(
+            ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=True)
+        )
+        if not records:
+            return None, offset
+        ids, dense, sparse, payloads = [], [], [], []
+        for record in records:
+            vectors: Any = record.vector or {}
+            terms = vectors.get(SPARSE_VECTOR)
+            ids.append(str(record.id))
+            dense.append(vectors[DENSE_VECTOR])
+            sparse.append(hybrid.Sparse(list(terms.indices), list(terms.values)) if terms is not None else NO_TERMS)
+            payloads.append(dict(record.payload or {}))
+        return Exported(ids, np.asarray(dense, dtype=np.float32), payloads, sparse), offset
+
+    def _recount(self) -> None:
+        info = self.edge.info()
+        self.points = info.points_count
+        self.waiting = max(0, 2 * info.points_count - info.indexed_vectors_count)
 
     def optimize(self) -> bool:
         changed = bool(self.edge.optimize())
-        self.waiting = 0
+        self._recount()
         return changed
 
     def flush(self) -> None:
@@ -269,7 +313,7 @@ class Shard:
         self.edge.close()
 
 
-def _sparse_indices(point: Any) -> frozenset[int]:
+def sparse_indices(point: Any) -> frozenset[int]:
     vector = point.vector
     if isinstance(vector, dict) and vector.get(SPARSE_VECTOR) is not None:
         return frozenset(vector[SPARSE_VECTOR].indices)

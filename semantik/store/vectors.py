@@ -15,6 +15,7 @@ on its first start it moves a store written by qdrant-client's local mode into i
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from semantik.store import hybrid
 from semantik.store.engine import EngineProcess
@@ -33,7 +35,15 @@ if TYPE_CHECKING:
     from semantik.settings import Settings
     from semantik.store.server import ServerBackend
 
+log = structlog.get_logger(__name__)
+
 __all__ = ["Hit", "SearchMode", "VectorStore", "point_id", "qdrant_name"]
+
+# A writer to the embedded engine waits while this many sealed shards wait for an index build (see
+# ``collection.py``): a job writes far slower than builds go (hundreds of chunks a second against
+# thousands), but a migration or a bulk load of many workers could outrun them.
+WRITE_BACKLOG_MAX = 1
+BACKLOG_POLL_S = 0.5
 
 # uuid5 namespace for point ids: the same (collection, content, chunk) always maps to the same point.
 POINT_NAMESPACE = uuid.UUID("5c1e4f3a-7d2b-4c8e-9f60-2b1d8e7a9c11")
@@ -194,12 +204,23 @@ class VectorStore:
         if self.embedded:
             # BM25 here, in the caller (a worker), not in the one engine process all writers share.
             sparse = await asyncio.to_thread(lambda: [hybrid.document_sparse(text) for text in texts])
-            await self._engine_call(
+            backlog = await self._engine_call(
                 "upsert", collection=collection, ids=ids, vectors=array, payloads=payloads, sparse=sparse
             )
+            if backlog >= WRITE_BACKLOG_MAX:
+                await self._wait_for_builds(collection, backlog)
         else:
             assert not isinstance(backend, EngineProcess)
             await backend.upsert(qdrant_name(collection), ids, array, payloads)
+
+    async def _wait_for_builds(self, collection: str, backlog: int) -> None:
+        """Hold this writer (not searches) until the embedded engine's index builds catch up."""
+        began = time.monotonic()
+        log.info("vector_writes_wait_for_index", collection=collection, backlog=backlog)
+        while backlog >= WRITE_BACKLOG_MAX:
+            await asyncio.sleep(BACKLOG_POLL_S)
+            backlog = await self._engine_call("backlog", collection=collection)
+        log.info("vector_writes_resume", collection=collection, waited_s=round(time.monotonic() - began, 1))
 
     async def delete_contents(self, collection: str, hashes: Sequence[str]) -> None:
         """Remove the points of file contents that are no longer current."""

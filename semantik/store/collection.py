@@ -1,0 +1,515 @@
+"""One collection of the embedded engine: its Edge shards, the one that takes writes, and index
+builds that never stop the engine from answering.
+
+A collection is a list of shards, named in its manifest (``.meta/<collection>.json``, key
+``shards``): sealed ones, which take no new points, and the last, open one, which takes every
+upsert. Points land unindexed and are searched by brute force until their shard is built. The open
+shard is sealed (a new, empty one takes its place) once it holds ``MAX_SEGMENT_POINTS`` points, or
+once ``INDEX_AFTER_POINTS`` wait and writes paused; a sealed shard is then copied into a new one and
+indexed in a child process (``builder.py``) while the engine keeps answering from the original, and
+the built copy replaces it. A built shard goes into the next build when it is at most twice the size
+of the shard just sealed (and the two fit in ``MAX_SEGMENT_POINTS``), so a collection grows few
+shards: one per ``MAX_SEGMENT_POINTS`` points in a bulk load, a handful more from small increments.
+
+Writes wait when they outpace the builds: an upsert answers how many sealed shards wait for a build
+(``backlog``), and the store's client (``vectors.py``) holds further writes, not searches, while one
+does. Each unbuilt shard holds its points' BM25 and payload indexes in memory (about 2 KB a point
+beside the vectors), so an unbounded queue would outgrow a memory limit.
+
+Searches ask every shard and merge each retriever's candidates by score before fusing them: dense
+scores are cosine similarities, the same in every shard; BM25 scores weigh terms by each shard's own
+document frequencies, which differ a little between shards of one collection (as between the shards
+of a Qdrant server's collection). Deletes and path changes go to every shard (and are replayed onto a
+copy being built); an upsert also deletes its ids from the sealed shards, so a point written again
+after a crash is never held twice.
+
+A shard holding more than ``COPY_MAX_POINTS`` points (written by a version before this layout,
+when a collection was one shard) is too big to copy: its waiting points are indexed in place, which
+holds the engine, only once writes paused and searches went quiet (``EdgeEngine.build_due_at``).
+
+Layout under the store's root: ``<collection>/`` is the first shard (``base``; stores from earlier
+versions have only it), ``.shards/<collection>/<n>/`` the others. Crash safety: a built copy is
+complete and flushed before the manifest names it, and directories the manifest does not name
+(a build cut off, a shard replaced just before a crash) are removed when the collection opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from semantik.proc import release_free_memory
+from semantik.store import hybrid
+from semantik.store.builder import Build
+from semantik.store.hybrid import SearchPlan
+from semantik.store.shard import (
+    INDEX_AFTER_POINTS,
+    MAX_SEGMENT_POINTS,
+    EngineError,
+    Shard,
+    search_requests,
+    sparse_indices,
+)
+
+Log = Callable[..., None]
+
+META_DIR = ".meta"
+SHARDS_DIR = ".shards"
+BASE = "base"
+LAYOUT = 1
+# A sealed shard above this many points is not copied but indexed in place (see above): one written
+# by an earlier version, when a collection was one shard. (A full shard is sealed at the write that
+# takes it to MAX_SEGMENT_POINTS, so it can hold a little more.)
+COPY_MAX_POINTS = 2 * MAX_SEGMENT_POINTS
+# A sealed shard goes into the next one's build when it is at most this many times its size (and the
+# two fit in one shard): shards grow as they fill, and a point is rebuilt a few times at most, not
+# once per later build (20k-point increments rebuilt into one growing shard: 5.5 builds per point).
+MERGE_RATIO = 2
+# A shard just opened answers its first searches 3-4x slower than later ones (1M points in six
+# shards on Zen 5: dense p50 13.9 ms, 5.2 ms once each shard had answered 100 searches; its pages
+# were resident: not page faults). So each shard answers this many searches for random vectors,
+# a few at a time between requests, once opened or swapped in.
+WARM_SEARCHES = 100
+WARM_STEP = 5
+# A build that failed (its child died, the disk filled) is tried again this much later; meanwhile
+# the sealed shard answers by brute force. After COPY_ATTEMPTS failed copies the shard is indexed in
+# place instead, like an oversized one: a copy needs memory for a second set of the points (1.3 GB
+# for 200k), and in a memory limit that cannot hold both the build process is killed.
+BUILD_RETRY_S = 60.0
+COPY_ATTEMPTS = 2
+# While a build runs, writers wait once the open shard holds this many points, so the points held
+# unindexed (in memory, with their indexes) stay bounded: the shard being copied and this many.
+WRITE_AHEAD_POINTS = 50_000
+
+
+def meta_path(root: Path, name: str) -> Path:
+    return root / META_DIR / f"{name}.json"
+
+
+def read_meta(root: Path, name: str) -> dict[str, Any]:
+    path = meta_path(root, name)
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def write_meta(root: Path, name: str, meta: dict[str, Any]) -> None:
+    path = meta_path(root, name)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"layout": LAYOUT, **meta}))
+    os.replace(tmp, path)
+
+
+def shard_dir(root: Path, collection: str, shard: str) -> Path:
+    return root / collection if shard == BASE else root / SHARDS_DIR / collection / shard
+
+
+def remove_collection(root: Path, name: str) -> None:
+    """Every directory of a collection and its manifest (its shards must be closed)."""
+    for path in (root / name, root / SHARDS_DIR / name):
+        if path.exists():
+            doomed = path.with_name(f".dropping-{name}")
+            shutil.rmtree(doomed, ignore_errors=True)  # left by a removal that was cut off
+            os.replace(path, doomed)  # gone from view at once, even if the removal below is cut off
+            shutil.rmtree(doomed, ignore_errors=True)
+    meta_path(root, name).unlink(missing_ok=True)
+
+
+def shard_names(root: Path, name: str) -> list[str] | None:
+    """The collection's shards, in order (the last takes writes); None when it has none."""
+    names = read_meta(root, name).get("shards")
+    if names:
+        return [str(n) for n in names]
+    return [BASE] if (root / name / "edge_config.json").exists() else None
+
+
+@dataclass
+class Member:
+    name: str
+    shard: Shard
+
+
+class Collection:
+    """The open shards of one collection, and the build in progress if any."""
+
+    def __init__(self, root: Path, name: str, members: list[Member], log: Log) -> None:
+        self.root, self.name, self.members, self.log = root, name, members, log
+        self.build: Build | None = None
+        self.building: list[Member] = []  # the sealed shards being copied
+        self.replay: list[tuple[str, tuple[Any, ...]]] = []  # changes to replay onto the copy
+        self.built: set[str] = set()  # shards a build made (not built again unless merged)
+        self.failed: dict[str, int] = {}  # shard -> copies of it that failed
+        self.retry_at = 0.0
+        # Shard (id) -> searches still to run to warm it (an empty one needs none).
+        self.cold: dict[int, int] = {id(m.shard): WARM_SEARCHES for m in members if m.shard.points}
+        self.index_seconds = 0.0  # spent building since the collection was opened ...
+        self.held_seconds = 0.0  # ... of which the engine answered nothing (indexing in place)
+
+    @classmethod
+    def open(cls, root: Path, name: str, log: Log) -> Collection | None:
+        names = shard_names(root, name)
+        if names is None:
+            return None
+        _remove_strays(root, name, names)
+        members = [Member(n, Shard.load(shard_dir(root, name, n))) for n in names]
+        return cls(root, name, members, log)
+
+    @classmethod
+    def create(cls, root: Path, name: str, dim: int, log: Log) -> Collection:
+        path = shard_dir(root, name, BASE)
+        if path.exists():
+            shutil.rmtree(path)  # a directory without a config: a creation that died half-way
+        return cls(root, name, [Member(BASE, Shard.create(path, dim))], log)
+
+    # -- what the engine asks --------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self.members[0].shard.dim
+
+    @property
+    def open_shard(self) -> Shard:
+        return self.members[-1].shard
+
+    @property
+    def shards(self) -> list[Shard]:
+        return [m.shard for m in self.members]
+
+    @property
+    def dirty(self) -> bool:
+        return any(s.dirty for s in self.shards)
+
+    @property
+    def waiting(self) -> int:
+        return sum(s.waiting for s in self.shards)
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: npt.NDArray[np.float32],
+        payloads: Sequence[dict[str, Any]],
+        sparse: Sequence[hybrid.Sparse] | None = None,
+    ) -> None:
+        if len(self.members) > 1:
+            self._everywhere("delete_ids", (list(ids),), self.shards[:-1])
+        self.open_shard.upsert(ids, vectors, payloads, sparse)
+        if self.open_shard.points >= MAX_SEGMENT_POINTS:
+            self.seal()
+
+    def delete(self, field: str, values: Sequence[str]) -> None:
+        self._everywhere("delete", (field, list(values)), self.shards)
+
+    def set_paths(self, sha256: str, paths: Sequence[str], mtime: float | None = None) -> None:
+        self._everywhere("set_paths", (sha256, list(paths), mtime), self.shards)
+
+    def _everywhere(self, op: str, args: tuple[Any, ...], shards: Sequence[Shard]) -> None:
+        for shard in shards:
+            getattr(shard, op)(*args)
+        if self.build is not None:
+            self.replay.append((op, args))
+
+    def count(self) -> int:
+        return sum(s.count() for s in self.shards)
+
+    def content_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for shard in self.shards:
+            for sha, n in shard.content_counts().items():
+                counts[sha] = counts.get(sha, 0) + n
+        return counts
+
+    def search(self, plan: SearchPlan) -> list[dict[str, Any]]:
+        """Every shard's candidates, merged per list by score (each point once), then fused; the
+        payloads are read for the hits only (one shard, one list: they come with the candidates)."""
+        alone = len(self.members) == 1 and not plan.fused
+        requests = search_requests(plan, with_payload=alone)
+        live = hybrid.searchable(plan)
+        answers: list[list[Any]] = [[] for _ in plan.lists]
+        owner: dict[str, Shard] = {}
+        for shard in self.shards:
+            for i, found in zip(live, shard.query(requests), strict=True):
+                answers[i].extend(found)
+                for point in found:
+                    owner.setdefault(str(point.id), shard)
+        if len(self.members) > 1:
+            answers = [_best(answer, spec.limit) for answer, spec in zip(answers, plan.lists, strict=True)]
+        fused = hybrid.fuse(plan, hybrid.collect(plan, answers, sparse_indices))
+        if alone:
+            payloads = {str(p.id): p.payload for p in answers[0]}
+        else:
+            wanted: dict[int, list[str]] = {}
+            for hit in fused:
+                wanted.setdefault(id(owner[hit.id]), []).append(hit.id)
+            payloads = {}
+            for shard in self.shards:
+                payloads.update(shard.payloads(wanted.get(id(shard), [])))
+        return hybrid.rows(fused, payloads)
+
+    def stats(self) -> dict[str, Any]:
+        infos = [s.edge.info() for s in self.shards]
+        return {
+            "points": sum(i.points_count for i in infos),
+            "segments": sum(i.segments_count for i in infos),
+            "indexed_vectors": sum(i.indexed_vectors_count for i in infos),
+            "waiting": self.waiting,
+            "index_seconds": round(self.index_seconds, 3),
+            "held_seconds": round(self.held_seconds, 3),
+            "shards": len(infos),
+            "building": self.build is not None,
+        }
+
+    def flush(self) -> None:
+        for shard in self.shards:
+            if shard.dirty:
+                shard.flush()
+
+    def close(self) -> None:
+        self._cancel_build()
+        for shard in self.shards:
+            shard.close()
+
+    # -- sealing and building --------------------------------------------------------------------
+
+    def seal(self) -> None:
+        """Stop writing to the open shard; a new, empty one takes the writes."""
+        name = self._next_name()
+        shard = Shard.create(shard_dir(self.root, self.name, name), self.dim)
+        self.open_shard.flush()
+        self.members.append(Member(name, shard))
+        self._save()
+
+    def _next_name(self) -> str:
+        taken = [m.name for m in self.members] + ([self.build.target.name] if self.build is not None else [])
+        return str(1 + max((int(n) for n in taken if n.isdigit()), default=0))
+
+    def _save(self) -> None:
+        meta = read_meta(self.root, self.name)
+        meta.setdefault("dim", self.dim)
+        write_meta(self.root, self.name, {**meta, "shards": [m.name for m in self.members]})
+
+    def _copyable(self, member: Member) -> bool:
+        shard = member.shard
+        return (
+            shard.waiting >= INDEX_AFTER_POINTS
+            and member.name not in self.built
+            and shard.points <= COPY_MAX_POINTS
+            and self.failed.get(member.name, 0) < COPY_ATTEMPTS
+        )
+
+    def _to_copy(self) -> list[Member] | None:
+        """The sealed shards the next build copies, or None."""
+        for i, member in enumerate(self.members[:-1]):
+            if not self._copyable(member):
+                continue
+            if i > 0:
+                before = self.members[i - 1]
+                fits = before.shard.points + member.shard.points <= MAX_SEGMENT_POINTS
+                if fits and before.shard.points <= MERGE_RATIO * member.shard.points:
+                    return [before, member]  # merge a built shard of like size into this build
+            return [member]
+        return None
+
+    def _to_build_in_place(self) -> Member | None:
+        """A sealed shard to index in this process: too big to copy, or its copies failed."""
+        for member in self.members[:-1]:
+            shard = member.shard
+            if shard.waiting >= INDEX_AFTER_POINTS and member.name not in self.built and not self._copyable(member):
+                return member
+        return None
+
+    @property
+    def backlog(self) -> int:
+        """How far writes are ahead of the builds: sealed shards that wait behind another for their
+        build (the next one starts at once) or for one in place, and a full write-ahead while one
+        runs."""
+        sealed = [m for m in self.members[:-1] if m not in self.building and m.name not in self.built]
+        ready = sum(1 for m in sealed if self._copyable(m))
+        in_place = sum(1 for m in sealed if m.shard.waiting >= INDEX_AFTER_POINTS and not self._copyable(m))
+        if self.build is None:
+            return max(0, ready - 1) + in_place
+        return ready + in_place + (1 if self.open_shard.points >= WRITE_AHEAD_POINTS else 0)
+
+    def due(self, now: float, *, idle_at: float, quiet_at: float) -> float | None:
+        """When ``maintain`` has warming or building to do (``time.monotonic()``), None when nothing
+        waits or a build waits on its child (the engine watches ``self.build.conn``)."""
+        if self.cold:
+            return now
+        if self.build is not None:
+            return now if self.build.due else None
+        due = []
+        if self._to_copy() is not None:
+            due.append(max(now, self.retry_at))
+        if self._to_build_in_place() is not None:
+            due.append(quiet_at)
+        if self.open_shard.waiting >= INDEX_AFTER_POINTS:
+            due.append(idle_at)
+        return min(due) if due else None
+
+    def maintain(self, now: float, *, idle: bool, quiet: bool) -> None:
+        """One step: warm a shard just opened; or of building: take the child's news or hand it a
+        page; or start a build (sealing the open shard once writes paused); or index an old
+        oversized shard in place."""
+        if self.cold:
+            self._warm()
+            return
+        if self.build is not None:
+            self._step_build(now)
+            return
+        if idle and self.open_shard.waiting >= INDEX_AFTER_POINTS:
+            self.seal()
+        sources = self._to_copy()
+        if sources is not None and now >= self.retry_at:
+            self._start_build(sources)
+            return
+        big = self._to_build_in_place()
+        if big is not None and quiet:
+            self._optimize_in_place(big, reason="in_place")
+
+    def _warm(self) -> None:
+        key, left = next(iter(self.cold.items()))
+        shard = next((s for s in self.shards if id(s) == key), None)
+        if shard is None or left <= 0:
+            del self.cold[key]
+            return
+        rng = np.random.default_rng(left)
+        for _ in range(min(WARM_STEP, left)):
+            vector = rng.standard_normal(self.dim)
+            plan = hybrid.plan_search(
+                hybrid.SearchMode.DENSE, vector=(vector / np.linalg.norm(vector)).tolist(), query_text=None, k=10
+            )
+            shard.query(search_requests(plan, with_payload=False))
+        self.cold[key] = left - WARM_STEP
+
+    def _step_build(self, now: float) -> None:
+        assert self.build is not None
+        self.build.step()
+        if self.build.state == "done":
+            self._finish_build()
+        elif self.build.state == "failed":
+            error = self.build.error
+            for member in self.building:
+                self.failed[member.name] = self.failed.get(member.name, 0) + 1
+            self.log("vector_index_build_failed", collection=self.name, error=error, retry_in_s=BUILD_RETRY_S)
+            self._drop_build()
+            self.retry_at = now + BUILD_RETRY_S
+            raise EngineError("vector_index_build_failed", f"building the index of {self.name!r} failed: {error}")
+
+    def optimize(self) -> None:
+        """Index every waiting point now and return when done (asked for: benchmarks, tests). Other
+        requests wait meanwhile."""
+        if self.open_shard.waiting >= INDEX_AFTER_POINTS:
+            self.seal()
+        while True:
+            if self.build is None:
+                sources = self._to_copy()
+                if sources is None:
+                    break
+                self._start_build(sources)
+            while self.build is not None:
+                if not self.build.due:
+                    wait([self.build.conn], timeout=1.0)
+                self._step_build(time.monotonic())
+        while (big := self._to_build_in_place()) is not None:
+            self._optimize_in_place(big, reason="asked")  # (marks it built: this ends)
+
+    def _optimize_in_place(self, member: Member, *, reason: str) -> None:
+        began = time.monotonic()
+        waiting = member.shard.waiting
+        changed = member.shard.optimize()
+        member.shard.flush()
+        self.built.add(member.name)  # not again (Edge leaves segments below its threshold as they are)
+        self.index_seconds += time.monotonic() - began
+        self.held_seconds += time.monotonic() - began
+        if changed:
+            self.log(
+                "vector_index_built",
+                collection=self.name,
+                points=waiting,
+                reason=reason,
+                seconds=round(time.monotonic() - began, 2),
+                rss_anon_mb=release_free_memory(),
+            )
+
+    def _start_build(self, sources: list[Member]) -> None:
+        target = shard_dir(self.root, self.name, self._next_name())
+        self.building, self.replay = sources, []
+        self.build = Build([m.shard for m in sources], target, self.dim)
+        self.log(
+            "vector_index_build_started",
+            collection=self.name,
+            points=self.build.points,
+            shards=[m.name for m in sources],
+            into=target.name,
+        )
+
+    def _finish_build(self) -> None:
+        assert self.build is not None
+        build, sources = self.build, self.building
+        began = time.monotonic()
+        name = build.target.name
+        shard = Shard.load(build.target)
+        for op, args in self.replay:
+            getattr(shard, op)(*args)
+        shard.flush()
+        at = self.members.index(sources[0])
+        self.members = [m for m in self.members if m not in sources]
+        self.members.insert(at, Member(name, shard))
+        self._save()  # from here on the copy is the collection's
+        self.cold[id(shard)] = WARM_SEARCHES
+        self.built.add(name)
+        for member in sources:
+            member.shard.close()
+            shutil.rmtree(shard_dir(self.root, self.name, member.name), ignore_errors=True)
+        self._drop_build()
+        seconds = time.monotonic() - build.began
+        self.index_seconds += seconds
+        self.log(
+            "vector_index_built",
+            collection=self.name,
+            points=build.result.get("points"),
+            reason="copy",
+            seconds=round(seconds, 2),
+            build_seconds=build.result.get("seconds"),
+            swap_seconds=round(time.monotonic() - began, 2),
+            rss_anon_mb=release_free_memory(),
+        )
+
+    def _drop_build(self) -> None:
+        self.build, self.building, self.replay = None, [], []
+
+    def _cancel_build(self) -> None:
+        if self.build is not None:
+            self.build.cancel()
+            self._drop_build()
+
+
+def _best(found: list[Any], limit: int) -> list[Any]:
+    """One list's candidates from several shards: each point once, best score first."""
+    seen: set[str] = set()
+    best = []
+    for point in sorted(found, key=lambda p: -float(p.score)):
+        if str(point.id) not in seen:
+            seen.add(str(point.id))
+            best.append(point)
+    return best[:limit]
+
+
+def _remove_strays(root: Path, name: str, names: list[str]) -> None:
+    """Directories the manifest does not name: a build cut off, or a shard replaced by its built
+    copy just before the process died."""
+    if BASE not in names and (root / name).exists():
+        shutil.rmtree(root / name)
+    extra = root / SHARDS_DIR / name
+    if extra.exists():
+        for path in extra.iterdir():
+            if path.name not in names:
+                shutil.rmtree(path, ignore_errors=True)
