@@ -870,6 +870,39 @@ def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
     assert len(ids_on_disk) == len(set(ids_on_disk)) == 571
 
 
+def test_an_index_asked_for_is_built_in_place_when_its_copy_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    root = tmp_path / "vectors"
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    try:
+        engine.ensure("c", 8)
+        vectors = np.random.default_rng(6).standard_normal((150, 8)).astype(np.float32)
+        ids = [point_id("c", f"{i:064x}", 0) for i in range(150)]
+        engine.upsert("c", ids, vectors, [{"text": f"chunk {i}", "path": f"/d/{i}"} for i in range(150)])
+        # The build process cannot write its copy (a file where its shard goes): it fails.
+        (root / ".shards" / "c").mkdir(parents=True)
+        (root / ".shards" / "c" / "2").write_text("in the way")
+        engine.optimize("c")
+        stats = engine.stats("c")
+        assert stats["waiting"] == 0 and stats["held_seconds"] > 0 and engine.count("c") == 150
+        events = [(e, f.get("reason")) for e, f in logged if e.startswith("vector_index_buil")]
+        assert events == [
+            ("vector_index_build_started", None),
+            ("vector_index_build_failed", None),
+            ("vector_index_built", "asked"),
+        ]
+        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[7].tolist(), query_text=None, k=1)
+        assert engine.search("c", plan)[0]["payload"]["path"] == "/d/7"
+    finally:
+        engine.close()
+
+
 def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

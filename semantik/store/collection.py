@@ -405,7 +405,7 @@ class Collection:
 
     def optimize(self) -> None:
         """Index every waiting point now and return when done (asked for: benchmarks, tests). Other
-        requests wait meanwhile."""
+        requests wait meanwhile; a copy that fails is built in place."""
         if self.open_shard.waiting >= INDEX_AFTER_POINTS:
             self.seal()
         while True:
@@ -414,10 +414,14 @@ class Collection:
                 if sources is None:
                     break
                 self._start_build(sources)
+            copying = [m.name for m in self.building]
             while self.build is not None:
                 if not self.build.due:
                     wait([self.build.conn], timeout=1.0)
-                self._step_build(time.monotonic())
+                try:
+                    self._step_build(time.monotonic())
+                except EngineError:  # logged; asked to index now, so build those in place (below)
+                    self.failed.update(dict.fromkeys(copying, COPY_ATTEMPTS))
         while (big := self._to_build_in_place()) is not None:
             self._optimize_in_place(big, reason="asked")  # (marks it built: this ends)
 
