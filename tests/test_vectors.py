@@ -525,7 +525,8 @@ async def test_the_server_path_builds_both_vectors_and_answers_like_the_embedded
         local = await store.search("notes", vectors[2], 4, query_text=text, mode=mode)
         assert [r["id"] for r in remote] == [h.id for h in local], mode
         assert [r["ranks"] for r in remote] == [dict(h.ranks) for h in local], mode
-        assert np.allclose([r["score"] for r in remote], [h.score for h in local], atol=1e-4), mode
+        # The embedded engine stores float16 vectors, the server float32: scores agree to float16's precision.
+        assert np.allclose([r["score"] for r in remote], [h.score for h in local], atol=1e-3), mode
     assert await server.count(name) == 5
     await server.delete(name, "sha256", ["a" * 64])
     assert await server.count(name) == 0
@@ -658,7 +659,8 @@ async def test_a_local_mode_store_is_migrated_on_first_open(tmp_path: Path, caps
     try:
         records = shard.retrieve(list[Any](ids), with_payload=False, with_vector=True)
         stored = {str(r.id): cast(dict[str, Any], r.vector)[hybrid.DENSE_VECTOR] for r in records}
-        assert np.allclose(np.array([stored[i] for i in ids]), vectors, atol=1e-6)
+        # The vectors themselves, not re-embedded, stored as float16 (to its precision: 2^-12 below 1).
+        assert np.allclose(np.array([stored[i] for i in ids]), vectors, rtol=0, atol=2.5e-4)
     finally:
         shard.close()
     out = capsys.readouterr().out
@@ -840,9 +842,19 @@ def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
         engine.close()  # stops the build as a crash would (and removes what it wrote: put some back)
     (target / "segments").mkdir(parents=True)
     (target / "edge_config.json").write_text("{}")
+    # Other strays beside it: a file, and a link to a directory whose contents must survive.
+    (target.parent / "97").write_text("left by hand")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("not ours")
+    (target.parent / "98").symlink_to(elsewhere, target_is_directory=True)
     engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
     try:
         assert engine.count("c") == 451 and not target.exists()
+        named = set(engine.read_meta("c")["shards"]) - {"base"}
+        assert {p.name for p in target.parent.iterdir()} == named
+        assert not (target.parent / "97").exists() and not (target.parent / "98").is_symlink()
+        assert (elsewhere / "keep").read_text() == "not ours"
         settle(engine)
         assert engine.stats("c")["waiting"] == 0 and engine.count("c") == 451
         assert engine.search("c", plan)[0]["payload"]["path"] == "/d/42"
@@ -868,6 +880,64 @@ def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
         engine.close()
     ids_on_disk = stored_point_ids(root, "c")
     assert len(ids_on_disk) == len(set(ids_on_disk)) == 571
+
+
+def test_vectors_are_stored_as_float16_and_a_float32_store_stays_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards store dense vectors as float16 (half the memory); a store written before, in float32,
+    opens and answers beside new float16 shards, and its points move to float16 as builds copy them."""
+    from qdrant_edge import VectorStorageDatatype
+
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    root = tmp_path / "vectors"
+    vectors = unit(np.random.default_rng(5), 600, 384)
+    ids = [point_id("c", f"{i:064x}", 0) for i in range(600)]
+    payloads = [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(600)]
+
+    def datatypes() -> list[str]:
+        configs = sorted(root.rglob("edge_config.json"))
+        return [json.loads(p.read_text())["vectors"]["dense"].get("datatype", "float32") for p in configs]
+
+    def nearest(i: int) -> dict[str, Any]:
+        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[i].tolist(), query_text=None, k=1)
+        return engine.search("c", plan)[0]
+
+    monkeypatch.setattr(shard, "DENSE_DATATYPE", VectorStorageDatatype.Float32)  # an earlier version
+    engine = edge.EdgeEngine(root)
+    engine.ensure("c", 384)
+    engine.upsert("c", ids[:300], vectors[:300], payloads[:300])
+    engine.flush()
+    engine.close()
+    assert datatypes() == ["float32"]
+
+    monkeypatch.setattr(shard, "DENSE_DATATYPE", VectorStorageDatatype.Float16)  # this version
+    engine = edge.EdgeEngine(root)
+    try:
+        assert engine.count("c") == 300 and nearest(7)["id"] == ids[7]
+        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while not engine.stats("c")["building"]:  # it warms the shard it opened, then seals and copies it
+            assert time.monotonic() < deadline
+            engine.maintain()
+        engine.upsert("c", ids[300:], vectors[300:], payloads[300:])
+        assert sorted(datatypes()) == ["float16", "float32"]  # the new shard (the copy is not done)
+        for i in (7, 299, 300, 599):  # each finds itself, in either shard
+            hit = nearest(i)
+            assert hit["id"] == ids[i] and abs(hit["score"] - 1.0) < 1e-3
+        time.sleep(0.3)
+        settle(engine)  # the built copy (float16) replaced the float32 shard
+        assert engine.stats("c")["waiting"] == 0 and engine.count("c") == 600
+        assert set(datatypes()) == {"float16"}
+        for i in range(0, 600, 37):
+            hit = nearest(i)
+            assert hit["id"] == ids[i] and abs(hit["score"] - 1.0) < 1e-3
+    finally:
+        engine.close()
 
 
 def test_an_index_asked_for_is_built_in_place_when_its_copy_fails(

@@ -510,10 +510,18 @@ def _best(found: list[Any], limit: int) -> list[Any]:
 def _remove_strays(root: Path, name: str, names: list[str]) -> None:
     """Directories the manifest does not name: a build cut off, or a shard replaced by its built
     copy just before the process died."""
-    if BASE not in names and (root / name).exists():
-        shutil.rmtree(root / name)
+    if BASE not in names:
+        _remove_path(root / name)
     extra = root / SHARDS_DIR / name
-    if extra.exists():
+    if extra.is_dir() and not extra.is_symlink():
         for path in extra.iterdir():
             if path.name not in names:
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_path(path)
+
+
+def _remove_path(path: Path) -> None:
+    """A directory with its contents, or a file or link (not what it points to); nothing if absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

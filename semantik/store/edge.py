@@ -117,9 +117,6 @@ class EdgeEngine:
             raise EngineError("bad_request", f"invalid collection name {collection!r}")
         return shard_dir(self.root, collection, "base")
 
-    def meta_path(self, collection: str) -> Path:
-        return self.root / META_DIR / f"{collection}.json"
-
     def write_meta(self, collection: str, dim: int, **extra: Any) -> None:
         _write_meta(self.root, collection, {"dim": dim, "sparse": hybrid.BM25_SIGNATURE, **extra})
 
@@ -299,9 +296,6 @@ class EdgeEngine:
         if found is not None:
             found.close()
             release_free_memory()
-
-    def close_shard(self, collection: str) -> None:
-        self.close_collection(collection)
 
     def close(self) -> None:
         for collection in list(self._collections):

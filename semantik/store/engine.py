@@ -203,7 +203,7 @@ def serve(conn: Connection) -> None:
         "stats": engine.stats,
         "optimize": engine.optimize,
         "flush": engine.flush,
-        "close_shard": engine.close_shard,
+        "close_collection": engine.close_collection,
     }
     try:
         while True:
