@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,9 +162,11 @@ class MemoryWatch:
 
 
 class MemoryCap:
-    """A memory cgroup (v2, or v1's memory controller) the engine process is moved into: a hard
-    limit on everything the process holds, page cache included, as a container's ``--memory`` sets.
-    Mapped segment pages are reclaimed under it; anonymous memory beyond it gets the process killed."""
+    """A memory cgroup (v2, or v1's memory controller) the engine process starts in: a hard limit on
+    everything it and its build processes hold, page cache included, as a container's ``--memory``
+    sets. Mapped segment pages are reclaimed under it; anonymous memory beyond it gets a process
+    killed. The engine starts inside it (``children``), so it sees the limit as it would in a
+    container (it seals smaller shards under a tight one)."""
 
     def __init__(self, limit_mb: int) -> None:
         mine = Path("/proc/self/cgroup").read_text().splitlines()
@@ -181,13 +184,20 @@ class MemoryCap:
                 "memory.max_usage_in_bytes",
                 "memory.failcnt",
             )
+        self.base = base
         self.path = base / f"semantik-bench-{os.getpid()}"
         self.path.mkdir()
         (self.path / limit_file).write_text(str(limit_mb * 2**20))
         self.limit_mb = limit_mb
 
-    def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
+    @contextlib.contextmanager
+    def children(self) -> Iterator[None]:
+        """Processes started in the block start in the cgroup: this one enters it and leaves after."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+        try:
+            yield
+        finally:
+            (self.base / "cgroup.procs").write_text(str(os.getpid()))
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):
@@ -230,12 +240,11 @@ async def timed_searches(
 async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     corpus = Corpus(args.points, uniform=args.uniform)
     store = VectorStore(url=None, api_key=None, path=root / "vectors")
-    await store.ensure_collection("bench", DIM)
+    cap = MemoryCap(args.memory_cap_mb) if args.memory_cap_mb else None
+    with cap.children() if cap is not None else contextlib.nullcontext():
+        await store.ensure_collection("bench", DIM)
     pid = store.engine_pid
     assert pid is not None
-    if args.memory_cap_mb:
-        cap = MemoryCap(args.memory_cap_mb)
-        cap.add(pid)
     vectors = np.empty((args.points, DIM), dtype=np.float32)
     topics = np.empty(args.points, dtype=np.int64)
     ids: dict[str, int] = {}
@@ -369,7 +378,7 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     result["rss_anon_peak_mb"] = round(memory.stop(), 1)
     result["build_rss_anon_peak_mb"] = round(memory.builds_peak, 1)
     result["engine_and_build_rss_anon_peak_mb"] = round(memory.total_peak, 1)
-    if args.memory_cap_mb:
+    if cap is not None:
         result["memory_cap"] = cap.report()
     memory = proc_memory_mb(pid)
     result["rss_mb"] = round(memory["VmHWM"], 1)
@@ -378,14 +387,15 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     result["rss_anon_now_mb"] = round(memory["RssAnon"], 1)
     result["rss_file_now_mb"] = round(memory["RssFile"], 1)
     await store.close()
-    if args.memory_cap_mb:
-        cap.remove()
     result["disk_mb"] = round(du_mb(root / "vectors"), 1)
     began = time.perf_counter()
     reopened = VectorStore(url=None, api_key=None, path=root / "vectors")
-    await reopened.search("bench", queries[0], 10, query_text=texts[0], mode="hybrid")
+    with cap.children() if cap is not None else contextlib.nullcontext():
+        await reopened.search("bench", queries[0], 10, query_text=texts[0], mode="hybrid")
     result["reopen_s"] = round(time.perf_counter() - began, 3)
     await reopened.close()
+    if cap is not None:
+        cap.remove()
     # Writes alone; then writes and every index build (those the engine ran meanwhile, the last one).
     result["upsert_per_s"] = round(args.points / (upsert_s - held_s))
     result["index_s"] = round(held_s + index_s, 1)

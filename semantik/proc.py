@@ -1,11 +1,13 @@
 """Process plumbing: what every child process Semantik starts does first (die with the process
-that started it), and handing freed memory back to the system in a long-lived process."""
+that started it), handing freed memory back to the system in a long-lived process, and the memory
+a process may use (its cgroup's limit, or the machine's RAM)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -51,32 +53,40 @@ def anonymous_memory_mb() -> int | None:
     return None
 
 
-_MADV_WILLNEED = 3
-_MADV_POPULATE_READ = 22  # Linux 5.14+
-
-
-def populate_mappings(directory: str, names: tuple[str, ...]) -> int:
-    """Map in now the pages of this process's file mappings under ``directory`` whose file name is
-    one of ``names`` (``MADV_POPULATE_READ``; where the kernel lacks it, ``MADV_WILLNEED`` reads
-    them ahead). Returns the bytes asked for. The vector engine calls it for a shard it just
-    opened: an index search touches vectors all over the file, and each first touch of a page is a
-    fault (searches ran 3-4x slower until most pages had been touched)."""
-    prefix = directory.rstrip("/") + "/"
-    ranges: list[tuple[int, int]] = []
+def memory_limit_mb(root: Path = Path("/")) -> int | None:
+    """The memory this process may use, in MB: the lowest limit of its cgroup and the cgroups above
+    it (cgroup v2 ``memory.max``, or v1 ``memory.limit_in_bytes``), and at most the machine's RAM;
+    None where neither can be read. ``root``: where ``/proc`` and ``/sys`` are (tests)."""
+    limits: list[int] = []
     try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6:
-                    path = fields[5].rstrip("\n")
-                    if path.startswith(prefix) and path.rsplit("/", 1)[-1] in names:
-                        start, end = (int(x, 16) for x in fields[0].split("-"))
-                        ranges.append((start, end - start))
-        libc = ctypes.CDLL(None, use_errno=True)
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        groups = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return 0
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    for start, length in ranges:
-        if libc.madvise(start, length, _MADV_POPULATE_READ) != 0:
-            libc.madvise(start, length, _MADV_WILLNEED)
-    return sum(length for _, length in ranges)
+        groups = []
+    for line in groups:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        if fields[0] == "0" and fields[1] == "":
+            base, name = root / "sys/fs/cgroup", "memory.max"
+        elif "memory" in fields[1].split(","):
+            base, name = root / "sys/fs/cgroup/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        path = base / fields[2].lstrip("/")
+        while True:  # this cgroup and every one above it, up to the hierarchy's root
+            try:
+                value = (path / name).read_text().strip()
+                if value.isdigit():
+                    limits.append(int(value))
+            except OSError:
+                pass
+            if path == base or base not in path.parents:
+                break
+            path = path.parent
+    return min(limits) // 2**20 if limits else None

@@ -717,6 +717,7 @@ def test_a_bulk_load_is_indexed_in_a_build_process_once_writes_pause_or_a_shard_
     monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
     monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)  # Edge's own threshold, so builds index
     monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 400)
+    monkeypatch.setattr(collection, "LIMITED_MEMORY_MB", 0)  # full shards whatever this machine's memory
     monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.5)
     logged: list[tuple[str, dict[str, Any]]] = []
     root = tmp_path / "vectors"
@@ -924,8 +925,17 @@ def test_vectors_are_stored_as_float16_and_a_float32_store_stays_readable(
         while not engine.stats("c")["building"]:  # it warms the shard it opened, then seals and copies it
             assert time.monotonic() < deadline
             engine.maintain()
+        # The build process is the one the OOM killer takes first (it is tried again; the engine lives).
+        found = engine.collection("c")
+        assert found is not None and found.build is not None
+        build = found.build
+        oom_adj = Path(f"/proc/{build.process.pid}/oom_score_adj")
+        deadline = time.monotonic() + 10
+        while oom_adj.read_text().strip() != "1000":  # set as the child starts
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         engine.upsert("c", ids[300:], vectors[300:], payloads[300:])
-        assert sorted(datatypes()) == ["float16", "float32"]  # the new shard (the copy is not done)
+        assert set(datatypes()) == {"float16", "float32"}  # the new shard (and the copy being made)
         for i in (7, 299, 300, 599):  # each finds itself, in either shard
             hit = nearest(i)
             assert hit["id"] == ids[i] and abs(hit["score"] - 1.0) < 1e-3
@@ -1177,3 +1187,96 @@ def test_memory_freed_inside_the_engine_goes_back_to_the_system() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
     before, after = map(int, out.stdout.split())
     assert before >= 190 and after <= before - 150, (before, after)
+
+
+# -- memory limits ------------------------------------------------------------------------------
+
+
+def test_the_memory_limit_is_the_lowest_of_the_cgroups_above_and_the_machine(tmp_path: Path) -> None:
+    """``memory_limit_mb`` on the files the kernel shows (a tree laid out like /proc and /sys)."""
+    from semantik.proc import memory_limit_mb
+
+    def machine(ram_kb: int, cgroup: str) -> Path:
+        root = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/meminfo").write_text(f"MemTotal:       {ram_kb} kB\nMemFree:        1000 kB\n")
+        (root / "proc/self/cgroup").write_text(cgroup)
+        return root
+
+    def limit(path: Path, name: str, value: str) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(value + "\n")
+
+    # cgroup v2: the service's group says "max", the slice above it 2.5 GB.
+    v2 = machine(16 * 2**20, "0::/system.slice/semantik.service\n")
+    limit(v2 / "sys/fs/cgroup/system.slice", "memory.max", str(2500 * 2**20))
+    limit(v2 / "sys/fs/cgroup/system.slice/semantik.service", "memory.max", "max")
+    assert memory_limit_mb(v2) == 2500
+    # cgroup v1 (the memory controller's own line), unlimited: the machine's RAM.
+    v1 = machine(8 * 2**20, "4:memory:/docker/abc\n1:cpu:/\n")
+    limit(v1 / "sys/fs/cgroup/memory/docker/abc", "memory.limit_in_bytes", "9223372036854771712")
+    assert memory_limit_mb(v1) == 8192
+    limit(v1 / "sys/fs/cgroup/memory/docker/abc", "memory.limit_in_bytes", str(3 * 2**30))
+    assert memory_limit_mb(v1) == 3072
+    # Nothing readable: unknown.
+    assert memory_limit_mb(tmp_path / "nowhere") is None
+
+
+def _memory_cgroup(limit_mb: int) -> Path | None:
+    """A new memory cgroup of ``limit_mb`` under this process's (None where one cannot be made)."""
+    try:
+        mine = Path("/proc/self/cgroup").read_text().splitlines()
+        if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            base = Path("/sys/fs/cgroup") / next(x for x in mine if x.startswith("0::")).split("::", 1)[1].lstrip("/")
+            name = "memory.max"
+        else:
+            rel = next(x.split(":", 2)[2] for x in mine if "memory" in x.split(":")[1].split(","))
+            base, name = Path("/sys/fs/cgroup/memory") / rel.lstrip("/"), "memory.limit_in_bytes"
+        path = base / f"semantik-test-{os.getpid()}"
+        path.mkdir()
+        (path / name).write_text(str(limit_mb * 2**20))
+        return path
+    except (OSError, StopIteration):
+        return None
+
+
+def test_an_engine_in_a_tight_memory_limit_seals_smaller_shards(tmp_path: Path) -> None:
+    """Under a 2 GB cgroup the engine seals (and so copies) shards at half the size: a build process
+    copying a full shard beside the engine's unindexed points did not fit in 2.5 GB."""
+    from semantik.proc import memory_limit_mb
+    from semantik.store.collection import sealed_at
+    from semantik.store.shard import MAX_SEGMENT_POINTS
+
+    group = _memory_cgroup(2000)
+    if group is None:
+        pytest.skip("cannot make a memory cgroup here (needs root and a writable cgroup filesystem)")
+    script = (
+        "import json, sys; from pathlib import Path; from semantik.store.edge import EdgeEngine;"
+        " logged = [];"
+        " engine = EdgeEngine(Path(sys.argv[1]), log=lambda e, **f: logged.append([e, f]));"
+        " engine.ensure('c', 8); print(json.dumps([logged, engine.collection('c').shard_points])); engine.close()"
+    )
+    try:
+
+        def run(*, in_group: bool) -> Any:
+            def enter() -> None:
+                if in_group:
+                    (group / "cgroup.procs").write_text(str(os.getpid()))
+
+            out = subprocess.run(
+                [sys.executable, "-c", script, str(tmp_path / ("tight" if in_group else "free"))],
+                cwd=REPO,
+                capture_output=True,
+                check=True,
+                preexec_fn=enter,
+            ).stdout
+            return json.loads(out.splitlines()[-1])
+
+        logged, sealed = run(in_group=True)
+        assert logged[0] == ["vector_engine_memory", {"limit_mb": 2000, "shard_points": MAX_SEGMENT_POINTS // 2}]
+        assert sealed == MAX_SEGMENT_POINTS // 2
+        logged, sealed = run(in_group=False)  # as much as this test may use
+        assert logged[0] == ["vector_engine_memory", {"limit_mb": memory_limit_mb(), "shard_points": sealed}]
+        assert sealed == sealed_at(memory_limit_mb())
+    finally:
+        group.rmdir()

@@ -41,6 +41,10 @@ from semantik.store.shard import Exported, Shard
 # arriving during the read-back waits at most about that long.
 EXPORT_PAGE = 1000
 BUILD_NICE = 10
+# The build process is the first the kernel's OOM killer takes (the most it allows): a build that
+# dies is tried again, or done in place (``collection.py``), while the engine and the workers keep
+# running.
+BUILD_OOM_SCORE_ADJ = 1000
 
 
 class Build:
@@ -183,6 +187,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the engine stops us
     with contextlib.suppress(OSError):
         os.nice(BUILD_NICE)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(str(BUILD_OOM_SCORE_ADJ))
     conn = Connection(fd)
     try:
         build(conn, target)

@@ -87,9 +87,24 @@ WARM_STEP = 5
 # for 200k), and in a memory limit that cannot hold both the build process is killed.
 BUILD_RETRY_S = 60.0
 COPY_ATTEMPTS = 2
-# While a build runs, writers wait once the open shard holds this many points, so the points held
-# unindexed (in memory, with their indexes) stay bounded: the shard being copied and this many.
+# While a build runs, writers wait once the open shard holds this many points (at most a quarter of
+# a shard), so the points held unindexed (in memory, with their indexes) stay bounded: the shard
+# being copied and this many.
 WRITE_AHEAD_POINTS = 50_000
+# Under a memory limit below this (the engine's cgroup's, or the machine's RAM), shards are sealed at
+# half of MAX_SEGMENT_POINTS. A build process holds about 6.5 KB per point it copies (1.3 GB for 200k)
+# while the engine holds about 3 KB per unindexed point: at a million points in a 2.5 GB cgroup,
+# 200k-point copies were OOM-killed in two runs of three, once the engine's own memory had grown
+# (docs/benchmarks.md, sessions 11 and 12).
+LIMITED_MEMORY_MB = 4096
+
+
+def sealed_at(memory_mb: int | None) -> int:
+    """The points at which the open shard is sealed, for an engine that may use ``memory_mb``
+    (``semantik.proc.memory_limit_mb``; None: unknown)."""
+    if memory_mb is not None and memory_mb < LIMITED_MEMORY_MB:
+        return MAX_SEGMENT_POINTS // 2
+    return MAX_SEGMENT_POINTS
 
 
 def meta_path(root: Path, name: str) -> Path:
@@ -141,8 +156,12 @@ class Member:
 class Collection:
     """The open shards of one collection, and the build in progress if any."""
 
-    def __init__(self, root: Path, name: str, members: list[Member], log: Log) -> None:
+    def __init__(
+        self, root: Path, name: str, members: list[Member], log: Log, *, shard_points: int | None = None
+    ) -> None:
         self.root, self.name, self.members, self.log = root, name, members, log
+        # The open shard is sealed at this many points (``sealed_at``), and builds merge up to it.
+        self.shard_points = MAX_SEGMENT_POINTS if shard_points is None else shard_points
         self.build: Build | None = None
         self.building: list[Member] = []  # the sealed shards being copied
         self.replay: list[tuple[str, tuple[Any, ...]]] = []  # changes to replay onto the copy
@@ -155,20 +174,20 @@ class Collection:
         self.held_seconds = 0.0  # ... of which the engine answered nothing (indexing in place)
 
     @classmethod
-    def open(cls, root: Path, name: str, log: Log) -> Collection | None:
+    def open(cls, root: Path, name: str, log: Log, *, shard_points: int | None = None) -> Collection | None:
         names = shard_names(root, name)
         if names is None:
             return None
         _remove_strays(root, name, names)
         members = [Member(n, Shard.load(shard_dir(root, name, n))) for n in names]
-        return cls(root, name, members, log)
+        return cls(root, name, members, log, shard_points=shard_points)
 
     @classmethod
-    def create(cls, root: Path, name: str, dim: int, log: Log) -> Collection:
+    def create(cls, root: Path, name: str, dim: int, log: Log, *, shard_points: int | None = None) -> Collection:
         path = shard_dir(root, name, BASE)
         if path.exists():
             shutil.rmtree(path)  # a directory without a config: a creation that died half-way
-        return cls(root, name, [Member(BASE, Shard.create(path, dim))], log)
+        return cls(root, name, [Member(BASE, Shard.create(path, dim))], log, shard_points=shard_points)
 
     # -- what the engine asks --------------------------------------------------------------------
 
@@ -202,7 +221,7 @@ class Collection:
         if len(self.members) > 1:
             self._everywhere("delete_ids", (list(ids),), self.shards[:-1])
         self.open_shard.upsert(ids, vectors, payloads, sparse)
-        if self.open_shard.points >= MAX_SEGMENT_POINTS:
+        if self.open_shard.points >= self.shard_points:
             self.seal()
 
     def delete(self, field: str, values: Sequence[str]) -> None:
@@ -312,7 +331,7 @@ class Collection:
                 continue
             if i > 0:
                 before = self.members[i - 1]
-                fits = before.shard.points + member.shard.points <= MAX_SEGMENT_POINTS
+                fits = before.shard.points + member.shard.points <= self.shard_points
                 if fits and before.shard.points <= MERGE_RATIO * member.shard.points:
                     return [before, member]  # merge a built shard of like size into this build
             return [member]
@@ -336,7 +355,8 @@ class Collection:
         in_place = sum(1 for m in sealed if m.shard.waiting >= INDEX_AFTER_POINTS and not self._copyable(m))
         if self.build is None:
             return max(0, ready - 1) + in_place
-        return ready + in_place + (1 if self.open_shard.points >= WRITE_AHEAD_POINTS else 0)
+        write_ahead = min(WRITE_AHEAD_POINTS, self.shard_points // 4)
+        return ready + in_place + (1 if self.open_shard.points >= write_ahead else 0)
 
     def due(self, now: float, *, idle_at: float, quiet_at: float) -> float | None:
         """When ``maintain`` has warming or building to do (``time.monotonic()``), None when nothing

@@ -41,9 +41,17 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_edge import EdgeShard, ScrollRequest
 
-from semantik.proc import release_free_memory
+from semantik.proc import memory_limit_mb, release_free_memory
 from semantik.store import hybrid
-from semantik.store.collection import META_DIR, Collection, read_meta, remove_collection, shard_dir, shard_names
+from semantik.store.collection import (
+    META_DIR,
+    Collection,
+    read_meta,
+    remove_collection,
+    sealed_at,
+    shard_dir,
+    shard_names,
+)
 from semantik.store.collection import write_meta as _write_meta
 from semantik.store.hybrid import INDEXED_FIELDS, SearchPlan
 from semantik.store.shard import EngineError
@@ -103,6 +111,9 @@ class EdgeEngine:
         self.root = root
         self.log = log
         self._lock = lock_store(root)
+        self.memory_mb = memory_limit_mb()
+        self.shard_points = sealed_at(self.memory_mb)
+        log("vector_engine_memory", limit_mb=self.memory_mb, shard_points=self.shard_points)
         self._collections: dict[str, Collection] = {}
         self.last_search = float("-inf")
         self.last_write = 0.0
@@ -153,7 +164,7 @@ class EdgeEngine:
             if shard_names(self.root, name) is None:
                 return None
             self.check_meta(name)
-            found = Collection.open(self.root, name, self.log)
+            found = Collection.open(self.root, name, self.log, shard_points=self.shard_points)
             if found is None:
                 return None
             self._collections[name] = found
@@ -162,7 +173,9 @@ class EdgeEngine:
     def ensure(self, collection: str, dim: int) -> None:
         found = self.collection(collection)
         if found is None:
-            found = self._collections[collection] = Collection.create(self.root, collection, dim, self.log)
+            found = self._collections[collection] = Collection.create(
+                self.root, collection, dim, self.log, shard_points=self.shard_points
+            )
             self.write_meta(collection, dim)
             self.log("vector_collection_created", collection=collection, dim=dim, path=str(self.shard_path(collection)))
         elif found.dim != dim:
