@@ -4,12 +4,13 @@ builds that never stop the engine from answering.
 A collection is a list of shards, named in its manifest (``.meta/<collection>.json``, key
 ``shards``): sealed ones, which take no new points, and the last, open one, which takes every
 upsert. Points land unindexed and are searched by brute force until their shard is built. The open
-shard is sealed (a new, empty one takes its place) once it holds ``MAX_SEGMENT_POINTS`` points, or
+shard is sealed (a new, empty one takes its place) once it holds ``MAX_SEGMENT_POINTS`` points (half
+that under a memory limit below ``LIMITED_MEMORY_MB``, so a build's copy fits beside the engine), or
 once ``INDEX_AFTER_POINTS`` wait and writes paused; a sealed shard is then copied into a new one and
 indexed in a child process (``builder.py``) while the engine keeps answering from the original, and
 the built copy replaces it. A built shard goes into the next build when it is at most twice the size
-of the shard just sealed (and the two fit in ``MAX_SEGMENT_POINTS``), so a collection grows few
-shards: one per ``MAX_SEGMENT_POINTS`` points in a bulk load, a handful more from small increments.
+of the shard just sealed (and the two fit in one full shard), so a collection grows few shards: one
+per full shard's points in a bulk load, a handful more from small increments.
 
 Writes wait when they outpace the builds: an upsert answers how many sealed shards wait for a build
 (``backlog``), and the store's client (``vectors.py``) holds further writes, not searches, while one
