@@ -68,8 +68,11 @@ HNSW_EF_CONSTRUCT = 100
 HNSW_PAYLOAD_M = 0
 # A filter matching fewer points than this is answered from the payload index by exact search.
 FULL_SCAN_POINTS = 10_000
-# Search-time beam: at least this, and at least the number of candidates asked for.
-HNSW_EF = 128
+# Search-time beam in each shard: at least this, and at least the number of candidates asked for.
+# Each shard only has to find its share of the top hits. At 1M points in 11 shards inside a 2.5 GB
+# limit, 64 against 128: dense p50 / p99 8.9 / 30.0 ms against 12.7 / 17.2, hybrid p50 13.0 against
+# 16.4, recall@10 1.0 either way (pdf filter 0.9965 against 1.0; docs/benchmarks.md, session 12).
+HNSW_EF = 64
 # Filtered searches on the graph also visit neighbours' neighbours where the filter drops a direct
 # one (ACORN). Qdrant uses it for a filter matching at most 40% of the points (its default bound; above
 # that most neighbours pass anyway): without it, and without per-value graphs, recall@10 under a 12.5%
