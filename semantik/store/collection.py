@@ -251,7 +251,7 @@ class Collection:
         """Every shard's candidates, merged per list by score (each point once), then fused; the
         payloads are read for the hits only (one shard, one list: they come with the candidates)."""
         alone = len(self.members) == 1 and not plan.fused
-        requests = search_requests(plan, with_payload=alone)
+        requests = search_requests(plan, with_payload=alone, shards=len(self.members))
         live = hybrid.searchable(plan)
         answers: list[list[Any]] = [[] for _ in plan.lists]
         owner: dict[str, Shard] = {}

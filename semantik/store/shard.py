@@ -68,11 +68,22 @@ HNSW_EF_CONSTRUCT = 100
 HNSW_PAYLOAD_M = 0
 # A filter matching fewer points than this is answered from the payload index by exact search.
 FULL_SCAN_POINTS = 10_000
-# Search-time beam in each shard: at least this, and at least the number of candidates asked for.
-# Each shard only has to find its share of the top hits. At 1M points in 11 shards inside a 2.5 GB
-# limit, 64 against 128: dense p50 / p99 8.9 / 30.0 ms against 12.7 / 17.2, hybrid p50 13.0 against
-# 16.4, recall@10 1.0 either way (pdf filter 0.9965 against 1.0; docs/benchmarks.md, session 12).
-HNSW_EF = 64
+# Search-time beam in each shard: HNSW_EF_TOTAL shared among the collection's shards, within
+# [HNSW_EF_MIN, HNSW_EF], and at least the number of candidates asked for. Each shard only has to find
+# its share of the top hits, so many shards need a narrower beam each: at 1M points in 11 shards
+# inside a 2.5 GB limit, 64 against 128 gave dense p50 / p99 8.9 / 30.0 ms against 12.7 / 17.2, hybrid
+# p50 13.0 against 16.4, recall@10 1.0 either way (pdf filter 0.9965 against 1.0). One shard of 100k
+# keeps 128: with 64 its recall@10 fell from 0.998 to 0.988 (docs/benchmarks.md, session 12).
+HNSW_EF = 128
+HNSW_EF_MIN = 64
+HNSW_EF_TOTAL = 512
+
+
+def search_beam(shards: int, limit: int) -> int:
+    """The HNSW beam (``ef``) for each of ``shards`` shards asked for ``limit`` candidates."""
+    return max(limit, HNSW_EF_MIN, min(HNSW_EF, -(-HNSW_EF_TOTAL // max(1, shards))))
+
+
 # Filtered searches on the graph also visit neighbours' neighbours where the filter drops a direct
 # one (ACORN). Qdrant uses it for a filter matching at most 40% of the points (its default bound; above
 # that most neighbours pass anyway): without it, and without per-value graphs, recall@10 under a 12.5%
@@ -162,9 +173,10 @@ def ensure_indexes(edge: EdgeShard) -> None:
         edge.flush()
 
 
-def search_requests(plan: SearchPlan, *, with_payload: bool) -> list[QueryRequest]:
-    """The plan's candidate lists worth sending (``hybrid.searchable``), as Edge requests;
-    ``with_payload``: each candidate's payload comes with it (else they are read for the hits)."""
+def search_requests(plan: SearchPlan, *, with_payload: bool, shards: int = 1) -> list[QueryRequest]:
+    """The plan's candidate lists worth sending (``hybrid.searchable``), as Edge requests to each of
+    ``shards`` shards; ``with_payload``: each candidate's payload comes with it (else they are read
+    for the hits)."""
     flt = where_filter(plan.where, plan.ranges)
     requests = []
     for i in hybrid.searchable(plan):
@@ -179,7 +191,7 @@ def search_requests(plan: SearchPlan, *, with_payload: bool) -> list[QueryReques
                 limit=spec.limit,
                 query=query,
                 filter=flt,
-                params=SearchParams(hnsw_ef=max(HNSW_EF, spec.limit), acorn=ACORN if flt is not None else None),
+                params=SearchParams(hnsw_ef=search_beam(shards, spec.limit), acorn=ACORN if flt is not None else None),
                 with_payload=with_payload,
                 with_vector=[SPARSE_VECTOR] if spec.with_sparse else False,
             )
