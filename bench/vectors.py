@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from semantik.indexing.pipeline import UPSERTS_IN_FLIGHT
+from semantik.proc import memory_cgroup
 from semantik.store.vectors import VectorStore, point_id, qdrant_name
 
 DIM = 384
@@ -169,21 +170,14 @@ class MemoryCap:
     container (it seals smaller shards under a tight one)."""
 
     def __init__(self, limit_mb: int) -> None:
-        mine = Path("/proc/self/cgroup").read_text().splitlines()
-        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
-        if v2:
-            base = Path("/sys/fs/cgroup") / next(line for line in mine if line.startswith("0::")).split("::", 1)[
-                1
-            ].lstrip("/")
-            limit_file, self._peak_file, self._events = "memory.max", "memory.peak", "memory.events"
+        group = memory_cgroup()
+        if group is None:
+            raise SystemExit("--memory-cap-mb: this process has no memory cgroup")
+        _, base, limit_file = group
+        if limit_file == "memory.max":  # cgroup v2
+            self._peak_file, self._events = "memory.peak", "memory.events"
         else:
-            rel = next(line.split(":", 2)[2] for line in mine if line.split(":")[1] == "memory")
-            base = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
-            limit_file, self._peak_file, self._events = (
-                "memory.limit_in_bytes",
-                "memory.max_usage_in_bytes",
-                "memory.failcnt",
-            )
+            self._peak_file, self._events = "memory.max_usage_in_bytes", "memory.failcnt"
         self.base = base
         self.path = base / f"semantik-bench-{os.getpid()}"
         self.path.mkdir()

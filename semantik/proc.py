@@ -53,10 +53,31 @@ def anonymous_memory_mb() -> int | None:
     return None
 
 
+def memory_cgroup(root: Path = Path("/")) -> tuple[Path, Path, str] | None:
+    """This process's memory cgroup: its hierarchy's root directory, the cgroup's directory, and the
+    name of the limit file there (cgroup v1's memory controller where it is mounted, ``memory.limit_in_bytes``;
+    else v2's unified hierarchy, ``memory.max``). None where ``/proc/self/cgroup`` names neither.
+    ``root``: where ``/proc`` and ``/sys`` are (tests)."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    entries = [fields for fields in (line.split(":", 2) for line in lines) if len(fields) == 3]
+    for _, controllers, path in entries:
+        if "memory" in controllers.split(","):
+            base = root / "sys/fs/cgroup/memory"
+            return base, base / path.lstrip("/"), "memory.limit_in_bytes"
+    for hierarchy, controllers, path in entries:
+        if hierarchy == "0" and controllers == "":
+            base = root / "sys/fs/cgroup"
+            return base, base / path.lstrip("/"), "memory.max"
+    return None
+
+
 def memory_limit_mb(root: Path = Path("/")) -> int | None:
     """The memory this process may use, in MB: the lowest limit of its cgroup and the cgroups above
-    it (cgroup v2 ``memory.max``, or v1 ``memory.limit_in_bytes``), and at most the machine's RAM;
-    None where neither can be read. ``root``: where ``/proc`` and ``/sys`` are (tests)."""
+    it (``memory_cgroup``), and at most the machine's RAM; None where neither can be read.
+    ``root``: where ``/proc`` and ``/sys`` are (tests)."""
     limits: list[int] = []
     try:
         for line in (root / "proc/meminfo").read_text().splitlines():
@@ -64,21 +85,9 @@ def memory_limit_mb(root: Path = Path("/")) -> int | None:
                 limits.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        groups = (root / "proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        groups = []
-    for line in groups:
-        fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        if fields[0] == "0" and fields[1] == "":
-            base, name = root / "sys/fs/cgroup", "memory.max"
-        elif "memory" in fields[1].split(","):
-            base, name = root / "sys/fs/cgroup/memory", "memory.limit_in_bytes"
-        else:
-            continue
-        path = base / fields[2].lstrip("/")
+    group = memory_cgroup(root)
+    if group is not None:
+        base, path, name = group
         while True:  # this cgroup and every one above it, up to the hierarchy's root
             try:
                 value = (path / name).read_text().strip()

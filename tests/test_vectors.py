@@ -5,6 +5,7 @@ durability across kill -9, one process per store, and the migration of local-mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -1224,20 +1225,21 @@ def test_the_memory_limit_is_the_lowest_of_the_cgroups_above_and_the_machine(tmp
 
 def _memory_cgroup(limit_mb: int) -> Path | None:
     """A new memory cgroup of ``limit_mb`` under this process's (None where one cannot be made)."""
+    from semantik.proc import memory_cgroup
+
+    group = memory_cgroup()
+    if group is None:
+        return None
+    _, base, name = group
+    path = base / f"semantik-test-{os.getpid()}"
     try:
-        mine = Path("/proc/self/cgroup").read_text().splitlines()
-        if Path("/sys/fs/cgroup/cgroup.controllers").exists():
-            base = Path("/sys/fs/cgroup") / next(x for x in mine if x.startswith("0::")).split("::", 1)[1].lstrip("/")
-            name = "memory.max"
-        else:
-            rel = next(x.split(":", 2)[2] for x in mine if "memory" in x.split(":")[1].split(","))
-            base, name = Path("/sys/fs/cgroup/memory") / rel.lstrip("/"), "memory.limit_in_bytes"
-        path = base / f"semantik-test-{os.getpid()}"
         path.mkdir()
         (path / name).write_text(str(limit_mb * 2**20))
-        return path
-    except (OSError, StopIteration):
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.rmdir()
         return None
+    return path
 
 
 def test_an_engine_in_a_tight_memory_limit_seals_smaller_shards(tmp_path: Path) -> None:

@@ -407,7 +407,7 @@ class Collection:
             plan = hybrid.plan_search(
                 hybrid.SearchMode.DENSE, vector=(vector / np.linalg.norm(vector)).tolist(), query_text=None, k=10
             )
-            shard.query(search_requests(plan, with_payload=False))
+            shard.query(search_requests(plan, with_payload=False, shards=len(self.members)))
         self.cold[key] = left - WARM_STEP
 
     def _step_build(self, now: float) -> None:

@@ -111,9 +111,9 @@ class EdgeEngine:
         self.root = root
         self.log = log
         self._lock = lock_store(root)
-        self.memory_mb = memory_limit_mb()
-        self.shard_points = sealed_at(self.memory_mb)
-        log("vector_engine_memory", limit_mb=self.memory_mb, shard_points=self.shard_points)
+        memory_mb = memory_limit_mb()
+        self.shard_points = sealed_at(memory_mb)
+        log("vector_engine_memory", limit_mb=memory_mb, shard_points=self.shard_points)
         self._collections: dict[str, Collection] = {}
         self.last_search = float("-inf")
         self.last_write = 0.0

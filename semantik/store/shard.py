@@ -110,7 +110,7 @@ DATATYPES = {"float32": VectorStorageDatatype.Float32, "float16": VectorStorageD
 VALUE_BYTES = {VectorStorageDatatype.Float32: 4, VectorStorageDatatype.Float16: 2}
 
 
-def kb(points: int, dim: int, datatype: VectorStorageDatatype = VectorStorageDatatype.Float32) -> int:
+def kb(points: int, dim: int, datatype: VectorStorageDatatype) -> int:
     """Qdrant sizes segments in KB of dense vectors as stored (float16 takes half)."""
     return max(1, points * dim * VALUE_BYTES[datatype] // 1024)
 
