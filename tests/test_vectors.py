@@ -796,6 +796,83 @@ def test_a_bulk_load_is_indexed_in_a_build_process_once_writes_pause_or_a_shard_
     assert len(ids) == len(set(ids)) == written - 1
 
 
+def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build copies the sealed shard's files rather than reading its points back. Changes made
+    while it copies wait for the copy and reach the built shard; the built shard takes changes after
+    the swap and keeps them across a restart; a shard whose files cannot be copied is read back."""
+    from semantik.store import collection, edge, shard
+    from semantik.store.builder import Build
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(collection, "MERGE_RATIO", 0)  # each sealed shard built alone
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    root = tmp_path / "vectors"
+    vectors = unit(np.random.default_rng(8), 400, 16)
+    ids = [point_id("c", f"{i:064x}", 0) for i in range(400)]
+    payloads = [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(400)]
+
+    def nearest(engine: edge.EdgeEngine, i: int) -> dict[str, Any]:
+        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[i].tolist(), query_text=None, k=1)
+        return engine.search("c", plan)[0]
+
+    def start_build(engine: edge.EdgeEngine) -> Build:
+        time.sleep(0.3)  # writes paused: the open shard is sealed and a build starts
+        engine.maintain()
+        found = engine.collection("c")
+        assert found is not None and found.build is not None
+        return found.build
+
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    try:
+        engine.ensure("c", 16)
+        engine.upsert("c", ids[:200], vectors[:200], payloads[:200])
+        build = start_build(engine)
+        assert build.via == "clone" and build.state == "cloning"
+        engine.delete("c", "path", ["/d/5"])  # waits for the copy of the files, then reaches the copy too
+        assert build.state != "cloning"
+        engine.set_paths("c", f"{9:064x}", ["/moved/9"])
+        moved = {**payloads[11], "path": "/rewritten/11"}
+        engine.upsert("c", [ids[11]], vectors[11:12], [moved])  # written again: held once, in the open shard
+        engine.upsert("c", ids[200:250], vectors[200:250], payloads[200:250])
+        settle(engine)
+        built = [f for e, f in logged if e == "vector_index_built"]
+        assert [(b["via"], b["points"]) for b in built] == [("clone", 198)]
+        assert engine.count("c") == 249 and engine.stats("c")["waiting"] == 51
+        assert nearest(engine, 5)["id"] != ids[5] and nearest(engine, 9)["payload"]["paths"] == ["/moved/9"]
+        assert nearest(engine, 11)["payload"]["path"] == "/rewritten/11"
+        engine.delete("c", "path", ["/d/6"])  # the built shard takes changes after the swap
+    finally:
+        engine.close()
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    try:
+        assert engine.count("c") == 248 and nearest(engine, 6)["id"] != ids[6]  # kept across the restart
+        assert nearest(engine, 7)["id"] == ids[7] and nearest(engine, 220)["id"] == ids[220]
+
+        # A shard whose files cannot be copied (a link where only files belong; never followed) is
+        # read back into the build instead, in the same build.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "keep").write_text("not ours")
+        open_dir = engine.collection("c").open_shard.path  # type: ignore[union-attr]
+        (open_dir / "segments" / "stray").symlink_to(elsewhere, target_is_directory=True)
+        engine.upsert("c", ids[250:], vectors[250:], payloads[250:])
+        settle(engine)
+        failed = [f for e, f in logged if e == "vector_index_clone_failed"]
+        assert len(failed) == 1 and "not a regular file or directory" in failed[0]["reason"]
+        assert [f["via"] for e, f in logged if e == "vector_index_built"][-1] == "export"
+        assert engine.count("c") == 398 and engine.stats("c")["waiting"] == 0
+        assert nearest(engine, 350)["id"] == ids[350] and nearest(engine, 220)["id"] == ids[220]
+        assert (elsewhere / "keep").read_text() == "not ours"
+    finally:
+        engine.close()
+    on_disk = stored_point_ids(root, "c")
+    assert len(on_disk) == len(set(on_disk)) == 398
+
+
 def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -822,6 +899,7 @@ def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
         build = engine.collection("c").build  # type: ignore[union-attr]
         assert build is not None
         build.process.kill()  # the build process dies (out of memory, say)
+        build.process.wait()
         engine.maintain()
         assert [e for e, _ in logged if e.startswith("vector_index_build")] == [
             "vector_index_build_started",
@@ -870,7 +948,9 @@ def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
         engine.upsert("c", last, vectors[:120], [{"text": f"last {i}", "path": f"/l/{i}"} for i in range(120)])
         time.sleep(0.3)
         engine.maintain()  # sealed, copy started
-        engine.collection("c").build.process.kill()  # type: ignore[union-attr]
+        dying = engine.collection("c").build.process  # type: ignore[union-attr]
+        dying.kill()
+        dying.wait()
         engine.maintain()
         assert engine.backlog("c") == 1 and engine.stats("c")["waiting"] == 120
         settle(engine)

@@ -42,6 +42,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,12 @@ class Collection:
         payloads: Sequence[dict[str, Any]],
         sparse: Sequence[hybrid.Sparse] | None = None,
     ) -> None:
-        if len(self.members) > 1:
-            self._everywhere("delete_ids", (list(ids),), self.shards[:-1])
+        # A point written again moves to the open shard: its copy in a sealed one goes. Only where
+        # it is, so a bulk load of new points changes no sealed shard (one being cloned would wait).
+        for shard in self.shards[:-1]:
+            present = shard.present(ids)
+            if present:
+                self._everywhere("delete_ids", (present,), [shard])
         self.open_shard.upsert(ids, vectors, payloads, sparse)
         if self.open_shard.points >= self.shard_points:
             self.seal()
@@ -232,6 +237,10 @@ class Collection:
         self._everywhere("set_paths", (sha256, list(paths), mtime), self.shards)
 
     def _everywhere(self, op: str, args: tuple[Any, ...], shards: Sequence[Shard]) -> None:
+        if self.build is not None and any(m.shard in shards for m in self.building):
+            self.build.settle()  # a shard whose files are being copied changes once they are
+            if self.build.state == "failed":
+                self._build_failed(time.monotonic())
         for shard in shards:
             getattr(shard, op)(*args)
         if self.build is not None:
@@ -416,13 +425,19 @@ class Collection:
         if self.build.state == "done":
             self._finish_build()
         elif self.build.state == "failed":
-            error = self.build.error
-            for member in self.building:
-                self.failed[member.name] = self.failed.get(member.name, 0) + 1
-            self.log("vector_index_build_failed", collection=self.name, error=error, retry_in_s=BUILD_RETRY_S)
-            self._drop_build()
-            self.retry_at = now + BUILD_RETRY_S
+            error = self._build_failed(now)
             raise EngineError("vector_index_build_failed", f"building the index of {self.name!r} failed: {error}")
+
+    def _build_failed(self, now: float) -> str:
+        """Log a failed build and drop it (tried again ``BUILD_RETRY_S`` later); its error."""
+        assert self.build is not None
+        error = self.build.error
+        for member in self.building:
+            self.failed[member.name] = self.failed.get(member.name, 0) + 1
+        self.log("vector_index_build_failed", collection=self.name, error=error, retry_in_s=BUILD_RETRY_S)
+        self._drop_build()
+        self.retry_at = now + BUILD_RETRY_S
+        return error
 
     def optimize(self) -> None:
         """Index every waiting point now and return when done (asked for: benchmarks, tests). Other
@@ -467,13 +482,14 @@ class Collection:
     def _start_build(self, sources: list[Member]) -> None:
         target = shard_dir(self.root, self.name, self._next_name())
         self.building, self.replay = sources, []
-        self.build = Build([m.shard for m in sources], target, self.dim)
+        self.build = Build([m.shard for m in sources], target, self.dim, partial(self.log, collection=self.name))
         self.log(
             "vector_index_build_started",
             collection=self.name,
             points=self.build.points,
             shards=[m.name for m in sources],
             into=target.name,
+            via=self.build.via,
         )
 
     def _finish_build(self) -> None:
@@ -500,8 +516,9 @@ class Collection:
         self.log(
             "vector_index_built",
             collection=self.name,
-            points=build.result.get("points"),
+            points=shard.count(),  # after the changes replayed onto it
             reason="copy",
+            via=build.result.get("via"),
             seconds=round(seconds, 2),
             build_seconds=build.result.get("seconds"),
             swap_seconds=round(time.monotonic() - began, 2),

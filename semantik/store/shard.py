@@ -234,8 +234,8 @@ NO_TERMS = hybrid.Sparse([], [])
 class Shard:
     """One open Edge shard and what the engine knows about its indexing."""
 
-    def __init__(self, path: Path, edge: EdgeShard, dim: int) -> None:
-        self.path, self.edge, self.dim = path, edge, dim
+    def __init__(self, path: Path, edge: EdgeShard, dim: int, datatype: VectorStorageDatatype) -> None:
+        self.path, self.edge, self.dim, self.datatype = path, edge, dim, datatype
         self.points = 0  # an upper bound between counts: re-upserted points count twice
         self.waiting = 0  # dense vectors not in an HNSW index yet (sparse ones are indexed as they come)
         self._recount()
@@ -245,17 +245,18 @@ class Shard:
     def create(cls, path: Path, dim: int, *, index_after: int | None = None) -> Shard:
         edge = EdgeShard.create(str(path), shard_config(dim, index_after))
         ensure_indexes(edge)
-        return cls(path, edge, dim)
+        return cls(path, edge, dim, DENSE_DATATYPE)
 
     @classmethod
-    def load(cls, path: Path) -> Shard:
+    def load(cls, path: Path, *, index_after: int | None = None) -> Shard:
         config = json.loads((path / "edge_config.json").read_text())
         dim = int(config["vectors"][DENSE_VECTOR]["size"])
         # This version's tuning (index thresholds, segment sizes) replaces what the shard was made
         # with; the vectors' type stays.
-        edge = EdgeShard.load(str(path), shard_config(dim, datatype=stored_datatype(config)))
+        datatype = stored_datatype(config)
+        edge = EdgeShard.load(str(path), shard_config(dim, index_after, datatype))
         ensure_indexes(edge)  # a shard made by an earlier version lacks the newer ones
-        return cls(path, edge, dim)
+        return cls(path, edge, dim, datatype)
 
     def upsert(
         self,
@@ -277,6 +278,10 @@ class Shard:
         self.waiting += len(ids)
         self.points += len(ids)
         self.dirty = True
+
+    def present(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` this shard holds."""
+        return [str(r.id) for r in self.edge.retrieve(list(ids), with_payload=False, with_vector=False)]
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         self.edge.update(UpdateOperation.delete_points(list(ids)))
