@@ -873,6 +873,27 @@ def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change
     assert len(on_disk) == len(set(on_disk)) == 398
 
 
+def test_a_shard_file_copy_keeps_its_holes_and_refuses_links(tmp_path: Path) -> None:
+    """Edge preallocates its log files (32 MB each, mostly unwritten): a build's copy of a shard
+    must not write those zeros out, and must not follow a link put where a file was."""
+    from semantik.store.builder import copy_file
+
+    source = tmp_path / "open-1"
+    with source.open("wb") as handle:
+        handle.truncate(32 << 20)
+        handle.seek(1 << 20)
+        handle.write(b"entry" * 1000)
+    copy_file(str(source), tmp_path / "copy")
+    copied = tmp_path / "copy"
+    assert copied.read_bytes() == source.read_bytes()
+    assert copied.stat().st_blocks * 512 <= 1 << 20  # the data, not 32 MB of zeros
+
+    (tmp_path / "link").symlink_to(source)
+    with pytest.raises(OSError):
+        copy_file(str(tmp_path / "link"), tmp_path / "through-link")
+    assert not (tmp_path / "through-link").exists()
+
+
 def test_a_build_that_dies_or_is_cut_off_loses_nothing_and_runs_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
