@@ -218,9 +218,10 @@ def copy_file(source: str, target: Path) -> None:
     put in its place since it was looked at is refused (``O_NOFOLLOW``)."""
     fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd_in).st_mode):
+        info = os.fstat(fd_in)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(f"{source} is not a regular file")
-        size = os.fstat(fd_in).st_size
+        size = info.st_size
         fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             offset = 0
