@@ -507,6 +507,7 @@ async def test_the_server_path_builds_both_vectors_and_answers_like_the_embedded
     assert isinstance(info.config.params.vectors, dict)
     assert info.config.params.vectors[hybrid.DENSE_VECTOR].size == DIM
     assert info.config.params.vectors[hybrid.DENSE_VECTOR].distance == models.Distance.COSINE
+    assert info.config.params.vectors[hybrid.DENSE_VECTOR].datatype == models.Datatype.FLOAT16
     assert info.config.params.sparse_vectors is not None
     assert info.config.params.sparse_vectors[hybrid.SPARSE_VECTOR].modifier == models.Modifier.IDF
     indexed = set(server.client.indexed)  # type: ignore[attr-defined]

@@ -91,7 +91,10 @@ BUILD_RETRY_S = 60.0
 COPY_ATTEMPTS = 2
 # While a build runs, writers wait once the open shard holds this many points (at most a quarter of
 # a shard), so the points held unindexed (in memory, with their indexes) stay bounded: the shard
-# being copied and this many.
+# being copied and this many. Letting them fill a whole shard instead was tried (session 14): on two
+# cores the writes and the build share the CPU, so the build ran as much longer as the writers went
+# on (100k points: 48 s against 28 s), for 2% more upserts/s and 210 MB more engine memory
+# (docs/benchmarks.md, "Writers that fill a shard during its build").
 WRITE_AHEAD_POINTS = 50_000
 # Under a memory limit below this (the engine's cgroup's, or the machine's RAM), shards are sealed at
 # half of MAX_SEGMENT_POINTS. A build process holds about 6.5 KB per point it copies (1.3 GB for 200k)
