@@ -1143,6 +1143,79 @@ def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
         engine.close()
 
 
+def test_a_search_over_many_shards_finds_what_one_exact_search_would_each_point_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection of a dozen shards (a million chunks under a memory limit is eleven) answers a
+    dense search with the true nearest chunks across all of them, best first, each once (a point
+    written again lives in the open shard only), with its own payload; and a hybrid hit's ranks are
+    its places in the dense and keyword lists the same shards give."""
+    from semantik.store import collection, edge
+
+    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 100)
+    monkeypatch.setattr(collection, "LIMITED_MEMORY_MB", 0)
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 10**6)  # no builds: every shard searched exactly
+    dim, n = 16, 1_200
+    rng = np.random.default_rng(11)
+    vectors = unit(rng, n, dim)
+    words = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet"]
+
+    def payload(i: int, version: int = 0) -> dict[str, Any]:
+        return {
+            "text": f"note {i} {words[i % 7]} {words[(i * 3) % 7]} v{version}",
+            "path": f"/d/{i}",
+            "sha256": f"{i:064x}",
+        }
+
+    engine = edge.EdgeEngine(tmp_path / "vectors")
+    try:
+        engine.ensure("c", dim)
+        for start in range(0, n, 50):
+            rows = range(start, start + 50)
+            engine.upsert(
+                "c",
+                [point_id("c", f"{i:064x}", 0) for i in rows],
+                vectors[start : start + 50],
+                [payload(i) for i in rows],
+            )
+        # Points of the first shards written again, with new vectors: they move to the open shard.
+        moved = list(range(0, 300, 7))
+        vectors[moved] = unit(rng, len(moved), dim)
+        engine.upsert(
+            "c", [point_id("c", f"{i:064x}", 0) for i in moved], vectors[moved], [payload(i, 1) for i in moved]
+        )
+        assert engine.stats("c")["shards"] >= 12 and engine.count("c") == n
+
+        by_id = {point_id("c", f"{i:064x}", 0): i for i in range(n)}
+        for query in unit(rng, 25, dim):
+            hits = engine.search(
+                "c", hybrid.plan_search(SearchMode.DENSE, vector=query.tolist(), query_text=None, k=10)
+            )
+            exact = np.argsort(-(vectors @ query))[:10].tolist()
+            assert [by_id[h["id"]] for h in hits] == exact
+            for h in hits:
+                i = by_id[h["id"]]
+                assert h["payload"]["path"] == f"/d/{i}"
+                assert h["payload"]["text"].endswith("v1" if i in moved else "v0")
+
+        def places(mode: SearchMode, query: npt.NDArray[np.float32], text: str) -> dict[str, int]:
+            plan = hybrid.plan_search(mode, vector=query.tolist(), query_text=text, k=hybrid.DEFAULT_CANDIDATES)
+            return {h["id"]: rank for rank, h in enumerate(engine.search("c", plan))}
+
+        texts = ["amber note", "cobalt garnet", "fjord", "dune ember"] * 3
+        for query, text in zip(unit(rng, len(texts), dim), texts, strict=True):
+            dense, keyword = places(SearchMode.DENSE, query, text), places(SearchMode.KEYWORD, query, text)
+            plan = hybrid.plan_search(SearchMode.HYBRID, vector=query.tolist(), query_text=text, k=10)
+            hits = engine.search("c", plan)
+            assert len(hits) == 10 and len({h["id"] for h in hits}) == 10
+            for h in hits:
+                assert h["payload"]["path"] == f"/d/{by_id[h['id']]}"
+                assert h["ranks"].get("dense") == dense.get(h["id"])
+                assert h["ranks"].get("keyword") == keyword.get(h["id"])
+    finally:
+        engine.close()
+
+
 async def test_a_store_made_with_the_keyword_index_in_memory_opens_with_it_on_disk(tmp_path: Path) -> None:
     """Stores written before the BM25 index moved to disk (session 9) open, keep every point, answer
     keyword searches, and carry on with the index on disk."""

@@ -73,9 +73,12 @@ FULL_SCAN_POINTS = 10_000
 # its share of the top hits, so many shards need a narrower beam each: at 1M points in 11 shards
 # inside a 2.5 GB limit, 64 against 128 gave dense p50 / p99 8.9 / 30.0 ms against 12.7 / 17.2, hybrid
 # p50 13.0 against 16.4, recall@10 1.0 either way (pdf filter 0.9965 against 1.0). One shard of 100k
-# keeps 128: with 64 its recall@10 fell from 0.998 to 0.988 (docs/benchmarks.md, session 12).
+# keeps 128: with 64 its recall@10 fell from 0.998 to 0.988 (docs/benchmarks.md, session 12). The same
+# 11 shards searched in the engine's process (Zen 4, session 15): beam 64 / 48 / 32 gave dense p50 8.5
+# / 6.6 / 5.3 ms, recall@10 0.9993 / 0.9988 / 0.9953, under the pdf filter 0.9975 / 0.9947 / 0.9883;
+# so the floor is 32, and 11 shards get 47.
 HNSW_EF = 128
-HNSW_EF_MIN = 64
+HNSW_EF_MIN = 32
 HNSW_EF_TOTAL = 512
 
 
