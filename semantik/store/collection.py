@@ -266,23 +266,19 @@ class Collection:
         requests = search_requests(plan, with_payload=alone, shards=len(self.members))
         live = hybrid.searchable(plan)
         answers: list[list[_Found]] = [[] for _ in plan.lists]
-        owner: dict[Any, Shard] = {}
         for shard in self.shards:
             for i, found in zip(live, shard.query(requests), strict=True):
-                for point in found:
-                    key = point.id
-                    owner.setdefault(key, shard)
-                    answers[i].append(_Found(key, float(point.score), point))
+                answers[i].extend(_Found(point.id, float(point.score), point, shard) for point in found)
         if len(self.members) > 1:
             answers = [_best(answer, spec.limit) for answer, spec in zip(answers, plan.lists, strict=True)]
         fused = hybrid.fuse(plan, hybrid.collect(plan, answers, sparse_indices))
         if alone:
             payloads = {str(f.id): f.point.payload for f in answers[0]}
         else:
-            keys = {str(f.id): f.id for answer in answers for f in answer}
+            kept = {str(f.id): f for answer in answers for f in answer}
             wanted: dict[int, list[str]] = {}
             for hit in fused:
-                wanted.setdefault(id(owner[keys[hit.id]]), []).append(hit.id)
+                wanted.setdefault(id(kept[hit.id].shard), []).append(hit.id)
             payloads = {}
             for shard in self.shards:
                 payloads.update(shard.payloads(wanted.get(id(shard), [])))
@@ -542,11 +538,12 @@ class Collection:
 class _Found(NamedTuple):
     """A candidate from one shard: Edge's point, with its id and score read once (each read of a
     point's ``id`` makes a new UUID: a hybrid search over 11 shards has 1,100 candidates, and reading
-    their ids again and again took longer than searching a shard)."""
+    their ids again and again took longer than searching a shard), and the shard its payload is in."""
 
     id: Any
     score: float
     point: Any
+    shard: Shard
 
     @property
     def vector(self) -> Any:
