@@ -1,15 +1,19 @@
 """Process plumbing: what every child process Semantik starts does first (die with the process
-that started it), handing freed memory back to the system in a long-lived process, and the memory
-a process may use (its cgroup's limit, or the machine's RAM)."""
+that started it), handing freed memory and cached file pages back to the system in a long-lived
+process, and the memory a process may use (its cgroup's limit, or the machine's RAM)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_MADV_PAGEOUT = 21
 
 
 def die_with_parent(parent: int | None = None) -> None:
@@ -39,6 +43,75 @@ def release_free_memory() -> int | None:
     except (OSError, AttributeError):
         return None
     return anonymous_memory_mb()
+
+
+def drop_cached_pages(directory: Path) -> int:
+    """Ask the kernel to reclaim the cached pages of the files directly in ``directory``: each file
+    is synced (a dirty page cannot be dropped), then the pages this process maps are paged out
+    (``madvise(MADV_PAGEOUT)``, Linux 5.4 and later) and the rest dropped
+    (``posix_fadvise(POSIX_FADV_DONTNEED)``). Nothing changes but what is in memory: the next read
+    of a page reads it from disk again. The vector engine calls it for the write-ahead logs of
+    shards that take few writes, which Edge reads whole when it opens a shard and which would
+    otherwise stay cached beside what searches need (60 MB a shard). Returns how many files were
+    advised; 0 where the calls are unavailable."""
+    try:
+        entries = [entry for entry in os.scandir(directory) if entry.is_file(follow_symlinks=False)]
+    except OSError:
+        return 0
+    opened: list[tuple[str, int]] = []
+    try:
+        for entry in entries:
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            opened.append((os.path.realpath(entry.path), fd))
+            with contextlib.suppress(OSError):
+                os.fdatasync(fd)
+        names = {name for name, _ in opened}
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6 and fields[5].rstrip("\n") in names:
+                        start, end = (int(x, 16) for x in fields[0].split("-"))
+                        libc.madvise(start, end - start, _MADV_PAGEOUT)  # EINVAL before Linux 5.4: ignored
+        except (OSError, AttributeError):
+            pass
+        advised = 0
+        for _, fd in opened:
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                advised += 1
+        return advised
+    finally:
+        for _, fd in opened:
+            os.close(fd)
+
+
+def prefetch_files(paths: Iterable[Path]) -> int:
+    """Start reading the regular files among ``paths`` into the page cache
+    (``posix_fadvise(POSIX_FADV_WILLNEED)``: the kernel reads them in the background, the call
+    does not wait for the reads) and return how many bytes were asked for. Links are not followed;
+    a file that cannot be opened is skipped."""
+    asked = 0
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_size:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                asked += info.st_size
+        except (OSError, AttributeError):
+            pass
+        finally:
+            os.close(fd)
+    return asked
 
 
 def anonymous_memory_mb() -> int | None:

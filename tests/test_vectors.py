@@ -842,6 +842,8 @@ def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change
         settle(engine)
         built = [f for e, f in logged if e == "vector_index_built"]
         assert [(b["via"], b["points"]) for b in built] == [("clone", 198)]
+        built_log = engine.collection("c").members[0].shard.path / "wal"  # type: ignore[union-attr]
+        assert sum(resident_bytes(f) for f in built_log.iterdir()) == 0  # read at the swap, then let go
         assert engine.count("c") == 249 and engine.stats("c")["waiting"] == 51
         assert nearest(engine, 5)["id"] != ids[5] and nearest(engine, 9)["payload"]["paths"] == ["/moved/9"]
         assert nearest(engine, 11)["payload"]["path"] == "/rewritten/11"
@@ -1457,3 +1459,138 @@ def test_an_engine_in_a_tight_memory_limit_seals_smaller_shards(tmp_path: Path) 
         assert sealed == sealed_at(memory_limit_mb())
     finally:
         group.rmdir()
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of a file is in the page cache now (``mincore`` on a mapping that reads nothing)."""
+    import ctypes
+
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        pages = (ctypes.c_ubyte * (-(-size // page)))()
+        try:
+            assert libc.mincore(address, size, pages) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return min(size, sum(p & 1 for p in pages) * page)  # the last page counts as the file's tail
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux only")
+def test_sealed_shards_logs_leave_memory_once_opened_and_still_take_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edge reads a shard's whole write-ahead log when it opens it; the engine hands the pages of
+    the sealed shards' logs back (at 1M points they were 650 MB of a 2.5 GB limit, kept while
+    searches' pages were evicted). The open shard's log, which every write goes to, stays; deletes
+    and path changes on sealed shards still land and survive a reopen."""
+    from semantik.store import collection, edge
+
+    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 100)
+    monkeypatch.setattr(collection, "LIMITED_MEMORY_MB", 0)
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 10**6)
+    rng = np.random.default_rng(5)
+    n = 450
+    vectors = unit(rng, n)
+    root = tmp_path / "vectors"
+    engine = edge.EdgeEngine(root)
+    try:
+        engine.ensure("c", DIM)
+        for start in range(0, n, 50):
+            rows = range(start, start + 50)
+            engine.upsert(
+                "c",
+                [point_id("c", f"{i:064x}", 0) for i in rows],
+                vectors[start : start + 50],
+                [{"text": f"note {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in rows],
+            )
+        assert engine.stats("c")["shards"] == 5
+    finally:
+        engine.close()
+
+    def logs() -> list[list[Path]]:
+        names = collection.shard_names(root, "c")
+        assert names is not None and len(names) == 5
+        return [sorted((collection.shard_dir(root, "c", name) / "wal").iterdir()) for name in names]
+
+    engine = edge.EdgeEngine(root)
+    try:
+        assert engine.count("c") == n  # opens the collection
+        *sealed, open_log = logs()
+        assert sum(resident_bytes(f) for f in open_log) > 0  # read when the shard opened, and kept
+        assert [sum(resident_bytes(f) for f in files) for files in sealed] == [0] * 4
+        # Changes to sealed shards go to their logs as before.
+        engine.delete("c", "sha256", [f"{i:064x}" for i in range(0, 100, 2)])
+        engine.set_paths("c", f"{101:064x}", ["/moved/101"])
+    finally:
+        engine.close()
+
+    engine = edge.EdgeEngine(root)
+    try:
+        counts = engine.content_counts("c")
+        assert len(counts) == n - 50 and not {f"{i:064x}" for i in range(0, 100, 2)} & set(counts)
+        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[101].tolist(), query_text=None, k=1)
+        assert engine.search("c", plan)[0]["payload"]["path"] == "/moved/101"
+    finally:
+        engine.close()
+
+
+def test_what_searches_read_is_read_ahead_again_after_each_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build's memory can push the pages of other shards' vectors and graphs out of the cache (at
+    1M points in a 2.5 GB limit the first searches after a load took 73 page faults each); after
+    each swap the engine has the kernel read every built shard's vectors, graph links and payload
+    tracker back, so searches do not fault them in one page at a time."""
+    from semantik.proc import drop_cached_pages
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(collection, "MERGE_RATIO", 0)  # each sealed shard built alone
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    vectors = unit(np.random.default_rng(9), 400, 64)
+    ids = [point_id("c", f"{i:064x}", 0) for i in range(400)]
+    payloads = [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(400)]
+
+    def resident(files: list[Path]) -> float:
+        return sum(resident_bytes(f) for f in files) / sum(f.stat().st_size for f in files)
+
+    engine = edge.EdgeEngine(tmp_path / "vectors")
+    try:
+        engine.ensure("c", 64)
+        engine.upsert("c", ids[:200], vectors[:200], payloads[:200])
+        settle(engine)
+        found = engine.collection("c")
+        assert found is not None and found.stats()["indexed_vectors"] >= 200
+        first = found.members[0].shard
+        files = first.searched_files()
+        assert {f.parent.name + "/" + f.name for f in files} >= set(shard.SEARCHED_FILES)
+        for directory in {f.parent for f in files}:
+            drop_cached_pages(directory)
+        if resident(files) > 0.1:
+            pytest.skip("this kernel keeps the pages (no MADV_PAGEOUT)")
+
+        engine.upsert("c", ids[200:], vectors[200:], payloads[200:])
+        settle(engine)  # the next shard is built and swapped in
+        assert len([m for m in found.members if m.shard.searched_files()]) >= 2
+        deadline = time.monotonic() + 10
+        while resident(files) < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert resident(files) == 1.0
+        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[7].tolist(), query_text=None, k=1)
+        assert engine.search("c", plan)[0]["id"] == ids[7]
+    finally:
+        engine.close()

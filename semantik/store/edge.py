@@ -111,7 +111,7 @@ class EdgeEngine:
         self.root = root
         self.log = log
         self._lock = lock_store(root)
-        memory_mb = memory_limit_mb()
+        self.memory_mb = memory_mb = memory_limit_mb()
         self.shard_points = sealed_at(memory_mb)
         log("vector_engine_memory", limit_mb=memory_mb, shard_points=self.shard_points)
         self._collections: dict[str, Collection] = {}
@@ -164,7 +164,7 @@ class EdgeEngine:
             if shard_names(self.root, name) is None:
                 return None
             self.check_meta(name)
-            found = Collection.open(self.root, name, self.log, shard_points=self.shard_points)
+            found = Collection.open(self.root, name, self.log, shard_points=self.shard_points, memory_mb=self.memory_mb)
             if found is None:
                 return None
             self._collections[name] = found
@@ -174,7 +174,7 @@ class EdgeEngine:
         found = self.collection(collection)
         if found is None:
             found = self._collections[collection] = Collection.create(
-                self.root, collection, dim, self.log, shard_points=self.shard_points
+                self.root, collection, dim, self.log, shard_points=self.shard_points, memory_mb=self.memory_mb
             )
             self.write_meta(collection, dim)
             self.log("vector_collection_created", collection=collection, dim=dim, path=str(self.shard_path(collection)))

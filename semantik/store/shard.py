@@ -48,10 +48,20 @@ from qdrant_edge import (
     VectorStorageDatatype,
 )
 
+from semantik.proc import drop_cached_pages
 from semantik.store import hybrid
 from semantik.store.hybrid import DENSE_VECTOR, INDEXED_FIELDS, RANGE_FIELDS, SPARSE_VECTOR, SearchPlan
 
 UPDATE_BATCH = 512
+# What every dense search reads in each built segment: the dense vectors, the HNSW graph's links, and
+# the payload storage's tracker (where each hit's payload lies). Memory-mapped files, read a page at
+# a time as searches touch them (Qdrant advises random access), so a shard just opened or swapped in
+# answers its first searches with page faults (``Collection`` asks the kernel to read them ahead).
+SEARCHED_FILES = (
+    "vector_storage-dense/matrix.dat",
+    "vector_index-dense/links_compressed.bin",
+    "payload_storage/tracker.dat",
+)
 # Points land in a plain segment; HNSW is built for them once this many wait (when idle, see edge.py) ...
 INDEX_AFTER_POINTS = 20_000
 # Segments stay below this many points, so one optimize never rebuilds the whole index.
@@ -357,6 +367,22 @@ class Shard:
     def flush(self) -> None:
         self.edge.flush()
         self.dirty = False
+
+    def searched_files(self) -> list[Path]:
+        """The files of ``SEARCHED_FILES`` this shard's segments have."""
+        try:
+            segments = [d for d in (self.path / "segments").iterdir() if d.is_dir() and not d.is_symlink()]
+        except OSError:
+            return []
+        return [d / name for d in segments for name in SEARCHED_FILES if (d / name).is_file()]
+
+    def release_log(self) -> None:
+        """Drop the pages of the shard's write-ahead log from memory (``proc.drop_cached_pages``): a
+        sealed shard's log takes a change now and then, but Edge reads it whole when it opens the
+        shard (up to 64 MB), and the kernel kept those pages cached while it evicted pages searches
+        read again and again: at 1M points in a 2.5 GB limit, 650 MB of logs stayed in memory through
+        3,000 searches (docs/benchmarks.md, session 16)."""
+        drop_cached_pages(self.path / "wal")
 
     def close(self) -> None:
         self.edge.close()
