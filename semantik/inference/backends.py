@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from semantik.inference.export import ExportError, onnx_model, openvino_int8_model
 
 BACKENDS = ("torch", "onnx", "openvino")
-OPENVINO_PAD_MULTIPLE = 16
+PAD_MULTIPLE = 16
 
 log = structlog.get_logger(__name__)
 
@@ -186,7 +186,12 @@ class TorchBackend:
         self.max_seq_length = int(self.model.max_seq_length or 512)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim() or 0)
-        self._tokens = Tokens(model_path, self.max_seq_length)
+        # On the CPU, lengths padded to a multiple of 16 (the pads masked: same vectors), as for
+        # OpenVINO: oneDNN prepares each new input shape (5-18 ms a call measured for bf16), and a
+        # job's sub-batches of varied sizes and lengths met a new one at almost every call (its encode
+        # path 70 chunks/s unpadded against 80-99 padded; docs/benchmarks.md, session 17).
+        multiple = PAD_MULTIPLE if on_cpu and self.max_seq_length % PAD_MULTIPLE == 0 else None
+        self._tokens = Tokens(model_path, self.max_seq_length, pad_to_multiple_of=multiple)
         self._torch = torch
 
     def preempt(self) -> None:
@@ -308,7 +313,7 @@ class OpenVinoBackend:
         # OpenVINO prepares its kernels once per input shape (about 14 ms for a new one, measured on
         # int8): lengths padded to a multiple of 16 (the pads masked, so the vectors do not change)
         # keep the shapes few. Without it a job's varied sub-batches ran 18% slower on first sight.
-        multiple = OPENVINO_PAD_MULTIPLE if self.max_seq_length % OPENVINO_PAD_MULTIPLE == 0 else None
+        multiple = PAD_MULTIPLE if self.max_seq_length % PAD_MULTIPLE == 0 else None
         self._tokens = Tokens(model_path, self.max_seq_length, pad_to_multiple_of=multiple)
         self.dim = int(self.encode(["dimension"]).shape[1])
 

@@ -29,6 +29,7 @@ import structlog
 from semantik.inference.backends import Backend, Preempted, Spec, load_backend
 from semantik.inference.choose import choose
 from semantik.inference.oom_batch import AdaptiveBatch
+from semantik.inference.sub_batch import SubBatchSizer
 
 # Nothing may reach a model hub at run time: not here, not on an air-gapped box.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,7 +133,7 @@ class Embedder:
         self._queries = 0
         self._last_query_s = -1e9  # time.monotonic() of the last query
         self._idle = threading.Condition()
-        self._seconds_per_char = 0.0  # measured; sizes the indexing sub-batches
+        self._sizer = SubBatchSizer()  # each call's measured time sizes the next indexing sub-batch
         self.preemptions = 0  # indexing sub-batches stopped part-way for a query (ONNX Runtime)
         # On a GPU, CUDA out-of-memory halves the batch (down to 1) and grows it back later.
         self._adaptive = AdaptiveBatch(batch_size) if device.startswith("cuda") else None
@@ -167,11 +168,11 @@ class Embedder:
             size = min(self.batch_size, FIRST_SUB_BATCH)  # until the model's speed here is known
             # A sub-batch is padded to its first (longest) text: its cost is about size x that length.
             width = _cost_width(texts[start])
-            if self._seconds_per_char > 0:
+            if self._sizer.known:
                 aim = SUB_BATCH_S
                 if time.monotonic() - self._last_query_s < SEARCHING_WINDOW_S:  # people are searching
                     aim = min(aim, getattr(self.model, "sub_batch_s", SUB_BATCH_S))
-                size = max(1, min(self.batch_size, int(aim / (self._seconds_per_char * width))))
+                size = self._sizer.size(aim, width, self.batch_size)
             batch = texts[start : start + size]
             began = time.perf_counter()
             try:
@@ -184,8 +185,9 @@ class Embedder:
             stopped = 0
             # Measured per padded character, not per text: the next call starts with its longest
             # texts, and a per-text figure from the last call's shortest ones overshot (p99 of a
-            # query behind OpenVINO 118 ms against 50 ms aimed at).
-            self._seconds_per_char = (time.perf_counter() - began) / (len(batch) * width)
+            # query behind OpenVINO 118 ms against 50 ms aimed at). The fixed cost of a call is
+            # fitted apart from it (``sub_batch.py``).
+            self._sizer.observe(len(batch) * width, time.perf_counter() - began)
             start += len(batch)
         return np.concatenate(parts)
 
