@@ -54,6 +54,13 @@ DIM = 16
 REPO = Path(__file__).resolve().parents[1]
 
 
+def top_hit(engine: Any, vector: np.ndarray, collection: str = "c") -> dict[str, Any]:
+    """The nearest point to ``vector`` by a dense search of ``collection``."""
+    plan = hybrid.plan_search(SearchMode.DENSE, vector=vector.tolist(), query_text=None, k=1)
+    hits: list[dict[str, Any]] = engine.search(collection, plan)
+    return hits[0]
+
+
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> npt.NDArray[np.float32]:
     v = rng.standard_normal((n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -817,8 +824,7 @@ def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change
     payloads = [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(400)]
 
     def nearest(engine: edge.EdgeEngine, i: int) -> dict[str, Any]:
-        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[i].tolist(), query_text=None, k=1)
-        return engine.search("c", plan)[0]
+        return top_hit(engine, vectors[i])
 
     def start_build(engine: edge.EdgeEngine) -> Build:
         time.sleep(0.3)  # writes paused: the open shard is sealed and a build starts
@@ -1010,8 +1016,7 @@ def test_vectors_are_stored_as_float16_and_a_float32_store_stays_readable(
         return [json.loads(p.read_text())["vectors"]["dense"].get("datatype", "float32") for p in configs]
 
     def nearest(i: int) -> dict[str, Any]:
-        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[i].tolist(), query_text=None, k=1)
-        return engine.search("c", plan)[0]
+        return top_hit(engine, vectors[i])
 
     monkeypatch.setattr(shard, "DENSE_DATATYPE", VectorStorageDatatype.Float32)  # an earlier version
     engine = edge.EdgeEngine(root)
@@ -1082,8 +1087,7 @@ def test_an_index_asked_for_is_built_in_place_when_its_copy_fails(
             ("vector_index_build_failed", None),
             ("vector_index_built", "asked"),
         ]
-        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[7].tolist(), query_text=None, k=1)
-        assert engine.search("c", plan)[0]["payload"]["path"] == "/d/7"
+        assert top_hit(engine, vectors[7])["payload"]["path"] == "/d/7"
     finally:
         engine.close()
 
@@ -1541,8 +1545,7 @@ def test_sealed_shards_logs_leave_memory_once_opened_and_still_take_changes(
     try:
         counts = engine.content_counts("c")
         assert len(counts) == n - 50 and not {f"{i:064x}" for i in range(0, 100, 2)} & set(counts)
-        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[101].tolist(), query_text=None, k=1)
-        assert engine.search("c", plan)[0]["payload"]["path"] == "/moved/101"
+        assert top_hit(engine, vectors[101])["payload"]["path"] == "/moved/101"
     finally:
         engine.close()
 
@@ -1590,7 +1593,6 @@ def test_what_searches_read_is_read_ahead_again_after_each_build(
         while resident(files) < 1.0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert resident(files) == 1.0
-        plan = hybrid.plan_search(SearchMode.DENSE, vector=vectors[7].tolist(), query_text=None, k=1)
-        assert engine.search("c", plan)[0]["id"] == ids[7]
+        assert top_hit(engine, vectors[7])["id"] == ids[7]
     finally:
         engine.close()

@@ -133,7 +133,8 @@ class Tokens:
     def __init__(self, model_path: Path, max_seq_length: int, pad_to_multiple_of: int | None = None) -> None:
         self._json = Tokenizer.from_file(str(model_path / "tokenizer.json")).to_str()
         self._max = max_seq_length
-        self._multiple = pad_to_multiple_of
+        # Padding past the length the model reads would be cut again: then lengths are not padded.
+        self._multiple = pad_to_multiple_of if pad_to_multiple_of and max_seq_length % pad_to_multiple_of == 0 else None
         self._local = threading.local()
 
     def _tokenizer(self) -> Tokenizer:
@@ -190,8 +191,7 @@ class TorchBackend:
         # OpenVINO: oneDNN prepares each new input shape (5-18 ms a call measured for bf16), and a
         # job's sub-batches of varied sizes and lengths met a new one at almost every call (its encode
         # path 70 chunks/s unpadded against 80-99 padded; docs/benchmarks.md, session 17).
-        multiple = PAD_MULTIPLE if on_cpu and self.max_seq_length % PAD_MULTIPLE == 0 else None
-        self._tokens = Tokens(model_path, self.max_seq_length, pad_to_multiple_of=multiple)
+        self._tokens = Tokens(model_path, self.max_seq_length, pad_to_multiple_of=PAD_MULTIPLE if on_cpu else None)
         self._torch = torch
 
     def preempt(self) -> None:
@@ -313,8 +313,7 @@ class OpenVinoBackend:
         # OpenVINO prepares its kernels once per input shape (about 14 ms for a new one, measured on
         # int8): lengths padded to a multiple of 16 (the pads masked, so the vectors do not change)
         # keep the shapes few. Without it a job's varied sub-batches ran 18% slower on first sight.
-        multiple = PAD_MULTIPLE if self.max_seq_length % PAD_MULTIPLE == 0 else None
-        self._tokens = Tokens(model_path, self.max_seq_length, pad_to_multiple_of=multiple)
+        self._tokens = Tokens(model_path, self.max_seq_length, pad_to_multiple_of=PAD_MULTIPLE)
         self.dim = int(self.encode(["dimension"]).shape[1])
 
     def preempt(self) -> None:
