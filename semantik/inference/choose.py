@@ -3,9 +3,10 @@
 ``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DTYPE`` narrow the candidates; when more than one
 is left, each runs a fixed calibration set of real text (``calibration.json``: NFCorpus passages and
 queries, README paragraphs) and the fastest whose every embedding keeps cosine >= ``MIN_COSINE`` to
-torch fp32 wins. The measurement (a few seconds) is cached under the model cache directory, keyed
-by a fingerprint of the CPU (model name, flags, usable cores), the library versions, the model's
-hash and the calibration set, so it runs once per machine; ``choices/<fingerprint>.json`` holds
+torch fp32 wins (among those within ``SAME_SPEED`` of it, the best by ``tie_rank``). The measurement
+(a few seconds) is cached under the model cache directory, keyed by a fingerprint of the CPU (model
+name, flags, usable cores), the library versions, the model's hash and the calibration set, so it
+runs once per machine; ``choices/<fingerprint>.json`` holds
 every figure and the reason (delete it to measure again).
 
 On CUDA there is nothing to measure: torch fp16 (or the dtype asked for), as before.
