@@ -220,10 +220,11 @@ def choose(
     return choice
 
 
+# Why a candidate that is not the fastest won, by its ``tie_rank`` (0 or 1: one that loses on
+# speed always ranks above the fastest).
 TIE_REASONS = (
     "able to stop an indexing batch for a search",
     "not torch: its own thread pool shares the cores with the rest of a job better",
-    "the fastest",
 )
 
 
