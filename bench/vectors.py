@@ -323,8 +323,13 @@ async def edge(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         ("folder", {"mode": "dense", "where": {"dirs": ["/drive/team3"]}}),
     ]
     for name, kw in modes:
-        p50, p99 = percentiles(await timed_searches(store, queries, texts, **kw))
+        samples = await timed_searches(store, queries, texts, **kw)
+        p50, p99 = percentiles(samples)
         result[f"{name}_p50_ms"], result[f"{name}_p99_ms"] = round(p50, 2), round(p99, 2)
+        # Where the tail lies: a slow start (pages still cold, a shard still warming) or spread out.
+        slowest = sorted(range(len(samples)), key=lambda i: -samples[i])[:5]
+        where = ", ".join(f"#{i} {samples[i] * 1000:.1f}" for i in slowest)
+        print(f"  {name}: slowest searches (#position ms) {where}")
 
     truth = exact_top(vectors, queries)
     recalls = []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from structlog.testing import capture_logs
 
@@ -24,6 +25,9 @@ from semantik.inference.choose import MIN_COSINE, calibration, choose, fingerpri
 from semantik.inference.embedder import Embedder, default_model_path
 from semantik.inference.export import ExportError, cache_dir_for, model_hash, onnx_model
 from semantik.inference.quantize import TARGET_COSINE, openvino_recipe, recipe
+from semantik.inference.quantize import _Calibration as Calibration
+from semantik.inference.quantize import _fuse as fuse
+from semantik.inference.quantize import _unfuse_skip_layer_norms as unfuse_skip_layer_norms
 from semantik.settings import Settings
 
 MODEL_DIR = default_model_path()
@@ -53,6 +57,11 @@ def test_the_export_is_made_once_per_model_and_runtime_and_logged(tmp_path: Path
     assert int8["target_met"] and int8["min_cosine"] >= TARGET_COSINE
     assert int8["candidates"] == 6 and len(int8["kept_fp32"]) < 6
     assert all(n.endswith("/output/dense/MatMul") and "/attention/" not in n for n in int8["kept_fp32"])
+    # The residual layer norms run as plain ops (the fused kernel was the slower), and the record's
+    # cosine is the final graph's.
+    assert int8["skip_layer_norms_unfused"]
+    ops = {node.op_type for node in onnx.load(str(first), load_external_data=False).graph.node}
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
     assert first.name == f"model-int8-{recipe()}.onnx"
     # Nothing else: no half-written file, no copy quantization made on the way.
     assert sorted(p.name for p in first.parent.iterdir()) == sorted(["export.json", "model-fp32.onnx", first.name])
@@ -62,6 +71,27 @@ def test_the_export_is_made_once_per_model_and_runtime_and_logged(tmp_path: Path
         again = onnx_model(tmp_path, MODEL_DIR, "int8")
     assert again == first and again.stat().st_mtime_ns == mtime
     assert [e for e in logs if e["event"] == "model_exported"] == []
+
+
+def test_residual_layer_norms_written_as_plain_ops_give_the_same_vectors(tmp_path: Path) -> None:
+    # The int8 graph's last step rewrites ONNX Runtime's fused SkipLayerNormalization as Add and
+    # LayerNormalization. On the fused fp32 graph, where no quantization hides a difference, every
+    # calibration text's vector must come out the same, and what it rewrites is gone.
+    fp32 = onnx_model(tmp_path, MODEL_DIR, "fp32")
+    fused, plain = tmp_path / "fused.onnx", tmp_path / "plain.onnx"
+    assert fuse(fp32, fused, MODEL_DIR)
+    before = {node.op_type for node in onnx.load(str(fused)).graph.node}
+    assert "SkipLayerNormalization" in before
+    assert unfuse_skip_layer_norms(fused, plain)
+    after = [node.op_type for node in onnx.load(str(plain)).graph.node]
+    assert "SkipLayerNormalization" not in after and after.count("LayerNormalization") == 12  # 2 in each of 6 layers
+    calib = Calibration(MODEL_DIR)
+    reference, rewritten = calib.vectors(fused), calib.vectors(plain)
+    assert reference.shape == rewritten.shape and len(reference) >= 32
+    assert float(np.abs(reference - rewritten).max()) < 1e-5
+    # A graph with nothing to rewrite is left alone.
+    assert not unfuse_skip_layer_norms(plain, tmp_path / "again.onnx")
+    assert not (tmp_path / "again.onnx").exists()
 
 
 def test_the_openvino_int8_model_is_made_once_checked_and_phones_nobody(tmp_path: Path) -> None:
