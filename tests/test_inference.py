@@ -94,6 +94,54 @@ def test_residual_layer_norms_written_as_plain_ops_give_the_same_vectors(tmp_pat
     assert not (tmp_path / "again.onnx").exists()
 
 
+def test_the_rewrite_matches_onnx_runtimes_fused_kernel_with_bias_and_the_sum_taken_on(tmp_path: Path) -> None:
+    # A small graph with what the model's graph lacks: a bias input, and the fused op's fourth
+    # output (input + skip + bias) taken by a later node. Both graphs run in ONNX Runtime.
+    from onnx import TensorProto, helper, numpy_helper
+
+    from semantik.inference.backends import onnx_session
+
+    rng = np.random.default_rng(7)
+    weights = {name: rng.standard_normal(8).astype(np.float32) for name in ("gamma", "beta", "bias")}
+
+    def graph(path: Path, outputs: list[str]) -> Path:
+        fused = helper.make_node(
+            "SkipLayerNormalization",
+            ["x", "skip", "gamma", "beta", "bias"],
+            outputs,
+            domain="com.microsoft",
+            epsilon=1e-5,
+            name="fused",
+        )
+        later = helper.make_node("Add", [outputs[0], outputs[3]], ["y"], name="later")
+        tensor: list[str | int | None] = ["batch", "tokens", 8]
+        model = helper.make_model(
+            helper.make_graph(
+                [fused, later],
+                "g",
+                [helper.make_tensor_value_info(n, TensorProto.FLOAT, tensor) for n in ("x", "skip")],
+                [helper.make_tensor_value_info(n, TensorProto.FLOAT, tensor) for n in ("y", *outputs[1:3]) if n],
+                [numpy_helper.from_array(v, k) for k, v in weights.items()],
+            ),
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        )
+        onnx.save(model, str(path))
+        return path
+
+    feeds = {name: rng.standard_normal((2, 5, 8)).astype(np.float32) * 3 for name in ("x", "skip")}
+    fused = graph(tmp_path / "fused.onnx", ["normed", "", "", "sum"])
+    assert unfuse_skip_layer_norms(fused, tmp_path / "plain.onnx")
+    plain = onnx.load(str(tmp_path / "plain.onnx"))
+    assert [n.op_type for n in plain.graph.node] == ["Add", "Add", "Identity", "LayerNormalization", "Add"]
+    expected = onnx_session(fused).run(["y"], feeds)[0]
+    got = onnx_session(tmp_path / "plain.onnx").run(["y"], feeds)[0]
+    assert float(np.abs(expected - got).max()) < 1e-5
+    # A graph that reads the mean the fused op gives out is not rewritten (and nothing is written).
+    with_mean = graph(tmp_path / "mean.onnx", ["normed", "mean", "", "sum"])
+    assert not unfuse_skip_layer_norms(with_mean, tmp_path / "not.onnx")
+    assert not (tmp_path / "not.onnx").exists()
+
+
 def test_the_openvino_int8_model_is_made_once_checked_and_phones_nobody(tmp_path: Path) -> None:
     # A fresh process with its own home, as a worker on a new machine: it makes the OpenVINO int8
     # model (NNCF, in a child process) and runs it.

@@ -4,8 +4,9 @@ Cache layout (``SEMANTIK_MODEL_CACHE_DIR``, default ``<data dir>/models``)::
 
     <model hash>-torch<version>-ort<version>/
         model-fp32.onnx     BERT + mean pooling + L2 normalisation in one graph
-        model-int8-<recipe>.onnx   the same, fused, with int8 weights (``quantize.py``; the
-                            recipe: calibration set, weights, target cosine)
+        model-int8-<recipe>.onnx   the same, fused, with int8 weights and plain residual layer
+                            norms (``quantize.py``; the recipe: calibration set, weights,
+                            target cosine)
         model-openvino-int8-<recipe>.xml/.bin   the fp32 graph statically quantized for OpenVINO
                             by NNCF (``quantize.py``; the recipe adds OpenVINO's and NNCF's versions)
         export.json         what was exported from what, and how long it took
@@ -48,7 +49,7 @@ def log() -> Any:
 MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "modules.json")
 OPSET = 17
 # Raise when the exported graph or the quantization changes: the cache key includes it.
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 _hashes: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
