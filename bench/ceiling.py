@@ -35,11 +35,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from _harness import load_corpus
-from encode import cpu_line
+from encode import cpu_line, nfcorpus_chunks
 from onnx import TensorProto, helper, numpy_helper
 
-from semantik.indexing.chunk import chunker_for
 from semantik.inference.backends import OnnxBackend, Spec, TorchBackend, cpu_threads, onnx_session
 from semantik.inference.embedder import default_model_path
 from semantik.inference.quantize import WEIGHTS
@@ -88,13 +86,7 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model_path = default_model_path()
-    chunker = chunker_for(model_path, 256, 32)
-    chunks: list[str] = []
-    for doc in load_corpus():
-        chunks.extend(chunker.chunk(f"{doc['title']} {doc['text']}".strip()))
-        if len(chunks) >= args.chunks:
-            break
-    chunks = sorted(chunks[: args.chunks], key=len)
+    chunks = nfcorpus_chunks(model_path, args.chunks)
     batches = [chunks[i : i + args.batch_size] for i in range(0, len(chunks), args.batch_size)]
     print(f"CPU: {cpu_line()}; {cpu_threads()} threads")
 

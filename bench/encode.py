@@ -39,6 +39,18 @@ def cpu_line() -> str:
     return f"{fields.get('Model name', '?').strip()}, {len(wanted) and ' '.join(wanted)}"
 
 
+def nfcorpus_chunks(model_path: Path, count: int) -> list[str]:
+    """The first ``count`` NFCorpus chunks, as the product chunks them, sorted by length as the
+    pipeline batches them (less padding)."""
+    chunker = chunker_for(model_path, 256, 32)
+    chunks: list[str] = []
+    for doc in load_corpus():
+        chunks.extend(chunker.chunk(f"{doc['title']} {doc['text']}".strip()))
+        if len(chunks) >= count:
+            break
+    return sorted(chunks[:count], key=len)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=512, help="NFCorpus chunks to encode per backend")
@@ -49,15 +61,7 @@ def main() -> None:
         parser.error("--rounds and --chunks must be at least 1")
 
     model_path = default_model_path()
-    chunker = chunker_for(model_path, 256, 32)
-    chunks: list[str] = []
-    for doc in load_corpus():
-        chunks.extend(chunker.chunk(f"{doc['title']} {doc['text']}".strip()))
-        if len(chunks) >= args.chunks:
-            break
-    chunks = chunks[: args.chunks]
-    # Sorted by length, as the pipeline batches them (less padding).
-    chunks.sort(key=len)
+    chunks = nfcorpus_chunks(model_path, args.chunks)
     print(f"CPU: {cpu_line()}")
     mean_chars = np.mean([len(c) for c in chunks])
     print(f"{len(chunks)} NFCorpus chunks (mean {mean_chars:.0f} characters), batch {args.batch_size}")

@@ -120,6 +120,7 @@ def _down_projections(graph: Path, model_path: Path) -> list[str]:
 
 
 def _min_mean(vectors: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """The lowest and the mean cosine of unit ``vectors`` to ``reference``, row by row."""
     cosine = np.sum(vectors * reference, axis=1)
     return float(cosine.min()), float(cosine.mean())
 
@@ -197,7 +198,7 @@ def quantize_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dic
         try:
             fused = _fuse(fp32, source, model_path)
             # The fusions must not change the numbers; if they do, quantize the graph as exported.
-            fused = fused and float(np.sum(calib.vectors(source) * reference, axis=1).min()) > 0.9999
+            fused = fused and _min_mean(calib.vectors(source), reference)[0] > 0.9999
         except Exception as exc:  # an optimizer that trips on a graph costs speed, not the variant
             structlog.get_logger(__name__).warning("model_fusion_failed", error=f"{type(exc).__name__}: {exc}")
             fused = False
@@ -347,8 +348,7 @@ def _openvino_child(fp32: Path, work: Path, model_path: Path) -> dict[str, Any]:
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
         vectors = normalise(np.concatenate([np.asarray(next(iter(request.infer(b).values()))) for b in calib.batches]))
-        cosine = np.sum(vectors * reference, axis=1)
-        return model, float(cosine.min()), float(cosine.mean())
+        return model, *_min_mean(vectors, reference)
 
     kept: list[str] = []
     model, worst, mean = quantized(kept)
