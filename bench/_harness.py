@@ -56,7 +56,7 @@ async def running_product(tmp: Path, docs: Path, **overrides: Any) -> AsyncItera
         allowed_roots=[docs],
         redis_url=redis.url,
         port=port,
-        worker_poll_delay_s=0.05,
+        worker_poll_delay_s=overrides.pop("worker_poll_delay_s", 0.05),  # jobs start at once
         log_level="warning",
         **overrides,
     )

@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from _harness import load_corpus, running_product, write_corpus
 
 from semantik.indexing.chunk import chunker_for
 from semantik.inference.embedder import Embedder, default_model_path
+from semantik.settings import Settings
 
 
 def raw_encode(args: argparse.Namespace, texts: list[str], cache: Path) -> tuple[int, float, str]:
@@ -40,14 +43,24 @@ def raw_encode(args: argparse.Namespace, texts: list[str], cache: Path) -> tuple
 
 
 async def full_job(args: argparse.Namespace, tmp: Path, docs: Path, cache: Path) -> tuple[int, float]:
-    overrides = {"embed_dtype": args.dtype, "embed_backend": args.backend, "embed_batch_size": args.batch_size}
+    overrides: dict[str, Any] = {
+        "embed_dtype": args.dtype,
+        "embed_backend": args.backend,
+        "embed_batch_size": args.batch_size,
+        "worker_poll_delay_s": Settings.model_fields["worker_poll_delay_s"].default,
+    }
+    # The worker polls its queue as often as the product's default; the bench watches the job as a
+    # user would (twice a second) and takes its duration from the job's own record, from the POST to
+    # the end, to the millisecond: polling faster only took the cores from the job it measured.
     async with running_product(tmp, docs, model_cache_dir=cache, **overrides) as product:
-        started = time.perf_counter()
         job = await product.client.create_job("throughput", str(docs))
-        done = await product.client.wait(job["id"], poll_s=0.1)
-        wall_s = time.perf_counter() - started
+        done = await product.client.wait(job["id"], poll_s=0.5)
         assert done["status"] == "completed", done
-        return int(done["chunks"]), wall_s
+        return int(done["chunks"]), iso_s(done["finished_at"]) - iso_s(done["created_at"])
+
+
+def iso_s(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def main() -> None:

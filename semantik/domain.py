@@ -102,6 +102,16 @@ class ScannedFile:
 
 
 @dataclass(frozen=True)
+class EmbeddedFile:
+    """A file of a job whose chunks are embedded: what its rows record once its points are stored."""
+
+    file_id: int
+    path: str
+    sha256: str
+    chunks: int
+
+
+@dataclass(frozen=True)
 class PendingFile:
     """A file row still waiting to be indexed. ``path`` is how it is shown (a name that is not
     UTF-8 appears with ``\\xNN`` escapes); ``open_path`` is what to open (lossless)."""

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
 
-from semantik.indexing.chunk import Chunker, chunker_for, model_max_seq_length
+from semantik.indexing.chunk import Chunker, chunker_for, model_max_seq_length, words_tokenized_alone
 from semantik.inference.embedder import Embedder, default_model_path
 
 MODEL_DIR = default_model_path()
@@ -154,3 +155,27 @@ def test_eight_megabytes_on_one_line_stay_within_the_caps() -> None:
     chunks = chunker.chunk(text)
     assert max(len(chunk) for chunk in chunks) <= 4000
     assert chunks[0].split()[:20] == text.split()[:20] and chunks[-1].split()[-20:] == text.split()[-20:]
+
+
+@pytest.mark.parametrize(("size", "overlap", "max_chars"), [(256, 32, 4000), (64, 8, 4000), (128, 16, 300)])
+def test_chunks_are_the_same_without_tokenizing_each_one_again(size: int, overlap: int, max_chars: int) -> None:
+    # The model's tokenizer (WordPiece after BERT's pre-tokenizer) tokenizes each word alone, so the
+    # chunker trusts a run of whole words to fit without tokenizing it a second time: the chunks
+    # must be exactly those the check would have made, on text full of punctuation, numbers, CJK,
+    # emoji, paragraph breaks and long runs.
+    fast = make_chunker(size, overlap, max_chars)
+    assert fast.words_alone
+    checked = make_chunker(size, overlap, max_chars)
+    checked.words_alone = False
+    text = varied_text(8000, seed=11) + " " + "x" * 700 + " " + "ab-" * 400
+    chunks = fast.chunk(text)
+    assert len(chunks) > 10
+    assert chunks == checked.chunk(text)
+    assert max(fast.count_tokens(chunk) for chunk in chunks) <= fast.max_tokens
+
+
+def test_a_byte_level_tokenizer_keeps_the_check() -> None:
+    byte_level = Tokenizer(models.BPE())
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel()  # a word's first token depends on the space before it
+    assert not words_tokenized_alone(byte_level)
+    assert words_tokenized_alone(Tokenizer.from_file(str(default_model_path() / "tokenizer.json")))

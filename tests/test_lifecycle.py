@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from semantik.indexing import cron as maintenance
 from semantik.jobqueue import make_queue
 from semantik.runtime import Runtime
 from semantik.settings import Settings
+from semantik.store.db import Database, in_thread
 from tests.conftest import RuntimeFactory, WorkerStarter
 from tests.helpers import count_points, embedded_store_held, job_view, new_job, wait_for_job, write
 
@@ -231,3 +233,36 @@ async def test_unreachable_qdrant_server_fails_the_job_after_its_tries(
     failed = await wait_for_job(api, job_id, {"completed", "completed_with_errors", "failed"})
     assert failed["status"] == "failed" and "connection" in failed["error"].lower(), failed
     assert "retrying" not in failed["error"]  # the last try says what went wrong, not what comes next
+
+
+# -- SQLite steps in one hop ---------------------------------------------------------------------
+
+
+async def test_a_write_step_is_applied_whole_or_not_at_all(tmp_path: Path) -> None:
+    db = Database(tmp_path / "state.sqlite3")
+    await db.open()
+    try:
+        await db.write(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+
+        def two_rows_then_a_clash(conn: sqlite3.Connection, value: str) -> None:
+            conn.execute("INSERT INTO t VALUES (1, ?)", (value,))
+            conn.execute("INSERT INTO t VALUES (2, ?)", (value,))
+            conn.execute("INSERT INTO t VALUES (1, ?)", (value,))  # the same key again
+
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.write(two_rows_then_a_clash, "lost")
+        assert await db.fetchall("SELECT * FROM t") == []  # the first two rows went with it
+
+        def add(conn: sqlite3.Connection, rows: list[tuple[int, str]]) -> int:
+            conn.executemany("INSERT INTO t VALUES (?, ?)", rows)
+            return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+
+        assert await db.write(add, [(1, "a"), (2, "b")]) == 2
+        # Steps run from the loop inside an open transaction share it, and its rollback.
+        with pytest.raises(RuntimeError, match="stop"):
+            async with db.transaction() as conn:
+                assert await in_thread(conn, add, [(3, "c")]) == 3
+                raise RuntimeError("stop")
+        assert [tuple(row) for row in await db.fetchall("SELECT k, v FROM t ORDER BY k")] == [(1, "a"), (2, "b")]
+    finally:
+        await db.close()

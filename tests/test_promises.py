@@ -41,7 +41,7 @@ from semantik.store.edge import stored_point_ids
 from semantik.web.app import create_app
 from semantik.web.appkeys import HUB
 from tests.conftest import ClientFactory, write
-from tests.helpers import FakeGpuRuntime, read_until_closed
+from tests.helpers import FakeGpuRuntime, count_points, read_until_closed
 
 REPO = Path(__file__).resolve().parents[1]
 RECEIVE_TIMEOUT_S = 60.0
@@ -429,6 +429,30 @@ async def test_progress_events_are_rate_limited_and_one_closes_the_job(
     # At most 5 per second (one more for scheduling jitter), not counting the closing one.
     throttled = [iso_s(m["ts"]) for m in progress[:-1]]
     assert max_in_window(throttled, 1.0) <= round(1 / PROGRESS_INTERVAL_S) + 1, throttled
+
+
+async def test_files_committed_together_each_get_their_own_event_in_order(
+    api: TestClient[Any, Any], settings: Settings, runtime: Runtime, docs: Path
+) -> None:
+    # Small files share a model call and are stored together (one transaction, one write of points):
+    # each must still be its own file_completed event, once, with its own counters, in seq order.
+    files = 60
+    for i in range(files):
+        write(docs / f"note{i:03}.txt", f"Note {i}: the parcel for desk {i * 7} went to floor {i % 5}.")
+    job_id = await new_job(api, docs, "together")
+    async with watching(api, job_id) as stream, worker_running(settings, runtime):
+        messages = await asyncio.wait_for(stream, 120)
+    final = await job_of(api, job_id)
+    assert final["status"] == "completed" and final["files_done"] == files, final
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(set(seqs)), "out of order or twice"
+    completed = [m for m in messages if m["type"] == EventType.FILE_COMPLETED]
+    paths = [Path(m["data"]["path"]).name for m in completed]
+    assert sorted(paths) == [f"note{i:03}.txt" for i in range(files)], paths
+    assert [m["data"]["files_done"] for m in completed] == list(range(1, files + 1))
+    assert all(m["data"]["file_chunks"] == 1 for m in completed), completed[:3]
+    assert sum(m["data"]["file_chunks"] for m in completed) == final["chunks"]
+    assert await count_points(runtime, "together") == final["chunks"]
 
 
 def max_in_window(times_s: list[float], window_s: float) -> int:

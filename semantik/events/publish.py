@@ -29,6 +29,10 @@ def envelope(event_type: EventType, job_id: str, seq: int, data: dict[str, Any])
     return {"type": event_type, "job_id": job_id, "seq": seq, "ts": utcnow(), "data": data}
 
 
+def _without_seq(state: JobState) -> dict[str, Any]:
+    return {key: value for key, value in state.items() if key != "seq"}
+
+
 class EventPublisher:
     """Publishes envelopes on the job's channel and the all-jobs channel. A Redis outage costs
     only the notification: the change is already committed, and listeners resynchronise."""
@@ -36,17 +40,22 @@ class EventPublisher:
     def __init__(self, redis: Redis | None, names: RedisNames) -> None:
         self.redis, self.names = redis, names
 
-    async def publish(self, event: dict[str, Any]) -> None:
-        if self.redis is None:
+    async def publish(self, *events: dict[str, Any]) -> None:
+        """Each event on its job's channel and the all-jobs channel, in order, in one round trip."""
+        if self.redis is None or not events:
             return
-        message = json.dumps(event, separators=(",", ":"))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.publish(self.names.job_channel(event["job_id"]), message)
-                pipe.publish(self.names.all_jobs_channel, message)
+                for event in events:
+                    message = json.dumps(event, separators=(",", ":"))
+                    pipe.publish(self.names.job_channel(event["job_id"]), message)
+                    pipe.publish(self.names.all_jobs_channel, message)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("event_publish_failed", job_id=event["job_id"], type=event["type"], error=str(exc))
+            first = events[0]
+            log.warning(
+                "event_publish_failed", job_id=first["job_id"], type=first["type"], events=len(events), error=str(exc)
+            )
 
 
 class JobEvents:
@@ -65,10 +74,24 @@ class JobEvents:
             state = await change
             if state is None:
                 return None
-            data = {key: value for key, value in state.items() if key != "seq"}
-            data.update(extra)
+            data = {**_without_seq(state), **extra}
             await self.publisher.publish(envelope(event_type, self.job_id, int(state["seq"]), data))
             return state
+
+    async def emit_each(
+        self, event_type: EventType, change: Awaitable[list[JobState]], extras: list[dict[str, Any]]
+    ) -> list[JobState]:
+        """Like ``emit`` for a change of several steps (files committed together): one numbered state
+        per step, each published as its own event with its ``extras``, all in one round trip."""
+        async with self._lock:
+            states = await change
+            await self.publisher.publish(
+                *(
+                    envelope(event_type, self.job_id, int(state["seq"]), {**_without_seq(state), **extra})
+                    for state, extra in zip(states, extras, strict=True)
+                )
+            )
+            return states
 
     def progress_due(self) -> bool:
         now = time.monotonic()

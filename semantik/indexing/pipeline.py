@@ -6,9 +6,9 @@
   before any parsing.
 - The model takes batches that may span files; a partial batch goes as soon as nothing else is
   ready, because an idle model is the one cost we cannot win back.
-- A file whose chunks are all embedded is upserted and then committed as done, in the background,
-  while the model works on the next batch. Point ids are deterministic, so a retried or resumed job
-  re-upserts without duplicates.
+- The files whose chunks a model call completed are upserted and then committed as done, together
+  and in the background, while the model works on the next batch. Point ids are deterministic, so
+  a retried or resumed job re-upserts without duplicates.
 - Content the collection already has vectors for is not embedded again: only its path is noted
   (a copy, or a move when this run removed a path with that content). See ``reconcile.py`` for
   what comes before: which files are pending at all.
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.domain import EventType, FileStatus, Job, PendingFile
+from semantik.domain import EmbeddedFile, EventType, FileStatus, Job, PendingFile
 from semantik.events.publish import JobEvents
 from semantik.indexing.chunk import Chunk
 from semantik.indexing.extract import ExtractionError
@@ -37,6 +37,7 @@ from semantik.indexing.sandbox import ExtractPool
 from semantik.inference.embedder import Embedder
 from semantik.paths import is_within
 from semantik.runtime import Runtime
+from semantik.store.vectors import FilePoints
 
 log = structlog.get_logger(__name__)
 
@@ -275,48 +276,46 @@ class Pipeline:
         vectors = await self.embedder.encode([item.chunks[index].text for item, index in batch])
         self.chunks_embedded += len(batch)
         await self.stats.embedded(len(batch), time.perf_counter() - began_s)
+        completed = []
         for row, (item, index) in enumerate(batch):
             if item.vectors is None:
                 item.vectors = np.empty((len(item.chunks), vectors.shape[1]), dtype=np.float32)
             item.vectors[index] = vectors[row]
             item.embedded += 1
             if item.embedded == len(item.chunks):
-                task = asyncio.create_task(self._commit(item))
-                self.upserts.add(task)
-                task.add_done_callback(self._commit_done)
+                completed.append(item)
+        if completed:
+            task = asyncio.create_task(self._commit(completed))
+            self.upserts.add(task)
+            task.add_done_callback(self._commit_done)
 
     # -- storing -----------------------------------------------------------------------------
 
-    async def _commit(self, item: _Prepared) -> None:
-        assert item.vectors is not None
+    async def _commit(self, items: list[_Prepared]) -> None:
+        """The files one model call completed, stored together: one transaction notes their contents,
+        one request writes their points, one transaction marks them done (an event each), in that
+        order, so a file is never done before its points are stored. Per file, each of those steps
+        was a hand-off between threads or processes; for a folder of small files on a fast CPU the
+        hand-offs took the cores the model needed (docs/benchmarks.md, session 20)."""
+        rt, job = self.rt, self.job
+        collection = job.collection
+        files = [EmbeddedFile(item.file.id, item.file.path, item.sha256, len(item.chunks)) for item in items]
         async with self.upsert_slots:
-            rt, job = self.rt, self.job
-            collection, sha256, chunks = job.collection, item.sha256, len(item.chunks)
-            await rt.jobs.begin_content(
-                collection=collection, sha256=sha256, path=item.file.path, chunks=chunks, job_id=job.id
+            await rt.jobs.begin_contents(collection, job.id, files)
+            await rt.vectors.upsert_files(collection, [_points(item, job.id) for item in items])
+            await self.events.emit_each(
+                EventType.FILE_COMPLETED,
+                rt.jobs.commit_files(job.id, collection, files),
+                [{"path": file.path, "file_chunks": file.chunks} for file in files],
             )
-            await rt.vectors.upsert_file(
-                job.collection,
-                sha256=item.sha256,
-                path=item.file.path,
-                job_id=job.id,
-                texts=[chunk.text for chunk in item.chunks],
-                vectors=item.vectors,
-                locations=[chunk.location for chunk in item.chunks],
-                mtime=item.mtime,
-            )
-            committing = rt.jobs.commit_file(
-                job_id=job.id, file_id=item.file.id, collection=collection, path=item.file.path, sha256=sha256,
-                chunks=chunks,
-            )  # fmt: skip
-            await self.events.emit(EventType.FILE_COMPLETED, committing, path=item.file.path, file_chunks=chunks)
             # Old contents go (unless another path still has them), and contents found at several
             # paths name them all: at most every SETTLE_INTERVAL_S, so the deletions go in batches.
             if time.monotonic() >= self.next_settle_s:
                 self.next_settle_s = time.monotonic() + SETTLE_INTERVAL_S
                 await rt.contents.settle(collection, keep=self.keep)
-        self.settled += 1
-        log.debug("file_completed", job_id=job.id, file=item.file.path, chunks=len(item.chunks))
+        self.settled += len(files)
+        for file in files:
+            log.debug("file_completed", job_id=job.id, file=file.path, chunks=file.chunks)
         await self.progress()
 
     def _commit_done(self, task: asyncio.Task[None]) -> None:
@@ -327,3 +326,10 @@ class Pipeline:
     def _raise_commit_failure(self) -> None:
         if self.failure is not None:
             raise self.failure
+
+
+def _points(item: _Prepared, job_id: str) -> FilePoints:
+    assert item.vectors is not None
+    texts = [chunk.text for chunk in item.chunks]
+    locations = [chunk.location for chunk in item.chunks]
+    return FilePoints(item.sha256, item.file.path, job_id, texts, item.vectors, locations=locations, mtime=item.mtime)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import aiosqlite
 
 from semantik.domain import (
     Collection,
+    EmbeddedFile,
     FileInfo,
     FileStatus,
     Job,
@@ -21,8 +23,13 @@ from semantik.domain import (
     utcnow,
 )
 from semantik.errors import Conflict, NotFound
-from semantik.store.db import Database
-from semantik.store.sources import active_job, refuse_while_active, source_for_job, upsert_entry_from_file
+from semantik.store.db import Database, in_thread
+from semantik.store.sources import (
+    active_job,
+    entry_from_file_now,
+    refuse_while_active,
+    source_for_job,
+)
 
 FAILED_FILES_SHOWN = 100
 # What every event carries about its job, read back in the transaction that made the change.
@@ -65,14 +72,19 @@ def _file_from_row(row: aiosqlite.Row) -> FileInfo:
     return FileInfo(**{key: row[key] for key in FileInfo.model_fields})
 
 
-async def bump(conn: aiosqlite.Connection, job_id: str) -> JobState:
-    """Number the job's next event, inside the transaction of the change it announces."""
-    cursor = await conn.execute(f"UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING {STATE_COLUMNS}", (job_id,))
-    row = await cursor.fetchone()
-    await cursor.close()
+def bump_now(conn: sqlite3.Connection, job_id: str) -> JobState:
+    """Number the job's next event, inside the transaction of the change it announces. On SQLite's
+    thread (``db.in_thread``); ``bump`` from the event loop."""
+    cursor = conn.execute(f"UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING {STATE_COLUMNS}", (job_id,))
+    row = cursor.fetchone()
+    cursor.close()
     if row is None:
         raise NotFound(f"job {job_id!r} does not exist", code="job_not_found")
     return dict(row)
+
+
+async def bump(conn: aiosqlite.Connection, job_id: str) -> JobState:
+    return await in_thread(conn, bump_now, job_id)
 
 
 async def is_current_run(conn: aiosqlite.Connection, job_id: str, attempt: int | None) -> bool:
@@ -373,17 +385,7 @@ class JobStore:
         source remembers it as ``entry_status`` (default: the same): ``done`` for a file whose content
         the collection already has vectors for (a copy, a move). A failure is an event (its state
         comes back); a skip only moves the counters."""
-        counter = "files_failed" if status == FileStatus.FAILED else "files_skipped"
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE files SET status = ?, error = ?, sha256 = ?, updated_at = ? WHERE id = ? AND status = ?",
-                (status, error, sha256, utcnow(), file_id, FileStatus.PENDING),
-            )
-            if not cursor.rowcount:
-                return None
-            await upsert_entry_from_file(conn, file_id, entry_status or status)
-            await conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
-            return await bump(conn, job_id) if status == FileStatus.FAILED else None
+        return await self.db.write(_settle_file, job_id, file_id, status, error, sha256, entry_status or status)
 
     async def indexed_path(self, collection: str, sha256: str) -> str | None:
         """A path this content is indexed from in the collection, or None if it has no vectors there."""
@@ -392,39 +394,69 @@ class JobStore:
         )
         return str(value) if value is not None else None
 
-    async def begin_content(self, *, collection: str, sha256: str, path: str, chunks: int, job_id: str) -> None:
-        """Before a content's points are upserted: note it (``writing``), so that points a crash
+    async def begin_contents(self, collection: str, job_id: str, files: Sequence[EmbeddedFile]) -> None:
+        """Before contents' points are upserted: note them (``writing``), so that points a crash
         leaves behind without a file row are found and removed by the next run."""
-        await self.db.execute(
-            "INSERT OR IGNORE INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'writing')",
-            (collection, sha256, path, chunks, job_id, utcnow()),
-        )
-
-    async def commit_file(
-        self, *, job_id: str, file_id: int, collection: str, path: str, sha256: str, chunks: int
-    ) -> JobState:
-        """After the file's points are upserted: mark it done and record what the collection holds.
-        The content its source had at this path before is marked (``Contents.settle`` releases it
-        once nothing refers to it)."""
         now = utcnow()
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE files SET status = ?, sha256 = ?, chunks = ?, error = NULL, updated_at = ?"
-                " WHERE id = ? AND status = ?",
-                (FileStatus.DONE, sha256, chunks, now, file_id, FileStatus.PENDING),
+        rows = [(collection, f.sha256, f.path, f.chunks, job_id, now) for f in files]
+        await self.db.write(lambda conn: conn.executemany(BEGIN_CONTENT, rows))
+
+    async def commit_files(self, job_id: str, collection: str, files: Sequence[EmbeddedFile]) -> list[JobState]:
+        """After the files' points are upserted: mark each done and record what the collection holds,
+        in one transaction; one numbered state per file, in order (each file is an event). The
+        content a file's source had at its path before is marked (``Contents.settle`` releases it once
+        nothing refers to it)."""
+        return await self.db.write(_commit_files, job_id, collection, files, utcnow())
+
+
+BEGIN_CONTENT = (
+    "INSERT OR IGNORE INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'writing')"
+)
+
+
+def _settle_file(
+    conn: sqlite3.Connection,
+    job_id: str,
+    file_id: int,
+    status: str,
+    error: str | None,
+    sha256: str | None,
+    entry_status: str,
+) -> JobState | None:
+    counter = "files_failed" if status == FileStatus.FAILED else "files_skipped"
+    cursor = conn.execute(
+        "UPDATE files SET status = ?, error = ?, sha256 = ?, updated_at = ? WHERE id = ? AND status = ?",
+        (status, error, sha256, utcnow(), file_id, FileStatus.PENDING),
+    )
+    if not cursor.rowcount:
+        return None
+    entry_from_file_now(conn, file_id, entry_status)
+    conn.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ?", (job_id,))
+    return bump_now(conn, job_id) if status == FileStatus.FAILED else None
+
+
+def _commit_files(
+    conn: sqlite3.Connection, job_id: str, collection: str, files: Sequence[EmbeddedFile], now: str
+) -> list[JobState]:
+    states = []
+    for f in files:
+        cursor = conn.execute(
+            "UPDATE files SET status = ?, sha256 = ?, chunks = ?, error = NULL, updated_at = ?"
+            " WHERE id = ? AND status = ?",
+            (FileStatus.DONE, f.sha256, f.chunks, now, f.file_id, FileStatus.PENDING),
+        )
+        if cursor.rowcount:
+            conn.execute(
+                "UPDATE jobs SET files_done = files_done + 1, chunks = chunks + ? WHERE id = ?", (f.chunks, job_id)
             )
-            if cursor.rowcount:
-                await conn.execute(
-                    "UPDATE jobs SET files_done = files_done + 1, chunks = chunks + ? WHERE id = ?",
-                    (chunks, job_id),
-                )
-            await conn.execute(
-                "INSERT INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'done') ON CONFLICT (collection, sha256) DO UPDATE"
-                " SET path = excluded.path, chunks = excluded.chunks, job_id = excluded.job_id,"
-                " indexed_at = excluded.indexed_at, state = 'done'",
-                (collection, sha256, path, chunks, job_id, now),
-            )
-            await upsert_entry_from_file(conn, file_id, FileStatus.DONE)
-            return await bump(conn, job_id)
+        conn.execute(
+            "INSERT INTO documents (collection, sha256, path, chunks, job_id, indexed_at, state)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'done') ON CONFLICT (collection, sha256) DO UPDATE"
+            " SET path = excluded.path, chunks = excluded.chunks, job_id = excluded.job_id,"
+            " indexed_at = excluded.indexed_at, state = 'done'",
+            (collection, f.sha256, f.path, f.chunks, job_id, now),
+        )
+        entry_from_file_now(conn, f.file_id, FileStatus.DONE)
+        states.append(bump_now(conn, job_id))
+    return states

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import aiosqlite
 from semantik.domain import FileStatus, JobState, JobStatus, ScannedFile, Source, utcnow
 from semantik.errors import Conflict, NotFound
 from semantik.paths import storable
-from semantik.store.db import Database
+from semantik.store.db import Database, in_thread
 
 ACTIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 UNCHANGED_REASON = "unchanged since last indexed"
@@ -115,55 +116,65 @@ FOLLOW_ENTRY = (
 )
 
 
-async def mark_dirty(conn: aiosqlite.Connection, collection: str, hashes: Iterable[str | None]) -> None:
+def mark_dirty_now(conn: sqlite3.Connection, collection: str, hashes: Iterable[str | None]) -> None:
     """The paths referring to these contents changed: their points are brought in step later
-    (``Contents.settle``), whatever happens to this process meanwhile."""
+    (``Contents.settle``), whatever happens to this process meanwhile. On SQLite's thread
+    (``db.in_thread``); ``mark_dirty`` from the event loop."""
     wanted = sorted({sha for sha in hashes if sha})
     for start in range(0, len(wanted), RELEASE_BATCH):
         batch = wanted[start : start + RELEASE_BATCH]
-        await conn.execute(
+        conn.execute(
             f"UPDATE documents SET dirty = dirty + 1 WHERE collection = ? AND sha256 IN ({','.join('?' * len(batch))})",
             (collection, *batch),
         )
 
 
-async def references(conn: aiosqlite.Connection, collection: str, sha256: str) -> int:
-    cursor = await conn.execute(
+async def mark_dirty(conn: aiosqlite.Connection, collection: str, hashes: Iterable[str | None]) -> None:
+    await in_thread(conn, mark_dirty_now, collection, list(hashes))
+
+
+def _references(conn: sqlite3.Connection, collection: str, sha256: str) -> int:
+    row = conn.execute(
         f"SELECT COUNT(*) FROM entries e JOIN sources s ON s.id = e.source_id WHERE s.collection = ?"
         f" AND e.sha256 = ? AND {REFERS}",
         (collection, sha256),
-    )
-    row = await cursor.fetchone()
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-async def upsert_entry_from_file(conn: aiosqlite.Connection, file_id: int, status: str) -> None:
+def entry_from_file_now(conn: sqlite3.Connection, file_id: int, status: str) -> None:
     """Its source (and any other source that found the same path) remembers a file row's outcome.
     The content the path had before, and the one it has now when another path has it too, are
-    marked: their points must name the paths that refer to them now (and their newest mtime)."""
-    cursor = await conn.execute(
+    marked: their points must name the paths that refer to them now (and their newest mtime).
+    On SQLite's thread (``db.in_thread``); ``upsert_entry_from_file`` from the event loop."""
+    row = conn.execute(
         "SELECT s.collection, f.path, f.sha256 FROM files f JOIN sources s ON s.id = f.source_id WHERE f.id = ?",
         (file_id,),
-    )
-    row = await cursor.fetchone()
+    ).fetchone()
     if row is None:
         return  # no source (removed meanwhile): nothing to remember
     collection, path, sha256 = row["collection"], row["path"], row["sha256"]
-    cursor = await conn.execute(
-        "SELECT DISTINCT e.sha256 FROM entries e JOIN sources s ON s.id = e.source_id"
-        " WHERE s.collection = ? AND e.path = ? AND e.sha256 IS NOT NULL",
-        (collection, path),
-    )
-    before = {r["sha256"] for r in await cursor.fetchall()}
+    before = {
+        r["sha256"]
+        for r in conn.execute(
+            "SELECT DISTINCT e.sha256 FROM entries e JOIN sources s ON s.id = e.source_id"
+            " WHERE s.collection = ? AND e.path = ? AND e.sha256 IS NOT NULL",
+            (collection, path),
+        )
+    }
     now = utcnow()
-    await conn.execute(UPSERT_ENTRY, (status, now, file_id))
-    await conn.execute(FOLLOW_ENTRY, (file_id,))
+    conn.execute(UPSERT_ENTRY, (status, now, file_id))
+    conn.execute(FOLLOW_ENTRY, (file_id,))
     touched = before - {sha256} if status != FileStatus.FAILED else set()
-    if status == FileStatus.DONE and sha256 and await references(conn, collection, sha256) > 1:
+    if status == FileStatus.DONE and sha256 and _references(conn, collection, sha256) > 1:
         touched.add(sha256)
     if status == FileStatus.DONE and sha256 in before:
         touched.add(sha256)  # read again with the same bytes (touched): its points take the new mtime
-    await mark_dirty(conn, collection, touched)
+    mark_dirty_now(conn, collection, touched)
+
+
+async def upsert_entry_from_file(conn: aiosqlite.Connection, file_id: int, status: str) -> None:
+    await in_thread(conn, entry_from_file_now, file_id, status)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Hit", "SearchMode", "VectorStore", "point_id", "qdrant_name"]
+__all__ = ["FilePoints", "Hit", "SearchMode", "VectorStore", "point_id", "qdrant_name"]
 
 # A writer to the embedded engine waits while this many sealed shards wait for an index build (see
 # ``collection.py``): a job writes far slower than builds go (hundreds of chunks a second against
@@ -49,6 +49,36 @@ BACKLOG_POLL_S = 0.5
 POINT_NAMESPACE = uuid.UUID("5c1e4f3a-7d2b-4c8e-9f60-2b1d8e7a9c11")
 # Qdrant collection backing Semantik collection NAME; the prefix keeps a shared Qdrant server tidy.
 QDRANT_COLLECTION_PREFIX = "semantik_"
+
+
+@dataclass(frozen=True)
+class FilePoints:
+    """One file's chunks as points: texts and their vectors (one row each), and what every payload
+    says about the file."""
+
+    sha256: str
+    path: str
+    job_id: str
+    texts: Sequence[str]
+    vectors: npt.NDArray[np.float32]
+    file_type: str | None = None  # from the path's extension when None
+    locations: Sequence[Mapping[str, Any]] | None = None  # per chunk (page, sheet ...)
+    mtime: float | None = None
+
+    def payloads(self) -> list[dict[str, Any]]:
+        common: dict[str, Any] = {
+            "job_id": self.job_id,
+            "sha256": self.sha256,
+            "file_type": _file_type(self.path) if self.file_type is None else self.file_type,
+            "dirs": hybrid.folders_of([self.path]),
+        }
+        if self.mtime is not None:
+            common["mtime"] = self.mtime
+        locations = self.locations
+        return [
+            {"path": self.path, "chunk_index": index, "text": text, **common, **(locations[index] if locations else {})}
+            for index, text in enumerate(self.texts)
+        ]
 
 
 def point_id(collection: str, sha256: str, chunk_index: int) -> str:
@@ -182,24 +212,25 @@ class VectorStore:
         locations: Sequence[Mapping[str, Any]] | None = None,
         mtime: float | None = None,
     ) -> None:
-        """Write every chunk of one file; ids are deterministic, so a repeat overwrites, never
-        duplicates. Returns once the points are in the engine's write-ahead log (embedded) or
-        acknowledged with ``wait=True`` (server): an answered file survives a kill of the process."""
-        kind = _file_type(path) if file_type is None else file_type
-        ids = [point_id(collection, sha256, index) for index in range(len(texts))]
-        common: dict[str, Any] = {
-            "job_id": job_id,
-            "sha256": sha256,
-            "file_type": kind,
-            "dirs": hybrid.folders_of([path]),
-        }
-        if mtime is not None:
-            common["mtime"] = mtime
-        payloads = [
-            {"path": path, "chunk_index": index, "text": text, **common, **(locations[index] if locations else {})}
-            for index, text in enumerate(texts)
-        ]
-        array = np.ascontiguousarray(vectors, dtype=np.float32)
+        """Write every chunk of one file (``upsert_files`` with one)."""
+        file = FilePoints(sha256, path, job_id, texts, vectors, file_type, locations, mtime)
+        await self.upsert_files(collection, [file])
+
+    async def upsert_files(self, collection: str, files: Sequence[FilePoints]) -> None:
+        """Write every chunk of these files in one request; ids are deterministic, so a repeat
+        overwrites, never duplicates. Returns once the points are in the engine's write-ahead log
+        (embedded) or acknowledged with ``wait=True`` (server): an answered file survives a kill of
+        the process."""
+        ids: list[str] = []
+        payloads: list[dict[str, Any]] = []
+        texts: list[str] = []
+        for file in files:
+            ids += [point_id(collection, file.sha256, index) for index in range(len(file.texts))]
+            payloads += file.payloads()
+            texts += file.texts
+        if not ids:
+            return
+        array = np.ascontiguousarray(np.concatenate([file.vectors for file in files]), dtype=np.float32)
         backend = await self._backend()
         if self.embedded:
             # BM25 here, in the caller (a worker), not in the one engine process all writers share.
