@@ -264,5 +264,19 @@ async def test_a_write_step_is_applied_whole_or_not_at_all(tmp_path: Path) -> No
                 assert await in_thread(conn, add, [(3, "c")]) == 3
                 raise RuntimeError("stop")
         assert [tuple(row) for row in await db.fetchall("SELECT k, v FROM t ORDER BY k")] == [(1, "a"), (2, "b")]
+
+        # A caller cancelled while its step runs on SQLite's thread gets CancelledError only once the
+        # step has ended: it is applied whole, and the writer is free again for the next one.
+        def slow_add(conn: sqlite3.Connection, rows: list[tuple[int, str]]) -> int:
+            time.sleep(0.3)
+            return add(conn, rows)
+
+        step = asyncio.create_task(db.write(slow_add, [(5, "e")]))
+        await asyncio.sleep(0.05)
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert [row[0] for row in await db.fetchall("SELECT k FROM t ORDER BY k")] == [1, 2, 5]
+        assert await db.write(add, [(6, "f")]) == 4
     finally:
         await db.close()

@@ -41,7 +41,7 @@ from semantik.store.edge import stored_point_ids
 from semantik.web.app import create_app
 from semantik.web.appkeys import HUB
 from tests.conftest import ClientFactory, write
-from tests.helpers import FakeGpuRuntime, count_points, read_until_closed
+from tests.helpers import FakeGpuRuntime, count_points, read_until_closed, wait_for_job
 
 REPO = Path(__file__).resolve().parents[1]
 RECEIVE_TIMEOUT_S = 60.0
@@ -453,6 +453,22 @@ async def test_files_committed_together_each_get_their_own_event_in_order(
     assert all(m["data"]["file_chunks"] == 1 for m in completed), completed[:3]
     assert sum(m["data"]["file_chunks"] for m in completed) == final["chunks"]
     assert await count_points(runtime, "together") == final["chunks"]
+
+
+async def test_copies_stored_together_are_stored_once(
+    api: TestClient[Any, Any], settings: Settings, runtime: Runtime, docs: Path
+) -> None:
+    # Copies of one file reach the model before any is stored, so they are stored in one request:
+    # their points (same ids) are written once, and every copy counts as done.
+    for i in range(4):
+        write(docs / f"copy{i}.txt", "The boiler in building C is serviced every March by Halvorsen Ltd.")
+    for i in range(10):
+        write(docs / f"other{i}.txt", f"Other note {i}: locker {i * 3} holds the spare keys for room {i + 100}.")
+    job_id = await new_job(api, docs, "copies")
+    async with worker_running(settings, runtime):
+        final = await wait_for_job(api, job_id)
+    assert final["status"] == "completed" and final["files_done"] == 14 and final["files_failed"] == 0, final
+    assert await count_points(runtime, "copies") == 11  # one content of one chunk, and ten others
 
 
 def max_in_window(times_s: list[float], window_s: float) -> int:

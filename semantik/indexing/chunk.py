@@ -202,7 +202,17 @@ def words_tokenized_alone(tokenizer: Tokenizer) -> bool:
     model = (config.get("model") or {}).get("type")
     pre_tokenizer = (config.get("pre_tokenizer") or {}).get("type")
     normalizer = (config.get("normalizer") or {}).get("type")
-    return model == "WordPiece" and pre_tokenizer == "BertPreTokenizer" and normalizer in (None, "BertNormalizer")
+    # An added token matched across spaces or inside words would depend on the text around it.
+    added_alone = all(
+        not any(token.get(key) for key in ("lstrip", "rstrip", "single_word", "normalized"))
+        for token in config.get("added_tokens") or []
+    )
+    return (
+        model == "WordPiece"
+        and pre_tokenizer == "BertPreTokenizer"
+        and normalizer in (None, "BertNormalizer")
+        and added_alone
+    )
 
 
 def _word_starts(words: list[int | None], index: int) -> bool:

@@ -236,10 +236,12 @@ def _in_transaction(
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn, *args, **kwargs)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back by itself (a full disk, an I/O error): then only the error stays.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 
@@ -324,7 +326,12 @@ class Database:
         if self._writer is None:
             raise RuntimeError("database is not open")
         async with self._write_lock:
-            return await in_thread(self._writer, _in_transaction, fn, *args, **kwargs)
+            step = asyncio.ensure_future(in_thread(self._writer, _in_transaction, fn, *args, **kwargs))
+            try:
+                return await asyncio.shield(step)
+            except asyncio.CancelledError:
+                await asyncio.wait({step})  # it ends on SQLite's thread: the writer is not free before
+                raise
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement; returns the number of rows changed."""

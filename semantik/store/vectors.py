@@ -224,6 +224,9 @@ class VectorStore:
         ids: list[str] = []
         payloads: list[dict[str, Any]] = []
         texts: list[str] = []
+        # Copies of one content among them share point ids: the last one's points are written, as
+        # when they came one request after another (the paths that refer to it are settled later).
+        files = list({file.sha256: file for file in files}.values())
         for file in files:
             ids += [point_id(collection, file.sha256, index) for index in range(len(file.texts))]
             payloads += file.payloads()
