@@ -57,11 +57,15 @@ def test_the_export_is_made_once_per_model_and_runtime_and_logged(tmp_path: Path
     assert int8["target_met"] and int8["min_cosine"] >= TARGET_COSINE
     assert int8["candidates"] == 6 and len(int8["kept_fp32"]) < 6
     assert all(n.endswith("/output/dense/MatMul") and "/attention/" not in n for n in int8["kept_fp32"])
-    # The residual layer norms run as plain ops (the fused kernel was the slower), and the record's
-    # cosine is the final graph's.
-    assert int8["skip_layer_norms_unfused"]
+    # The residual layer norms run as plain ops (the fused kernel was the slower) when the graph stays
+    # at the target that way, and the graph is what the record says. The int8 kernels differ by CPU:
+    # on an AMX Xeon the plain ops gave min cosine 0.99192 against the target's 0.992, and the fused
+    # graph was kept (the rewrite itself is checked against ONNX Runtime's kernel below, on any CPU).
     ops = {node.op_type for node in onnx.load(str(first), load_external_data=False).graph.node}
-    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    if int8["skip_layer_norms_unfused"]:
+        assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    else:
+        assert "SkipLayerNormalization" in ops, ops
     assert first.name == f"model-int8-{recipe()}.onnx"
     # Nothing else: no half-written file, no copy quantization made on the way.
     assert sorted(p.name for p in first.parent.iterdir()) == sorted(["export.json", "model-fp32.onnx", first.name])
