@@ -280,3 +280,37 @@ async def test_a_write_step_is_applied_whole_or_not_at_all(tmp_path: Path) -> No
         assert await db.write(add, [(6, "f")]) == 4
     finally:
         await db.close()
+
+
+async def test_a_commit_that_fails_leaves_no_transaction_open_and_keeps_its_error(tmp_path: Path) -> None:
+    """SQLite checks a deferred foreign key at COMMIT, and a COMMIT refused that way leaves the
+    transaction open: both write paths must roll it back, raise SQLite's own error, and free the writer."""
+    db = Database(tmp_path / "state.sqlite3")
+    await db.open()
+    try:
+        await db.write(lambda conn: conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+        await db.write(
+            lambda conn: conn.execute(
+                "CREATE TABLE child (id INTEGER PRIMARY KEY,"
+                " parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+
+        def orphan(conn: sqlite3.Connection, child: int) -> None:
+            conn.execute("INSERT INTO child VALUES (?, 99)", (child,))
+
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await db.write(orphan, 1)
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO child VALUES (2, 99)")
+        assert await db.fetchall("SELECT * FROM child") == []
+
+        # The writer is free and outside any transaction: the next steps on both paths commit.
+        await db.write(lambda conn: conn.execute("INSERT INTO parent VALUES (99)"))
+        await db.write(orphan, 3)
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO child VALUES (4, 99)")
+        assert [row[0] for row in await db.fetchall("SELECT id FROM child ORDER BY id")] == [3, 4]
+    finally:
+        await db.close()

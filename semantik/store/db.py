@@ -310,14 +310,17 @@ class Database:
         if self._writer is None:
             raise RuntimeError("database is not open")
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            writer = self._writer
+            await writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
+                yield writer
+                await writer.execute("COMMIT")
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                # A failed COMMIT (a deferred constraint, a full disk) leaves the transaction open, or
+                # SQLite has already rolled it back: either way the writer leaves it, and the error stays.
+                if writer.in_transaction:
+                    await writer.execute("ROLLBACK")
                 raise
-            else:
-                await self._writer.execute("COMMIT")
 
     async def write(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(connection, *args)`` in an IMMEDIATE transaction on the writer, all in one call on its
