@@ -49,7 +49,7 @@ def log() -> Any:
 MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "modules.json")
 OPSET = 17
 # Raise when the exported graph or the quantization changes: the cache key includes it.
-EXPORT_VERSION = 4
+EXPORT_VERSION = 5
 _hashes: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
@@ -148,13 +148,19 @@ def _cached(cache_root: Path, model_path: Path, target: Path, variant: str | Non
             log().info("model_exported", variant="fp32", path=str(fp32), seconds=record["fp32"]["seconds"])
         if variant is not None:
             record[variant] = _quantize(fp32, target, model_path, variant)
+            made = record[variant]
+            # ONNX int8: how many activation outlier channels run in fp32 beside int8 (quantize._balance).
+            split = (
+                {"split_channels": sum(map(len, made["split_channels"].values()))} if "split_channels" in made else {}
+            )
             log().info(
                 "model_exported",
                 variant=variant,
                 path=str(target),
-                seconds=record[variant]["seconds"],
-                kept_fp32=len(record[variant]["kept_fp32"]),
-                min_cosine=record[variant]["min_cosine"],
+                seconds=made["seconds"],
+                kept_fp32=len(made["kept_fp32"]),
+                min_cosine=made["min_cosine"],
+                **split,
             )
         record.update(model=str(model_path), model_sha256=model_hash(model_path), versions=runtime_versions())
         _write_atomic(target_dir / "export.json", json.dumps(record, indent=2).encode())

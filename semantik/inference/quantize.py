@@ -1,24 +1,36 @@
 """int8 weights for the exported graph: fast on a CPU without bf16, and measured to stay faithful.
 
-Four steps, each measured on the calibration set of ``choose.py`` (real passages and queries):
+Five steps, each measured on the calibration set of ``choose.py`` (real passages and queries):
 
 1. ONNX Runtime's BERT fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)
    on the fp32 graph: the same numbers, fewer passes over memory. A graph they do not recognise is
    quantized unfused.
-2. Dynamic quantization with signed 8-bit per-channel weights in reduced (7-bit) range. On AVX2
+2. The feed-forward blocks' activation outliers are taken out of what int8 sees (``_balance``), the
+   same sums in fp32. int8 activations get one scale per tensor, so one channel far above the rest
+   coarsens every other channel's steps: on all-MiniLM-L6-v2 one GELU output channel reaches 14-25
+   where the 99th percentile of the channels' maxima is 4-5, and one input channel of the first
+   projection reaches 22-30 where that percentile is 5-7.
+   - A GELU output channel above ``SPLIT_FACTOR`` times that percentile runs beside the output
+     projection in fp32 (a matmul one channel wide each way); in the int8 path its bias becomes so
+     negative that GELU gives exactly 0, and its weight row 0 (1-2 channels in 4 of 6 layers).
+   - The first projection's input channels above the percentile are scaled down to it (one Mul),
+     and the weight rows they meet scaled up by as much (SmoothQuant's move, for the few that stand
+     out only).
+   The rewritten fp32 graph must give the same vectors (checked at every export), else it is dropped.
+   With it every projection can be int8: min cosine 0.994 on the calibration set where the graph
+   before it, 2 of 6 output projections kept fp32, reached 0.992 (docs/benchmarks.md, session 21).
+3. Dynamic quantization with signed 8-bit per-channel weights in reduced (7-bit) range. On AVX2
    without VNNI the u8 x s8 multiply adds pairs in 16 bits; 7-bit weights cannot overflow there
    (full-range signed weights gave min cosine 0.90), and ONNX Runtime's u8 x s8 kernel is the
    faster one (unsigned weights, the earlier choice, ran 1.3x torch fp32 against 1.8x).
-3. The feed-forward output projections (the matmuls after GELU, whose inputs carry the outliers
-   that one per-tensor activation scale handles worst) are the measured weak spot: each is
-   quantized alone to rank them by the loss it causes, then the worst are kept in fp32, one at a
-   time, until the whole graph keeps ``TARGET_COSINE`` to fp32 on every calibration text. On
-   all-MiniLM-L6-v2 that keeps 2 of 36 matmuls in fp32 (layers 0 and 2), for min cosine 0.993.
-4. The fused residual layer norms (``SkipLayerNormalization``) are written back as the plain ops they
+4. If the graph still falls below ``TARGET_COSINE`` on some calibration text, the feed-forward output
+   projections (the matmuls after GELU) are quantized alone to rank them by the loss each causes, and
+   the worst are kept in fp32, one at a time, until every calibration text keeps the target.
+5. The fused residual layer norms (``SkipLayerNormalization``) are written back as the plain ops they
    stand for (Add, LayerNormalization), the same sums: ONNX Runtime's fused kernel took 11% of the
    int8 graph's time on an AVX2 Zen 3, where its plain LayerNormalization and Add took a third of
    that; the graph ran 8.4% faster (median of 8 paired passes, docs/benchmarks.md, session 19). They
-   are fused for steps 1-3, whose choices were measured that way.
+   are fused for steps 1-4, whose choices were measured that way.
 
 ``auto`` still measures the result against torch fp32 and refuses it below ``MIN_COSINE``.
 """
@@ -54,7 +66,7 @@ from semantik.inference.export import ExportError, publish
 TARGET_COSINE = max(0.992, MIN_COSINE)
 WEIGHTS = {"weight_type": "QInt8", "per_channel": True, "reduce_range": True}
 # Raise when the way the graph is made changes (fusions, what may stay fp32, the ranking).
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 class _Calibration:
@@ -79,7 +91,8 @@ class _Calibration:
 def recipe() -> str:
     """What shapes the int8 graph besides the model and the runtime: part of its cached file name."""
     passages, queries = calibration()
-    digest = hashlib.sha256(json.dumps([RECIPE_VERSION, WEIGHTS, TARGET_COSINE, passages, queries]).encode())
+    parts = [RECIPE_VERSION, WEIGHTS, TARGET_COSINE, SPLIT_FACTOR, SPLIT_MAX, passages, queries]
+    digest = hashlib.sha256(json.dumps(parts).encode())
     return digest.hexdigest()[:12]
 
 
@@ -119,6 +132,153 @@ def _down_projections(graph: Path, model_path: Path) -> list[str]:
     ]
 
 
+# Step 2 of the module docstring: a feed-forward input channel whose largest value on the calibration
+# set exceeds SPLIT_FACTOR times the 99th percentile of all channels' largest values runs beside the
+# int8 matmul in fp32; at most SPLIT_MAX channels a layer (all-MiniLM-L6-v2: 1-2 in 4 of 6 layers).
+SPLIT_FACTOR = 2.0
+SPLIT_MAX = 8
+# What a masked channel's bias becomes: GELU of anything this far below zero is exactly zero.
+_MASK_BIAS = -1.0e6
+
+
+def _channel_maxima(graph: Path, names: list[str], calib: _Calibration) -> dict[str, npt.NDArray[np.float64]]:
+    """The largest magnitude each channel of the tensors ``names`` reaches over the calibration set's
+    real tokens (padding left out)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(graph))
+    for name in names:
+        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    probe = graph.with_name("probe.onnx")
+    onnx.save(model, str(probe))
+    try:
+        session = onnx_session(probe)
+        maxima: dict[str, npt.NDArray[np.float64]] = {}
+        for batch in calib.batches:
+            real = batch["attention_mask"].astype(bool)
+            for name, values in zip(names, session.run(names, batch), strict=True):
+                largest = np.abs(values[real]).max(axis=0).astype(np.float64)
+                maxima[name] = np.maximum(maxima[name], largest) if name in maxima else largest
+        return maxima
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _balance(graph: Path, target: Path, model_path: Path, calib: _Calibration) -> dict[str, Any] | None:
+    """Write ``graph`` to ``target`` with the feed-forward blocks' activation outliers taken out of
+    what int8 sees (step 2 of the module docstring), the same sums in fp32; return what was done, or
+    None, writing nothing, when the graph has no feed-forward block this recognises."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    config = json.loads((model_path / "config.json").read_text())
+    width, hidden = int(config.get("intermediate_size", 0)), int(config.get("hidden_size", 0))
+    model = onnx.load(str(graph))
+    weights = {init.name: init for init in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def shape(name: str) -> tuple[int, ...]:
+        return tuple(weights[name].dims) if name in weights else ()
+
+    blocks = []  # (up MatMul, BiasGelu, down MatMul) of each layer, in graph order
+    for down in model.graph.node:
+        if down.op_type != "MatMul" or shape(down.input[1]) != (width, hidden):
+            continue
+        gelu = producer.get(down.input[0])
+        up = producer.get(gelu.input[0]) if gelu is not None and gelu.op_type == "BiasGelu" else None
+        if gelu is None or up is None or up.op_type != "MatMul" or shape(up.input[1]) != (hidden, width):
+            continue
+        if len(consumers.get(gelu.output[0], [])) != 1 or shape(gelu.input[1]) != (width,):
+            continue
+        blocks.append((up, gelu, down))
+    if not blocks:
+        return None
+    maxima = _channel_maxima(graph, [t for up, gelu, _ in blocks for t in (up.input[0], gelu.output[0])], calib)
+
+    def constant(array: npt.NDArray[Any], name: str) -> str:
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    added: dict[int, list[Any]] = {}  # index of a node -> nodes to insert before it
+    split: dict[str, list[int]] = {}
+    smoothed = 0
+    for layer, (up, gelu, down) in enumerate(blocks):
+        name = f"balance{layer}"
+        w_up = numpy_helper.to_array(weights[up.input[1]]).astype(np.float32)
+        w_down = numpy_helper.to_array(weights[down.input[1]]).astype(np.float32)
+        bias = numpy_helper.to_array(weights[gelu.input[1]]).astype(np.float32)
+        at = list(model.graph.node).index(up)
+        source = up.input[0]
+        # The feed-forward output projection: its input's outlier channels run in fp32 beside it. In the
+        # int8 path their bias becomes so negative that GELU gives exactly 0, and their weight rows 0.
+        peaks = maxima[gelu.output[0]]
+        limit = SPLIT_FACTOR * float(np.percentile(peaks, 99))
+        channels = [int(c) for c in np.argsort(-peaks)[:SPLIT_MAX] if peaks[c] > limit]
+        if channels:
+            side = [
+                helper.make_node(
+                    "MatMul", [source, constant(w_up[:, channels], f"{name}/up_w")], [f"{name}/h"], name=f"{name}/up"
+                ),
+                helper.make_node(
+                    "BiasGelu",
+                    [f"{name}/h", constant(bias[channels], f"{name}/bias")],
+                    [f"{name}/g"],
+                    name=f"{name}/gelu",
+                    domain="com.microsoft",
+                ),
+                helper.make_node(
+                    "MatMul",
+                    [f"{name}/g", constant(w_down[channels], f"{name}/down_w")],
+                    [f"{name}/d"],
+                    name=f"{name}/down",
+                ),
+            ]
+            masked_bias, kept_rows = bias.copy(), w_down.copy()
+            masked_bias[channels], kept_rows[channels] = _MASK_BIAS, 0.0
+            gelu.input[1] = constant(masked_bias, f"{name}/masked_bias")
+            down.input[1] = constant(kept_rows, f"{name}/down_int8_w")
+            total = f"{name}/sum"
+            for node in consumers[down.output[0]]:
+                node.input[:] = [total if i == down.output[0] else i for i in node.input]
+            side.append(helper.make_node("Add", [down.output[0], f"{name}/d"], [total], name=f"{name}/add"))
+            added.setdefault(list(model.graph.node).index(down) + 1, []).extend(side)
+            split[str(layer)] = channels
+        # The feed-forward input projection: channels above the 99th percentile are scaled down to it
+        # before int8 sees them, and the weight rows they meet scaled up by as much (the same product).
+        peaks = maxima[source]
+        scale = np.minimum(1.0, float(np.percentile(peaks, 99)) / np.maximum(peaks, 1e-30)).astype(np.float32)
+        if (scale < 1.0).any():
+            up.input[1] = constant(w_up / scale[:, None], f"{name}/up_int8_w")
+            up.input[0] = f"{name}/scaled"
+            mul = helper.make_node(
+                "Mul", [source, constant(scale, f"{name}/scale")], [f"{name}/scaled"], name=f"{name}/scale"
+            )
+            added.setdefault(at, []).append(mul)
+            smoothed += 1
+    if not split and not smoothed:
+        return None
+    nodes = []
+    for index, node in enumerate(model.graph.node):
+        nodes.extend(added.get(index, []))
+        nodes.append(node)
+    nodes.extend(added.get(len(model.graph.node), []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    # Weights the rewrite replaced and nothing reads any more stay out of the file.
+    used = {name for node in model.graph.node for name in node.input}
+    kept_weights = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept_weights)
+    onnx.save(model, str(target))
+    side_paths = [f"balance{layer}/{part}" for layer in map(int, split) for part in ("up", "down")]
+    return {"split_channels": split, "smoothed_inputs": smoothed, "fp32_nodes": side_paths}
+
+
 def _min_mean(vectors: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> tuple[float, float]:
     """The lowest and the mean cosine of unit ``vectors`` to ``reference``, row by row."""
     cosine = np.sum(vectors * reference, axis=1)
@@ -127,7 +287,7 @@ def _min_mean(vectors: npt.NDArray[np.float32], reference: npt.NDArray[np.float3
 
 def _unfuse_skip_layer_norms(graph: Path, target: Path) -> bool:
     """Write ``graph`` to ``target`` with each ``SkipLayerNormalization`` (ONNX Runtime's fused
-    ``LayerNorm(input + skip + bias)``) as the Add and LayerNormalization it stands for (step 4 of
+    ``LayerNorm(input + skip + bias)``) as the Add and LayerNormalization it stands for (step 5 of
     the module docstring); False, writing nothing, when it has none or one this cannot rewrite."""
     import onnx
     from onnx import helper
@@ -205,9 +365,24 @@ def quantize_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dic
         if not fused:
             source.unlink(missing_ok=True)
             shutil.copyfile(fp32, source)
+        balance: dict[str, Any] | None = None
+        try:
+            balanced = work / "balanced.onnx"
+            balance = _balance(source, balanced, model_path, calib) if fused else None
+            # Like the fusions, the rewrite must not change the numbers before int8 does.
+            if balance is not None and _min_mean(calib.vectors(balanced), reference)[0] > 0.9999:
+                os.replace(balanced, source)
+            else:
+                balance = None
+        except Exception as exc:  # like the fusions: a rewrite that trips costs speed, not the variant
+            structlog.get_logger(__name__).warning("model_balance_failed", error=f"{type(exc).__name__}: {exc}")
+            balance = None
+        side_paths: list[str] = balance["fp32_nodes"] if balance else []
         trial = work / "trial.onnx"
 
         def cosines(**selection: Any) -> tuple[float, float]:
+            if "nodes_to_quantize" not in selection:  # the outliers' side paths stay fp32
+                selection["nodes_to_exclude"] = [*side_paths, *selection.get("nodes_to_exclude", [])]
             _quantize(source, trial, **selection)
             return _min_mean(calib.vectors(trial), reference)
 
@@ -234,6 +409,9 @@ def quantize_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dic
         record = {
             **WEIGHTS,
             "fused": fused,
+            "balanced": balance is not None,
+            "split_channels": balance["split_channels"] if balance else {},
+            "smoothed_inputs": balance["smoothed_inputs"] if balance else 0,
             "skip_layer_norms_unfused": unfused,
             "candidates": len(candidates),
             "kept_fp32": kept,
