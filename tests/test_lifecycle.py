@@ -314,3 +314,40 @@ async def test_a_commit_that_fails_leaves_no_transaction_open_and_keeps_its_erro
         assert [row[0] for row in await db.fetchall("SELECT id FROM child ORDER BY id")] == [3, 4]
     finally:
         await db.close()
+
+
+async def test_a_transaction_cancelled_while_it_waits_for_sqlites_lock_leaves_nothing_open(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock, so BEGIN waits (up to the busy timeout) on SQLite's
+    thread; the caller is cancelled meanwhile. When the lock frees, the BEGIN that still ran must not
+    leave the writer inside a transaction nobody owns: the next writes commit."""
+    path = tmp_path / "state.sqlite3"
+    db = Database(path)
+    await db.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await db.write(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        other.execute("BEGIN IMMEDIATE")  # the other process's write lock
+        began = asyncio.Event()
+
+        async def writer() -> None:
+            began.set()
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO t VALUES (1)")
+
+        task = asyncio.create_task(writer())
+        await began.wait()
+        await asyncio.sleep(0.2)  # its BEGIN now waits for the lock
+        task.cancel()
+        await asyncio.sleep(0.1)
+        other.execute("COMMIT")  # the lock frees; the BEGIN goes through on SQLite's thread
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO t VALUES (3)")
+        assert [row[0] for row in await db.fetchall("SELECT k FROM t ORDER BY k")] == [2, 3]
+        other.execute("BEGIN IMMEDIATE")  # and the writer holds no lock: another process can write
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        await db.close()

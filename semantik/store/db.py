@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -239,10 +239,25 @@ def _in_transaction(
         conn.execute("COMMIT")
     except BaseException:
         # SQLite may have rolled back by itself (a full disk, an I/O error): then only the error stays.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        _rollback_if_open(conn)
         raise
     return result
+
+
+def _rollback_if_open(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+async def _to_the_end(step: Awaitable[T]) -> T:
+    """Await ``step``; a caller cancelled meanwhile gets CancelledError only once it has ended (it
+    runs on SQLite's thread whatever the caller does, and the writer is not free before)."""
+    future = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -311,15 +326,15 @@ class Database:
             raise RuntimeError("database is not open")
         async with self._write_lock:
             writer = self._writer
-            await writer.execute("BEGIN IMMEDIATE")
             try:
+                await writer.execute("BEGIN IMMEDIATE")  # inside: a caller cancelled while it waits rolls back
                 yield writer
                 await writer.execute("COMMIT")
             except BaseException:
-                # A failed COMMIT (a deferred constraint, a full disk) leaves the transaction open, or
-                # SQLite has already rolled it back: either way the writer leaves it, and the error stays.
-                if writer.in_transaction:
-                    await writer.execute("ROLLBACK")
+                # A failed COMMIT (a deferred constraint, a full disk) leaves the transaction open, or SQLite
+                # has rolled it back already, or a cancelled BEGIN or COMMIT still runs on SQLite's thread:
+                # whether one is open is asked there, after them, and the error stays the caller's.
+                await _to_the_end(in_thread(writer, _rollback_if_open))
                 raise
 
     async def write(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -329,12 +344,7 @@ class Database:
         if self._writer is None:
             raise RuntimeError("database is not open")
         async with self._write_lock:
-            step = asyncio.ensure_future(in_thread(self._writer, _in_transaction, fn, *args, **kwargs))
-            try:
-                return await asyncio.shield(step)
-            except asyncio.CancelledError:
-                await asyncio.wait({step})  # it ends on SQLite's thread: the writer is not free before
-                raise
+            return await _to_the_end(in_thread(self._writer, _in_transaction, fn, *args, **kwargs))
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement; returns the number of rows changed."""
