@@ -458,8 +458,11 @@ async def test_files_committed_together_each_get_their_own_event_in_order(
 async def test_copies_stored_together_are_stored_once(
     api: TestClient[Any, Any], settings: Settings, runtime: Runtime, docs: Path
 ) -> None:
-    # Copies of one file reach the model before any is stored, so they are stored in one request:
-    # their points (same ids) are written once, and every copy counts as done.
+    # Copies of one file that reach the model before any is stored are stored in one request, their
+    # points (same ids) written once; a copy prepared after the first was stored is only noted as a
+    # copy (skipped). Which copies go which way depends on timing (a fast backend stores the first
+    # sub-batch before the last copy is hashed); either way no request fails, every file is accounted
+    # for, and the collection holds one content's points once.
     for i in range(4):
         write(docs / f"copy{i}.txt", "The boiler in building C is serviced every March by Halvorsen Ltd.")
     for i in range(10):
@@ -467,7 +470,8 @@ async def test_copies_stored_together_are_stored_once(
     job_id = await new_job(api, docs, "copies")
     async with worker_running(settings, runtime):
         final = await wait_for_job(api, job_id)
-    assert final["status"] == "completed" and final["files_done"] == 14 and final["files_failed"] == 0, final
+    assert final["status"] == "completed" and final["files_failed"] == 0, final
+    assert final["files_done"] + final["files_skipped"] == 14 and final["files_done"] >= 11, final
     assert await count_points(runtime, "copies") == 11  # one content of one chunk, and ten others
 
 
