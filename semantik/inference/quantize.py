@@ -372,27 +372,35 @@ def quantize_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dic
             shutil.copyfile(fp32, source)
         trial = work / "trial.onnx"
         balance: dict[str, Any] | None = None
+        # The every-projection-int8 graph and its (min, mean) cosine, when the guard below made it.
+        all_int8: tuple[float, float] | None = None
         try:
             balanced = work / "balanced.onnx"
             balance = _balance(source, balanced, model_path, calib) if fused else None
             # Like the fusions, the rewrite must not change the numbers before int8 does; and it stays
             # only where int8 gains from it (it was measured on all-MiniLM-L6-v2; another model's weights
-            # might take the scaled rows worse). Both graphs with every projection int8:
+            # might take the scaled rows worse). Both graphs with every projection int8, the winner kept
+            # as the first trial below:
             if balance is not None and _min_mean(calib.vectors(balanced), reference)[0] > 0.9999:
-                _quantize(balanced, trial, nodes_to_exclude=balance["fp32_nodes"])
-                balance["all_int8_min_cosine"] = _min_mean(calib.vectors(trial), reference)[0]
-                _quantize(source, trial)
-                balance["all_int8_min_cosine_without"] = _min_mean(calib.vectors(trial), reference)[0]
-                if balance["all_int8_min_cosine"] >= balance["all_int8_min_cosine_without"]:
+                with_balance, without = work / "trial-balanced.onnx", work / "trial-plain.onnx"
+                _quantize(balanced, with_balance, nodes_to_exclude=balance["fp32_nodes"])
+                figures = _min_mean(calib.vectors(with_balance), reference)
+                _quantize(source, without)
+                plain = _min_mean(calib.vectors(without), reference)
+                balance["all_int8_min_cosine"], balance["all_int8_min_cosine_without"] = figures[0], plain[0]
+                if figures[0] >= plain[0]:
+                    os.replace(with_balance, trial)
                     os.replace(balanced, source)
                 else:
                     structlog.get_logger(__name__).info("model_balance_not_kept", **balance)
-                    balance = None
+                    balance, figures = None, plain
+                    os.replace(without, trial)
+                all_int8 = figures
             else:
                 balance = None
         except Exception as exc:  # like the fusions: a rewrite that trips costs speed, not the variant
             structlog.get_logger(__name__).warning("model_balance_failed", error=f"{type(exc).__name__}: {exc}")
-            balance = None
+            balance, all_int8 = None, None
         side_paths: list[str] = balance["fp32_nodes"] if balance else []
 
         def cosines(**selection: Any) -> tuple[float, float]:
@@ -403,7 +411,7 @@ def quantize_int8(fp32: Path, target: Path, work: Path, model_path: Path) -> dic
 
         kept: list[str] = []
         candidates = _down_projections(source, model_path)
-        worst, mean = cosines()
+        worst, mean = all_int8 if all_int8 is not None else cosines()
         if worst < TARGET_COSINE and candidates:
             loss = {name: 1.0 - cosines(nodes_to_quantize=[name])[1] for name in candidates}
             for name in sorted(candidates, key=lambda n: -loss[n]):
