@@ -147,28 +147,62 @@ def memory_cgroup(root: Path = Path("/")) -> tuple[Path, Path, str] | None:
     return None
 
 
+def _cgroup_limits(root: Path) -> Iterable[tuple[Path, int]]:
+    """This process's memory cgroup and every one above it, up to the hierarchy's root, that has a
+    limit: its directory and the limit in bytes (``memory_cgroup``)."""
+    group = memory_cgroup(root)
+    if group is None:
+        return
+    base, path, name = group
+    while True:
+        try:
+            value = (path / name).read_text().strip()
+            if value.isdigit():
+                yield path, int(value)
+        except OSError:
+            pass
+        if path == base or base not in path.parents:
+            return
+        path = path.parent
+
+
+def _meminfo_bytes(root: Path, field: str) -> int | None:
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def memory_limit_mb(root: Path = Path("/")) -> int | None:
     """The memory this process may use, in MB: the lowest limit of its cgroup and the cgroups above
     it (``memory_cgroup``), and at most the machine's RAM; None where neither can be read.
     ``root``: where ``/proc`` and ``/sys`` are (tests)."""
-    limits: list[int] = []
-    try:
-        for line in (root / "proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                limits.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    group = memory_cgroup(root)
-    if group is not None:
-        base, path, name = group
-        while True:  # this cgroup and every one above it, up to the hierarchy's root
-            try:
-                value = (path / name).read_text().strip()
-                if value.isdigit():
-                    limits.append(int(value))
-            except OSError:
-                pass
-            if path == base or base not in path.parents:
-                break
-            path = path.parent
+    limits = [limit for _, limit in _cgroup_limits(root)]
+    ram = _meminfo_bytes(root, "MemTotal")
+    if ram is not None:
+        limits.append(ram)
     return min(limits) // 2**20 if limits else None
+
+
+def memory_available_mb(root: Path = Path("/")) -> int | None:
+    """The memory a process started now beside this one could take, in MB: the machine's
+    ``MemAvailable``, and under each cgroup of ``memory_limit_mb`` with a limit, that limit less the
+    anonymous memory its processes hold (cgroup v2's ``anon``, v1's ``total_rss``; cached file pages
+    are given back under pressure, so they count as available). None where nothing can be read."""
+    available: list[int] = []
+    for path, limit in _cgroup_limits(root):
+        try:
+            stat_lines = (path / "memory.stat").read_text().splitlines()
+        except OSError:
+            continue
+        held = {k: v for k, _, v in (line.partition(" ") for line in stat_lines) if k in ("anon", "total_rss")}
+        value = held.get("anon", held.get("total_rss", ""))
+        if value.isdigit():
+            available.append(max(0, limit - int(value)))
+    machine = _meminfo_bytes(root, "MemAvailable")
+    if machine is not None:
+        available.append(machine)
+    return min(available) // 2**20 if available else None

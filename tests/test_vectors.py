@@ -804,6 +804,129 @@ def test_a_bulk_load_is_indexed_in_a_build_process_once_writes_pause_or_a_shard_
     assert len(ids) == len(set(ids)) == written - 1
 
 
+def run_until(engine: Any, done: Any, limit_s: float = 60.0) -> None:
+    """Run the engine's housekeeping as its process does until ``done()``."""
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + limit_s
+    while not done():
+        assert time.monotonic() < deadline, "the engine never got there"
+        due = engine.due_in()
+        wait(engine.build_connections(), timeout=0.05 if due is None else min(max(due, 0.0), 0.05))
+        engine.maintain()
+
+
+def test_built_shards_are_merged_in_pairs_once_writes_pause_and_a_merge_gives_way_to_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a memory limit shards are sealed at half a full shard, so a million chunks were eleven
+    graphs for every search to walk. Once writes have paused long enough, neighbouring built shards
+    that fit in a full shard together are merged, while the engine answers searches and takes
+    deletes and path changes from the originals; a write that would wait behind a merge cancels it
+    instead (made again once writes pause); a merge whose build would not fit in the memory left is
+    put off. Every point stays, once, with its changes, across a restart."""
+    from semantik.store import collection, edge, shard
+
+    # The policy at a small scale: 100 waiting points make a build, a full shard is 400 points, and
+    # under the (pretended) memory limit shards are sealed at 200.
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 400)
+    monkeypatch.setattr(collection, "LIMITED_MEMORY_MB", 10**9)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", 1.0)
+    logged: list[tuple[float, str, dict[str, Any]]] = []
+    root = tmp_path / "vectors"
+    dim = 16
+    vectors = unit(np.random.default_rng(21), 1_300, dim)
+    written = 0
+    last_write = 0.0
+
+    def write(n: int) -> int:
+        nonlocal written, last_write
+        rows = range(written, written + n)
+        backlog = engine.upsert(
+            "c",
+            [point_id("c", f"{i:064x}", 0) for i in rows],
+            vectors[written : written + n],
+            [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in rows],
+        )
+        written, last_write = written + n, time.monotonic()
+        return backlog
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [fields for _, event, fields in logged if event == name]
+
+    def finds_each(points: range) -> None:
+        for i in points:
+            hit = top_hit(engine, vectors[i])
+            assert hit["payload"]["sha256"] == f"{i:064x}", i
+
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((time.monotonic(), event, fields)))
+    try:
+        engine.ensure("c", dim)
+        found = engine.collection("c")
+        assert found is not None and found.shard_points == 200
+        for _ in range(16):
+            write(50)  # 800 points: four sealed shards of 200, each copied and built
+        run_until(engine, lambda: found.merging)
+        # Only once every shard was built and no write came for MERGE_IDLE_S.
+        started = [(at, fields) for at, event, fields in logged if event == "vector_index_build_started"]
+        assert [f["reason"] for _, f in started] == ["copy"] * 4 + ["merge"]
+        assert started[-1][0] >= last_write + 1.0 and started[-1][1]["points"] == 400
+        merging = started[-1][1]["shards"]
+        assert merging == [m.name for m in found.members[:2]]  # the first pair: points 0-399
+        # Meanwhile: searches answered from the originals, changes replayed onto the merge.
+        finds_each(range(0, 800, 37))
+        engine.delete("c", "path", ["/d/5"])
+        engine.set_paths("c", f"{9:064x}", ["/moved/9"])
+        settle(engine)
+        assert next(f["shards"] for f in events("vector_index_built") if f["reason"] == "merge") == merging
+        stats = engine.stats("c")
+        assert stats["shards"] == 3 and stats["waiting"] == 0 and engine.count("c") == 799  # two of 400, the open one
+        assert top_hit(engine, vectors[9])["payload"]["paths"] == ["/moved/9"]
+        assert top_hit(engine, vectors[5])["payload"]["sha256"] != f"{5:064x}"
+        finds_each(range(0, 5))
+        finds_each(range(6, 800, 13))
+
+        # Two more shards of 200; writes that come while they merge cancel the merge.
+        for _ in range(8):
+            write(50)
+        run_until(engine, lambda: found.merging)
+        assert write(25) == 0 and found.merging  # below the write-ahead (a quarter of a shard): it goes on
+        assert write(25) == 0 and not found.merging  # it would have held the writers: cancelled, not waited for
+        assert events("vector_merge_cancelled")[-1]["reason"] == "writes"
+        finds_each(range(800, 1_250, 17))
+
+        # Not enough memory left for the merge's build: put off, and said so.
+        monkeypatch.setattr(collection, "MERGE_HEADROOM_MB", 10**9)
+        run_until(engine, lambda: bool(events("vector_merge_deferred")))
+        deferred = events("vector_merge_deferred")[-1]
+        assert deferred["points"] == 400 and deferred["needed_mb"] > deferred["available_mb"]
+        due = engine.due_in()
+        assert not found.merging and (due is None or due > 60)
+        # With the memory, an explicit optimize merges at once.
+        monkeypatch.setattr(collection, "MERGE_HEADROOM_MB", 0)
+        engine.optimize("c")
+        assert engine.stats("c")["shards"] == 4 and engine.count("c") == written - 1  # 400, 400, 400, open 50
+        merges = [f for f in events("vector_index_built") if f["reason"] == "merge"]
+        assert len(merges) == 3 and [f["points"] for f in merges] == [399, 400, 400]
+    finally:
+        engine.close()
+    manifest = json.loads((root / ".meta" / "c.json").read_text())["shards"]
+    on_disk = sorted(p.parent.name for p in root.rglob("edge_config.json"))
+    assert sorted(manifest) == on_disk
+    ids = stored_point_ids(root, "c")
+    assert len(ids) == len(set(ids)) == written - 1
+    engine = edge.EdgeEngine(root)
+    try:
+        assert engine.count("c") == written - 1 and engine.stats("c")["shards"] == 4
+        finds_each(range(10, written, 29))
+        assert top_hit(engine, vectors[9])["payload"]["paths"] == ["/moved/9"]
+    finally:
+        engine.close()
+
+
 def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -815,7 +938,8 @@ def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change
 
     monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
     monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
-    monkeypatch.setattr(collection, "MERGE_RATIO", 0)  # each sealed shard built alone
+    monkeypatch.setattr(collection, "MERGE_RATIO", 0)  # each sealed shard built alone ...
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)  # ... and not merged later
     monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
     logged: list[tuple[str, dict[str, Any]]] = []
     root = tmp_path / "vectors"
@@ -1083,7 +1207,7 @@ def test_an_index_asked_for_is_built_in_place_when_its_copy_fails(
         assert stats["waiting"] == 0 and stats["held_seconds"] > 0 and engine.count("c") == 150
         events = [(e, f.get("reason")) for e, f in logged if e.startswith("vector_index_buil")]
         assert events == [
-            ("vector_index_build_started", None),
+            ("vector_index_build_started", "copy"),
             ("vector_index_build_failed", None),
             ("vector_index_built", "asked"),
         ]
@@ -1404,6 +1528,49 @@ def test_the_memory_limit_is_the_lowest_of_the_cgroups_above_and_the_machine(tmp
     assert memory_limit_mb(tmp_path / "nowhere") is None
 
 
+def test_the_memory_left_for_a_build_is_each_limit_less_what_its_processes_hold(tmp_path: Path) -> None:
+    """``memory_available_mb`` (a merge of shards starts only within it) on the files the kernel
+    shows: cached file pages count as free, anonymous memory does not, at each limited cgroup."""
+    from semantik.proc import memory_available_mb
+
+    def machine(cgroup: str, available_kb: int) -> Path:
+        root = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/meminfo").write_text(
+            f"MemTotal:       {16 * 2**20} kB\nMemFree:        1000 kB\nMemAvailable:   {available_kb} kB\n"
+        )
+        (root / "proc/self/cgroup").write_text(cgroup)
+        return root
+
+    def group(path: Path, limit_name: str, limit: str, stat: str) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / limit_name).write_text(limit + "\n")
+        (path / "memory.stat").write_text(stat)
+
+    mb = 2**20
+    # cgroup v2: 2.5 GB on the slice, 900 MB anonymous in it (and 1.2 GB of cache, which is free).
+    v2 = machine("0::/system.slice/semantik.service\n", 12 * 2**20)
+    group(v2 / "sys/fs/cgroup/system.slice", "memory.max", str(2500 * mb), f"anon {900 * mb}\nfile {1200 * mb}\n")
+    group(v2 / "sys/fs/cgroup/system.slice/semantik.service", "memory.max", "max", f"anon {900 * mb}\n")
+    assert memory_available_mb(v2) == 1600
+    # cgroup v1: its hierarchical anonymous memory (total_rss), not its own (rss).
+    v1 = machine("4:memory:/docker/abc\n1:cpu:/\n", 12 * 2**20)
+    group(
+        v1 / "sys/fs/cgroup/memory/docker/abc",
+        "memory.limit_in_bytes",
+        str(3 * 2**30),
+        f"cache {500 * mb}\nrss {100 * mb}\ntotal_cache {500 * mb}\ntotal_rss {1024 * mb}\n",
+    )
+    assert memory_available_mb(v1) == 2048
+    # No limit: what the machine has available; and less of that than the cgroup leaves.
+    group(v1 / "sys/fs/cgroup/memory/docker/abc", "memory.limit_in_bytes", "9223372036854771712", "total_rss 0\n")
+    assert memory_available_mb(v1) == 12 * 1024
+    tight = machine("0::/s\n", 700 * 1024)
+    group(tight / "sys/fs/cgroup/s", "memory.max", str(2500 * mb), f"anon {900 * mb}\n")
+    assert memory_available_mb(tight) == 700
+    assert memory_available_mb(tmp_path / "nowhere") is None
+
+
 def _memory_cgroup(limit_mb: int) -> Path | None:
     """A new memory cgroup of ``limit_mb`` under this process's (None where one cannot be made)."""
     from semantik.proc import memory_cgroup
@@ -1562,7 +1729,8 @@ def test_what_searches_read_is_read_ahead_again_after_each_build(
 
     monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
     monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
-    monkeypatch.setattr(collection, "MERGE_RATIO", 0)  # each sealed shard built alone
+    monkeypatch.setattr(collection, "MERGE_RATIO", 0)  # each sealed shard built alone ...
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)  # ... and not merged later
     monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
     vectors = unit(np.random.default_rng(9), 400, 64)
     ids = [point_id("c", f"{i:064x}", 0) for i in range(400)]

@@ -10,7 +10,10 @@ once ``INDEX_AFTER_POINTS`` wait and writes paused; a sealed shard is then copie
 indexed in a child process (``builder.py``) while the engine keeps answering from the original, and
 the built copy replaces it. A built shard goes into the next build when it is at most twice the size
 of the shard just sealed (and the two fit in one full shard), so a collection grows few shards: one
-per full shard's points in a bulk load, a handful more from small increments.
+per full shard's points in a bulk load, a handful more from small increments. Once writes paused for
+a minute, neighbouring built shards that fit in one full shard together are merged by a build of
+the same kind (``_to_merge``), where the memory left allows: under a memory limit shards are sealed
+at half a full shard, and the merges halve the graphs a search walks.
 
 Writes wait when they outpace the builds: an upsert answers how many sealed shards wait for a build
 (``backlog``), and the store's client (``vectors.py``) holds further writes, not searches, while one
@@ -37,6 +40,7 @@ complete and flushed before the manifest names it, and directories the manifest 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -51,7 +55,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from semantik.proc import prefetch_files, release_free_memory
+from semantik.proc import memory_available_mb, prefetch_files, release_free_memory
 from semantik.store import hybrid
 from semantik.store.builder import Build
 from semantik.store.hybrid import SearchPlan
@@ -81,9 +85,12 @@ MERGE_RATIO = 2
 # A shard just opened answers its first searches 3-4x slower than later ones (1M points in six
 # shards on Zen 5: dense p50 13.9 ms, 5.2 ms once each shard had answered 100 searches; its pages
 # were resident: not page faults). So each shard answers this many searches for random vectors,
-# a few at a time between requests, once opened or swapped in.
+# between requests, once opened or swapped in: one step searches until WARM_STEP_S has passed (at
+# least once), so a request that arrives meanwhile waits for about one search. (Five at a time, a
+# step on a shard whose pages a merge's build had pushed out took 55-86 ms: the five requests
+# behind such steps were a million-chunk run's slowest, docs/benchmarks.md, session 22.)
 WARM_SEARCHES = 100
-WARM_STEP = 5
+WARM_STEP_S = 0.005
 # What every dense search reads (each shard's vectors, graph links and payload tracker:
 # ``shard.SEARCHED_FILES``) is read ahead into the page cache when the collection opens and after
 # each build's swap, while it takes at most this share of the memory the engine may use. After a
@@ -104,6 +111,20 @@ COPY_ATTEMPTS = 2
 # on (100k points: 48 s against 28 s), for 2% more upserts/s and 210 MB more engine memory
 # (docs/benchmarks.md, "Writers that fill a shard during its build").
 WRITE_AHEAD_POINTS = 50_000
+# Neighbouring built shards that fit in one full shard together (MAX_SEGMENT_POINTS) are merged into
+# one once writes paused for MERGE_IDLE_S (``edge.py``), fewest points first: under a memory limit
+# shards are sealed at half a full shard, and a search's time grows with the number of graphs it
+# walks, not their size (docs/benchmarks.md, session 19: 1M points in six 200k shards searched in
+# 6.2 ms, in eleven 100k shards 10-13.5 ms). A merge is a read-back build (``builder.py``), which
+# holds about MERGE_KB_PER_POINT a point it builds; it starts only while that and
+# MERGE_HEADROOM_MB are available (``proc.memory_available_mb``: under the engine's cgroup, its limit
+# less the anonymous memory held in it), else it is asked again MERGE_RETRY_S later. A merge gives
+# way to writes: one that would hold writers (the open shard fills up to the write-ahead while it
+# runs) is cancelled, and tried again once writes pause. A merge that failed is not tried again for
+# those shards until the collection is opened again.
+MERGE_KB_PER_POINT = 6.5
+MERGE_HEADROOM_MB = 256
+MERGE_RETRY_S = 300.0
 # Under a memory limit below this (the engine's cgroup's, or the machine's RAM), shards are sealed at
 # half of MAX_SEGMENT_POINTS. A build process holds about 6.5 KB per point it copies (1.3 GB for 200k)
 # while the engine holds about 3 KB per unindexed point: at a million points in a 2.5 GB cgroup,
@@ -184,11 +205,13 @@ class Collection:
         # The open shard is sealed at this many points (``sealed_at``), and builds merge up to it.
         self.shard_points = MAX_SEGMENT_POINTS if shard_points is None else shard_points
         self.build: Build | None = None
+        self.build_reason = "copy"  # or "merge" (``_to_merge``)
         self.building: list[Member] = []  # the sealed shards being copied
         self.replay: list[tuple[str, tuple[Any, ...]]] = []  # changes to replay onto the copy
         self.built: set[str] = set()  # shards a build made (not built again unless merged)
         self.failed: dict[str, int] = {}  # shard -> copies of it that failed
         self.retry_at = 0.0
+        self.merge_at = 0.0  # no merge starts before this (``time.monotonic()``): memory was short
         # Shard (id) -> searches still to run to warm it (an empty one needs none).
         self.cold: dict[int, int] = {id(m.shard): WARM_SEARCHES for m in members if m.shard.points}
         self.index_seconds = 0.0  # spent building since the collection was opened ...
@@ -258,6 +281,8 @@ class Collection:
         self.open_shard.upsert(ids, vectors, payloads, sparse)
         if self.open_shard.points >= self.shard_points:
             self.seal()
+        if self.merging and self.backlog:  # it would hold the writers: writes first
+            self._cancel_merge()
 
     def delete(self, field: str, values: Sequence[str]) -> None:
         self._everywhere("delete", (field, list(values)), self.shards)
@@ -387,6 +412,58 @@ class Collection:
             return [member]
         return None
 
+    def _to_merge(self) -> list[Member] | None:
+        """Two neighbouring sealed shards, built (or too small to build), that fit in one full shard
+        together and have not failed a build: the pair with the fewest points; or None."""
+        sealed = self.members[:-1]
+        pairs = [
+            (a.shard.points + b.shard.points, i)
+            for i, (a, b) in enumerate(itertools.pairwise(sealed))
+            if a.shard.points + b.shard.points <= MAX_SEGMENT_POINTS
+            and all(m.shard.waiting < INDEX_AFTER_POINTS and not self.failed.get(m.name) for m in (a, b))
+        ]
+        if not pairs:
+            return None
+        i = min(pairs)[1]
+        return sealed[i : i + 2]
+
+    def _merge_that_fits(self, now: float) -> list[Member] | None:
+        """The next pair to merge if its build's memory is available now; else None (a pair that does
+        not fit is logged and asked again ``MERGE_RETRY_S`` later)."""
+        pair = self._to_merge()
+        if pair is None or now < self.merge_at:
+            return None
+        points = sum(m.shard.points for m in pair)
+        needed = round(MERGE_KB_PER_POINT * points / 1024) + MERGE_HEADROOM_MB
+        available = memory_available_mb()
+        if available is not None and available < needed:
+            self.merge_at = now + MERGE_RETRY_S
+            self.log(
+                "vector_merge_deferred",
+                collection=self.name,
+                shards=[m.name for m in pair],
+                points=points,
+                needed_mb=needed,
+                available_mb=available,
+                retry_in_s=MERGE_RETRY_S,
+            )
+            return None
+        return pair
+
+    @property
+    def merging(self) -> bool:
+        return self.build is not None and self.build_reason == "merge"
+
+    @property
+    def write_ahead(self) -> int:
+        """Points the open shard takes while a build runs before writers wait (see WRITE_AHEAD_POINTS)."""
+        return min(WRITE_AHEAD_POINTS, self.shard_points // 4)
+
+    def _cancel_merge(self) -> None:
+        shards = [m.name for m in self.building]
+        self.log("vector_merge_cancelled", collection=self.name, shards=shards, reason="writes")
+        self._cancel_build()
+
     def _to_build_in_place(self) -> Member | None:
         """A sealed shard to index in this process: too big to copy, or its copies failed."""
         for member in self.members[:-1]:
@@ -405,12 +482,12 @@ class Collection:
         in_place = sum(1 for m in sealed if m.shard.waiting >= INDEX_AFTER_POINTS and not self._copyable(m))
         if self.build is None:
             return max(0, ready - 1) + in_place
-        write_ahead = min(WRITE_AHEAD_POINTS, self.shard_points // 4)
-        return ready + in_place + (1 if self.open_shard.points >= write_ahead else 0)
+        return ready + in_place + (1 if self.open_shard.points >= self.write_ahead else 0)
 
-    def due(self, now: float, *, idle_at: float, quiet_at: float) -> float | None:
+    def due(self, now: float, *, idle_at: float, quiet_at: float, settled_at: float | None = None) -> float | None:
         """When ``maintain`` has warming or building to do (``time.monotonic()``), None when nothing
-        waits or a build waits on its child (the engine watches ``self.build.conn``)."""
+        waits or a build waits on its child (the engine watches ``self.build.conn``). ``settled_at``:
+        when merges may start (None: not at all)."""
         if self.cold:
             return now
         if self.build is not None:
@@ -422,12 +499,15 @@ class Collection:
             due.append(quiet_at)
         if self.open_shard.waiting >= INDEX_AFTER_POINTS:
             due.append(idle_at)
+        if not due and settled_at is not None and self._to_merge() is not None:
+            due.append(max(settled_at, self.merge_at))
         return min(due) if due else None
 
-    def maintain(self, now: float, *, idle: bool, quiet: bool) -> None:
+    def maintain(self, now: float, *, idle: bool, quiet: bool, settled: bool = False) -> None:
         """One step: warm a shard just opened; or of building: take the child's news or hand it a
         page; or start a build (sealing the open shard once writes paused); or index an old
-        oversized shard in place."""
+        oversized shard in place; or, with nothing else to do and writes paused long enough
+        (``settled``), merge two built shards."""
         if self.cold:
             self._warm()
             return
@@ -441,8 +521,14 @@ class Collection:
             self._start_build(sources)
             return
         big = self._to_build_in_place()
-        if big is not None and quiet:
-            self._optimize_in_place(big, reason="in_place")
+        if big is not None:
+            if quiet:
+                self._optimize_in_place(big, reason="in_place")
+            return
+        if sources is None and settled and self.open_shard.waiting < INDEX_AFTER_POINTS:
+            pair = self._merge_that_fits(now)
+            if pair is not None:
+                self._start_build(pair, reason="merge")
 
     def _warm(self) -> None:
         key, left = next(iter(self.cold.items()))
@@ -451,13 +537,15 @@ class Collection:
             del self.cold[key]
             return
         rng = np.random.default_rng(left)
-        for _ in range(min(WARM_STEP, left)):
+        began, done = time.perf_counter(), 0
+        while done < left and (done == 0 or time.perf_counter() - began < WARM_STEP_S):
             vector = rng.standard_normal(self.dim)
             plan = hybrid.plan_search(
                 hybrid.SearchMode.DENSE, vector=(vector / np.linalg.norm(vector)).tolist(), query_text=None, k=10
             )
             shard.query(search_requests(plan, with_payload=False, shards=len(self.members)))
-        self.cold[key] = left - WARM_STEP
+            done += 1
+        self.cold[key] = left - done
 
     def _step_build(self, now: float) -> None:
         assert self.build is not None
@@ -480,8 +568,9 @@ class Collection:
         return error
 
     def optimize(self) -> None:
-        """Index every waiting point now and return when done (asked for: benchmarks, tests). Other
-        requests wait meanwhile; a copy that fails is built in place."""
+        """Index every waiting point now, merge the built shards that fit (``_to_merge``), and return
+        when done (asked for: benchmarks, tests). Other requests wait meanwhile; a copy that fails is
+        built in place, a merge that fails or does not fit in memory is left undone."""
         if self.open_shard.waiting >= INDEX_AFTER_POINTS:
             self.seal()
         while True:
@@ -490,16 +579,25 @@ class Collection:
                 if sources is None:
                     break
                 self._start_build(sources)
-            copying = [m.name for m in self.building]
-            while self.build is not None:
-                if not self.build.due:
-                    wait([self.build.conn], timeout=1.0)
-                try:
-                    self._step_build(time.monotonic())
-                except EngineError:  # logged; asked to index now, so build those in place (below)
-                    self.failed.update(dict.fromkeys(copying, COPY_ATTEMPTS))
+            self._build_to_the_end()
         while (big := self._to_build_in_place()) is not None:
             self._optimize_in_place(big, reason="asked")  # (marks it built: this ends)
+        self.merge_at = 0.0
+        while (pair := self._merge_that_fits(time.monotonic())) is not None:
+            self._start_build(pair, reason="merge")
+            self._build_to_the_end()  # (one that fails is marked failed: not merged again)
+
+    def _build_to_the_end(self) -> None:
+        """Wait on the running build (if any) and swap it in; one that fails marks its shards failed
+        as many times as a copy may fail (logged), so it is not made again."""
+        copying = [m.name for m in self.building]
+        while self.build is not None:
+            if not self.build.due:
+                wait([self.build.conn], timeout=1.0)
+            try:
+                self._step_build(time.monotonic())
+            except EngineError:  # logged; asked to index now, so build those in place (``optimize``)
+                self.failed.update(dict.fromkeys(copying, COPY_ATTEMPTS))
 
     def _optimize_in_place(self, member: Member, *, reason: str) -> None:
         began = time.monotonic()
@@ -520,9 +618,9 @@ class Collection:
                 rss_anon_mb=release_free_memory(),
             )
 
-    def _start_build(self, sources: list[Member]) -> None:
+    def _start_build(self, sources: list[Member], *, reason: str = "copy") -> None:
         target = shard_dir(self.root, self.name, self._next_name())
-        self.building, self.replay = sources, []
+        self.building, self.replay, self.build_reason = sources, [], reason
         self.build = Build([m.shard for m in sources], target, self.dim, partial(self.log, collection=self.name))
         self.log(
             "vector_index_build_started",
@@ -531,6 +629,7 @@ class Collection:
             shards=[m.name for m in sources],
             into=target.name,
             via=self.build.via,
+            reason=reason,
         )
 
     def _finish_build(self) -> None:
@@ -560,7 +659,8 @@ class Collection:
             "vector_index_built",
             collection=self.name,
             points=shard.count(),  # after the changes replayed onto it
-            reason="copy",
+            reason=self.build_reason,
+            shards=[m.name for m in sources],
             via=build.result.get("via"),
             seconds=round(seconds, 2),
             build_seconds=build.result.get("seconds"),

@@ -22,7 +22,9 @@ once ``MAX_SEGMENT_POINTS`` points are in it, or ``INDEX_AFTER_POINTS`` wait and
 ``OPTIMIZE_IDLE_S``, and builds the sealed shard's HNSW index on a copy in a child process
 (``builder.py``), answering from the original meantime. Only an oversized shard from an earlier
 version is indexed in this process, which holds every request for the build; that waits for no
-write for ``OPTIMIZE_IDLE_S`` and no search for ``SEARCH_QUIET_S``.
+write for ``OPTIMIZE_IDLE_S`` and no search for ``SEARCH_QUIET_S``. Once no write came for
+``MERGE_IDLE_S``, neighbouring built shards that fit in one full shard together are merged by a build
+of the same kind, when the memory left allows it (``collection.py``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ OPTIMIZE_IDLE_S = 5.0
 # searched for this long: that build holds the engine (a 200k-point segment: one to two minutes on
 # 2 cores), and a search arriving meanwhile waits for it.
 SEARCH_QUIET_S = 30.0
+# ... and neighbouring built shards are merged (``collection.py``) once no write came for this long:
+# a merge rebuilds up to a full shard (a minute or two on 2 cores), not worth starting in a pause
+# between a job's files. (None: no merges.)
+MERGE_IDLE_S: float | None = 60.0
 FLUSH_IDLE_S = 1.0
 MAINTENANCE_RETRY_S = 60.0
 
@@ -273,7 +279,12 @@ class EdgeEngine:
         if any(c.dirty for c in self._collections.values()):
             due.append(self.last_write + FLUSH_IDLE_S)
         for found in self._collections.values():
-            at = found.due(now, idle_at=self.last_write + OPTIMIZE_IDLE_S, quiet_at=self.build_due_at)
+            at = found.due(
+                now,
+                idle_at=self.last_write + OPTIMIZE_IDLE_S,
+                quiet_at=self.build_due_at,
+                settled_at=None if MERGE_IDLE_S is None else self.last_write + MERGE_IDLE_S,
+            )
             if at is not None:
                 due.append(at)
         if not due:
@@ -287,7 +298,12 @@ class EdgeEngine:
         try:
             for found in list(self._collections.values()):
                 with contextlib.suppress(EngineError):  # a failed build: logged, tried again later
-                    found.maintain(now, idle=now >= self.last_write + OPTIMIZE_IDLE_S, quiet=now >= self.build_due_at)
+                    found.maintain(
+                        now,
+                        idle=now >= self.last_write + OPTIMIZE_IDLE_S,
+                        quiet=now >= self.build_due_at,
+                        settled=MERGE_IDLE_S is not None and now >= self.last_write + MERGE_IDLE_S,
+                    )
                 if found.dirty and now - self.last_write >= FLUSH_IDLE_S:
                     found.flush()
         except Exception as exc:
