@@ -75,22 +75,23 @@ SHARDS_DIR = ".shards"
 BASE = "base"
 LAYOUT = 1
 # A sealed shard above this many points is not copied but indexed in place (see above): one written
-# by an earlier version, when a collection was one shard. (A full shard is sealed at the write that
-# takes it to MAX_SEGMENT_POINTS, so it can hold a little more.)
+# by an earlier version, when a collection was one shard. (A full shard is sealed at exactly its
+# size; one sealed by an earlier version at the write that filled it can hold a little more.)
 COPY_MAX_POINTS = 2 * MAX_SEGMENT_POINTS
 # A sealed shard goes into the next one's build when it is at most this many times its size (and the
-# two fit in one shard): shards grow as they fill, and a point is rebuilt a few times at most, not
-# once per later build (20k-point increments rebuilt into one growing shard: 5.5 builds per point).
+# two fit in one shard), and built shards are merged on the same terms (``_to_merge``): shards grow
+# as they fill, and a point is rebuilt a few times at most, not once per later build (20k-point
+# increments rebuilt into one growing shard: 5.5 builds per point).
 MERGE_RATIO = 2
 # A shard just opened answers its first searches 3-4x slower than later ones (1M points in six
 # shards on Zen 5: dense p50 13.9 ms, 5.2 ms once each shard had answered 100 searches; its pages
 # were resident: not page faults). So each shard answers this many searches for random vectors,
-# between requests, once opened or swapped in: one step searches until WARM_STEP_S has passed (at
-# least once), so a request that arrives meanwhile waits for about one search. (Five at a time, a
-# step on a shard whose pages a merge's build had pushed out took 55-86 ms: the five requests
-# behind such steps were a million-chunk run's slowest, docs/benchmarks.md, session 22.)
+# a few at a time between requests, once opened or swapped in. (Steps of about 5 ms instead, one
+# search at least, spread the same work over more requests: at a million chunks the dense searches
+# right after five merges ran at 15.9 ms p50 against 7.5 with five a step; docs/benchmarks.md,
+# session 22.)
 WARM_SEARCHES = 100
-WARM_STEP_S = 0.005
+WARM_STEP = 5
 # What every dense search reads (each shard's vectors, graph links and payload tracker:
 # ``shard.SEARCHED_FILES``) is read ahead into the page cache when the collection opens and after
 # each build's swap, while it takes at most this share of the memory the engine may use. After a
@@ -272,6 +273,27 @@ class Collection:
         payloads: Sequence[dict[str, Any]],
         sparse: Sequence[hybrid.Sparse] | None = None,
     ) -> None:
+        # The open shard is sealed at exactly ``shard_points`` (the rest of the write goes to the
+        # next one), so two shards sealed under a memory limit make one full shard (``_to_merge``).
+        start = 0
+        while start < len(ids):
+            room = self.shard_points - self.open_shard.points
+            end = len(ids) if room <= 0 else min(len(ids), start + room)
+            part = slice(start, end)
+            self._write(ids[part], vectors[part], payloads[part], None if sparse is None else sparse[part])
+            if self.open_shard.points >= self.shard_points:
+                self.seal()
+            start = end
+        if self.merging and self.backlog:  # it would hold the writers: writes first
+            self._cancel_merge()
+
+    def _write(
+        self,
+        ids: Sequence[str],
+        vectors: npt.NDArray[np.float32],
+        payloads: Sequence[dict[str, Any]],
+        sparse: Sequence[hybrid.Sparse] | None,
+    ) -> None:
         # A point written again moves to the open shard: its copy in a sealed one goes. Only where
         # it is, so a bulk load of new points changes no sealed shard (one being cloned would wait).
         for shard in self.shards[:-1]:
@@ -279,10 +301,6 @@ class Collection:
             if present:
                 self._everywhere("delete_ids", (present,), [shard])
         self.open_shard.upsert(ids, vectors, payloads, sparse)
-        if self.open_shard.points >= self.shard_points:
-            self.seal()
-        if self.merging and self.backlog:  # it would hold the writers: writes first
-            self._cancel_merge()
 
     def delete(self, field: str, values: Sequence[str]) -> None:
         self._everywhere("delete", (field, list(values)), self.shards)
@@ -413,14 +431,22 @@ class Collection:
         return None
 
     def _to_merge(self) -> list[Member] | None:
-        """Two neighbouring sealed shards, built (or too small to build), that fit in one full shard
-        together and have not failed a build: the pair with the fewest points; or None."""
+        """Two neighbouring sealed shards, built (or too small to build), of like size (the larger
+        at most ``MERGE_RATIO`` times the other, so a shard that grows by small increments is not
+        rebuilt at each) that fit in one full shard together, and whose builds failed fewer than
+        ``COPY_ATTEMPTS`` times: the pair with the fewest points; or None."""
         sealed = self.members[:-1]
+
+        def mergeable(m: Member) -> bool:
+            return m.shard.waiting < INDEX_AFTER_POINTS and self.failed.get(m.name, 0) < COPY_ATTEMPTS
+
         pairs = [
             (a.shard.points + b.shard.points, i)
             for i, (a, b) in enumerate(itertools.pairwise(sealed))
             if a.shard.points + b.shard.points <= MAX_SEGMENT_POINTS
-            and all(m.shard.waiting < INDEX_AFTER_POINTS and not self.failed.get(m.name) for m in (a, b))
+            and max(a.shard.points, b.shard.points) <= MERGE_RATIO * min(a.shard.points, b.shard.points)
+            and mergeable(a)
+            and mergeable(b)
         ]
         if not pairs:
             return None
@@ -537,15 +563,13 @@ class Collection:
             del self.cold[key]
             return
         rng = np.random.default_rng(left)
-        began, done = time.perf_counter(), 0
-        while done < left and (done == 0 or time.perf_counter() - began < WARM_STEP_S):
+        for _ in range(min(WARM_STEP, left)):
             vector = rng.standard_normal(self.dim)
             plan = hybrid.plan_search(
                 hybrid.SearchMode.DENSE, vector=(vector / np.linalg.norm(vector)).tolist(), query_text=None, k=10
             )
             shard.query(search_requests(plan, with_payload=False, shards=len(self.members)))
-            done += 1
-        self.cold[key] = left - done
+        self.cold[key] = left - WARM_STEP
 
     def _step_build(self, now: float) -> None:
         assert self.build is not None
@@ -562,6 +586,8 @@ class Collection:
         error = self.build.error
         for member in self.building:
             self.failed[member.name] = self.failed.get(member.name, 0) + 1
+        if self.merging:  # (a merge is not built in place: it is tried again, later, or left)
+            self.merge_at = now + MERGE_RETRY_S
         self.log("vector_index_build_failed", collection=self.name, error=error, retry_in_s=BUILD_RETRY_S)
         self._drop_build()
         self.retry_at = now + BUILD_RETRY_S

@@ -311,7 +311,7 @@ class EdgeEngine:
             self.log("vector_maintenance_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=MAINTENANCE_RETRY_S)
 
     def optimize(self, collection: str | None = None) -> None:
-        """Index every waiting point now, in this process."""
+        """Index every waiting point now and merge the shards that can be (``Collection.optimize``)."""
         for name, found in list(self._collections.items()):
             if collection is None or name == collection:
                 found.optimize()
