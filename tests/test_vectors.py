@@ -930,6 +930,58 @@ def test_built_shards_are_merged_in_pairs_once_writes_pause_and_a_merge_gives_wa
         engine.close()
 
 
+def test_shards_of_unlike_size_are_not_merged_so_a_small_increment_does_not_rebuild_a_big_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that grows a little each day: each increment is built alone or with a neighbour of
+    like size, and an idle engine does not then merge it into a shard over twice its size (which
+    would rebuild the big one at every increment); like-sized neighbours are merged, so shards grow
+    geometrically."""
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 1_000)
+    monkeypatch.setattr(collection, "LIMITED_MEMORY_MB", 0)
+    monkeypatch.setattr(collection, "MERGE_HEADROOM_MB", 0)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", 0.5)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    vectors = unit(np.random.default_rng(31), 750, 16)
+    written = 0
+    engine = edge.EdgeEngine(tmp_path / "vectors", log=lambda event, **fields: logged.append((event, fields)))
+
+    def increment(n: int) -> None:
+        nonlocal written
+        rows = range(written, written + n)
+        engine.upsert(
+            "c",
+            [point_id("c", f"{i:064x}", 0) for i in rows],
+            vectors[written : written + n],
+            [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in rows],
+        )
+        written += n
+        time.sleep(0.6)  # writes pause: sealed, built, and merged where due
+        settle(engine)
+
+    try:
+        engine.ensure("c", 16)
+        found = engine.collection("c")
+        assert found is not None
+        increment(500)
+        increment(150)  # under half its neighbour: built alone, and left so once idle
+        assert [m.shard.points for m in found.members] == [500, 150, 0]
+        increment(100)  # like its neighbour: the build takes both (250), then 250 beside 500 is merged
+        assert [m.shard.points for m in found.members] == [750, 0]
+        reasons = [f["reason"] for e, f in logged if e == "vector_index_built"]
+        assert reasons == ["copy", "copy", "copy", "merge"]
+        assert engine.count("c") == written
+        for i in range(0, written, 23):
+            assert top_hit(engine, vectors[i])["payload"]["sha256"] == f"{i:064x}"
+    finally:
+        engine.close()
+
+
 def test_a_sealed_shard_is_built_from_a_copy_of_its_files_and_keeps_every_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
