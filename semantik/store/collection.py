@@ -121,8 +121,8 @@ WRITE_AHEAD_POINTS = 50_000
 # MERGE_HEADROOM_MB are available (``proc.memory_available_mb``: under the engine's cgroup, its limit
 # less the anonymous memory held in it), else it is asked again MERGE_RETRY_S later. A merge gives
 # way to writes: one that would hold writers (the open shard fills up to the write-ahead while it
-# runs) is cancelled, and tried again once writes pause. A merge that failed is not tried again for
-# those shards until the collection is opened again.
+# runs) is cancelled, and tried again once writes pause. A merge that failed is tried again
+# MERGE_RETRY_S later, up to COPY_ATTEMPTS times for those shards (once, when ``optimize`` asked).
 MERGE_KB_PER_POINT = 6.5
 MERGE_HEADROOM_MB = 256
 MERGE_RETRY_S = 300.0

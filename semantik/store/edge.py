@@ -267,6 +267,12 @@ class EdgeEngine:
         paused and searches quiet."""
         return max(self.last_write + OPTIMIZE_IDLE_S, self.last_search + SEARCH_QUIET_S)
 
+    @property
+    def merge_due_at(self) -> float | None:
+        """When built shards may be merged (``time.monotonic()``): writes paused ``MERGE_IDLE_S``;
+        None when merges are off."""
+        return None if MERGE_IDLE_S is None else self.last_write + MERGE_IDLE_S
+
     def build_connections(self) -> list[Any]:
         """The connections of the build processes the engine waits on (``maintain`` takes their news)."""
         return [c.build.conn for c in self._collections.values() if c.build is not None and c.build.running]
@@ -283,7 +289,7 @@ class EdgeEngine:
                 now,
                 idle_at=self.last_write + OPTIMIZE_IDLE_S,
                 quiet_at=self.build_due_at,
-                settled_at=None if MERGE_IDLE_S is None else self.last_write + MERGE_IDLE_S,
+                settled_at=self.merge_due_at,
             )
             if at is not None:
                 due.append(at)
@@ -295,6 +301,7 @@ class EdgeEngine:
         """One step of housekeeping: of a build (see ``collection.py``), and a flush (fsync) once
         writes paused. A failure is logged and tried again a minute later."""
         now = time.monotonic()
+        merge_at = self.merge_due_at
         try:
             for found in list(self._collections.values()):
                 with contextlib.suppress(EngineError):  # a failed build: logged, tried again later
@@ -302,7 +309,7 @@ class EdgeEngine:
                         now,
                         idle=now >= self.last_write + OPTIMIZE_IDLE_S,
                         quiet=now >= self.build_due_at,
-                        settled=MERGE_IDLE_S is not None and now >= self.last_write + MERGE_IDLE_S,
+                        settled=merge_at is not None and now >= merge_at,
                     )
                 if found.dirty and now - self.last_write >= FLUSH_IDLE_S:
                     found.flush()
