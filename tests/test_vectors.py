@@ -908,10 +908,13 @@ def test_built_shards_are_merged_in_pairs_once_writes_pause_and_a_merge_gives_wa
         assert deferred["points"] == 400 and deferred["needed_mb"] >= 10**9 and deferred["available_mb"] > 0
         due = engine.due_in()
         assert not found.merging and (due is None or due > 60)
-        # With the memory, an explicit optimize merges at once.
+        # With the memory, an explicit optimize merges at once, and returns with the merged shard
+        # warmed (else the first searches after it would wait behind its warm-up).
         monkeypatch.setattr(collection, "MERGE_HEADROOM_MB", 0)
         engine.optimize("c")
-        assert engine.stats("c")["shards"] == 4 and engine.count("c") == written - 1  # 400, 400, 400, open 71
+        stats = engine.stats("c")
+        assert stats["shards"] == 4 and engine.count("c") == written - 1  # 400, 400, 400, open 71
+        assert stats["warming"] == 0 and engine.due_in() is None
         merges = [f for f in events("vector_index_built") if f["reason"] == "merge"]
         assert len(merges) == 3 and [f["points"] for f in merges] == [399, 400, 400]
     finally:

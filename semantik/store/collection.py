@@ -377,6 +377,7 @@ class Collection:
             "held_seconds": round(self.held_seconds, 3),
             "shards": len(infos),
             "building": self.build is not None,
+            "warming": len(self.cold),
         }
 
     def flush(self) -> None:
@@ -594,8 +595,8 @@ class Collection:
         return error
 
     def optimize(self) -> None:
-        """Index every waiting point now, merge the built shards that fit (``_to_merge``), and return
-        when done (asked for: benchmarks, tests). Other requests wait meanwhile; a copy that fails is
+        """Index every waiting point now, merge the built shards that fit (``_to_merge``), warm the
+        shards swapped in, and return when done (asked for: benchmarks, tests). Other requests wait meanwhile; a copy that fails is
         built in place, a merge that fails or does not fit in memory is left undone."""
         if self.open_shard.waiting >= INDEX_AFTER_POINTS:
             self.seal()
@@ -612,6 +613,10 @@ class Collection:
         while (pair := self._merge_that_fits(time.monotonic())) is not None:
             self._start_build(pair, reason="merge")
             self._build_to_the_end()  # (one that fails is marked failed: not merged again)
+        # Done means fast: the shards swapped in are warmed here, not between the searches that
+        # follow (five merged shards left cold made a million-point collection's dense p99 74 ms).
+        while self.cold:
+            self._warm()
 
     def _build_to_the_end(self) -> None:
         """Wait on the running build (if any) and swap it in; one that fails marks its shards failed
