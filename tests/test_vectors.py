@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -929,6 +930,56 @@ def test_built_shards_are_merged_in_pairs_once_writes_pause_and_a_merge_gives_wa
         assert engine.count("c") == written - 1 and engine.stats("c")["shards"] == 4
         finds_each(range(10, written, 29))
         assert top_hit(engine, vectors[9])["payload"]["paths"] == ["/moved/9"]
+    finally:
+        engine.close()
+
+
+def test_a_swap_leaves_closing_and_removing_the_replaced_shard_to_later_steps_and_a_kill_between_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swapping a built copy in holds the engine (opening the copy: 0.5-1.2 s at 100-200k points),
+    so closing and removing the shard it replaced come in later steps, each between two requests. A
+    search between them is answered from the copy; a process killed before they ran (its files as
+    they were) opens with every point and without the replaced shard's directory."""
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 400)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)
+    logged: list[str] = []
+    root = tmp_path / "vectors"
+    vectors = unit(np.random.default_rng(5), 150, 16)
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append(event))
+    try:
+        engine.ensure("c", 16)
+        engine.upsert(
+            "c",
+            [point_id("c", f"{i:064x}", 0) for i in range(150)],
+            vectors,
+            [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(150)],
+        )
+        found = engine.collection("c")
+        assert found is not None
+        replaced = collection.shard_dir(root, "c", found.members[0].name)
+        run_until(engine, lambda: "vector_index_built" in logged)  # the step that swapped the copy in
+        assert replaced.is_dir() and engine.due_in() == 0  # not yet closed nor removed
+        assert [top_hit(engine, vectors[i])["payload"]["sha256"] for i in (0, 77, 149)] == [
+            f"{i:064x}" for i in (0, 77, 149)
+        ]
+        crashed = tmp_path / "crashed"
+        shutil.copytree(root, crashed)  # the files as a kill -9 here would leave them
+        settle(engine)
+        assert not replaced.exists() and engine.count("c") == 150
+    finally:
+        engine.close()
+    engine = edge.EdgeEngine(crashed)
+    try:
+        assert engine.count("c") == 150 and top_hit(engine, vectors[42])["payload"]["sha256"] == f"{42:064x}"
+        manifest = json.loads((crashed / ".meta" / "c.json").read_text())["shards"]
+        assert sorted(manifest) == sorted(p.parent.name for p in crashed.rglob("edge_config.json"))
+        assert len(manifest) == 2  # the copy and the open shard: the replaced one is gone
     finally:
         engine.close()
 

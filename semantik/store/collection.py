@@ -215,6 +215,9 @@ class Collection:
         self.merge_at = 0.0  # no merge starts before this (``time.monotonic()``): memory was short
         # Shard (id) -> searches still to run to warm it (an empty one needs none).
         self.cold: dict[int, int] = {id(m.shard): WARM_SEARCHES for m in members if m.shard.points}
+        # What a swap left to do, one step each between requests (``maintain``): close the shards a
+        # build replaced, remove their directories.
+        self.retiring: list[Callable[[], None]] = []
         self.index_seconds = 0.0  # spent building since the collection was opened ...
         self.held_seconds = 0.0  # ... of which the engine answered nothing (indexing in place)
 
@@ -387,6 +390,7 @@ class Collection:
 
     def close(self) -> None:
         self._cancel_build()
+        self._retire_all()
         for shard in self.shards:
             shard.close()
 
@@ -512,10 +516,10 @@ class Collection:
         return ready + in_place + (1 if self.open_shard.points >= self.write_ahead else 0)
 
     def due(self, now: float, *, idle_at: float, quiet_at: float, settled_at: float | None = None) -> float | None:
-        """When ``maintain`` has warming or building to do (``time.monotonic()``), None when nothing
+        """When ``maintain`` has retiring, warming or building to do (``time.monotonic()``), None when nothing
         waits or a build waits on its child (the engine watches ``self.build.conn``). ``settled_at``:
         when merges may start (None: not at all)."""
-        if self.cold:
+        if self.retiring or self.cold:
             return now
         if self.build is not None:
             return now if self.build.due else None
@@ -531,10 +535,13 @@ class Collection:
         return min(due) if due else None
 
     def maintain(self, now: float, *, idle: bool, quiet: bool, settled: bool = False) -> None:
-        """One step: warm a shard just opened; or of building: take the child's news or hand it a
-        page; or start a build (sealing the open shard once writes paused); or index an old
-        oversized shard in place; or, with nothing else to do and writes paused long enough
-        (``settled``), merge two built shards."""
+        """One step: close or remove a shard a build replaced; or warm a shard just opened; or of
+        building: take the child's news or hand it a page; or start a build (sealing the open shard
+        once writes paused); or index an old oversized shard in place; or, with nothing else to do
+        and writes paused long enough (``settled``), merge two built shards."""
+        if self.retiring:
+            self.retiring.pop(0)()
+            return
         if self.cold:
             self._warm()
             return
@@ -596,8 +603,9 @@ class Collection:
 
     def optimize(self) -> None:
         """Index every waiting point now, merge the built shards that fit (``_to_merge``), warm the
-        shards swapped in, and return when done (asked for: benchmarks, tests). Other requests wait meanwhile; a copy that fails is
-        built in place, a merge that fails or does not fit in memory is left undone."""
+        shards swapped in, and return when done (asked for: benchmarks, tests). Other requests wait
+        meanwhile; a copy that fails is built in place, a merge that fails or does not fit in memory
+        is left undone."""
         if self.open_shard.waiting >= INDEX_AFTER_POINTS:
             self.seal()
         while True:
@@ -618,6 +626,10 @@ class Collection:
         while self.cold:
             self._warm()
 
+    def _retire_all(self) -> None:
+        while self.retiring:
+            self.retiring.pop(0)()
+
     def _build_to_the_end(self) -> None:
         """Wait on the running build (if any) and swap it in; one that fails marks its shards failed
         as many times as a copy may fail (logged), so it is not made again."""
@@ -629,6 +641,7 @@ class Collection:
                 self._step_build(time.monotonic())
             except EngineError:  # logged; asked to index now, so build those in place (``optimize``)
                 self.failed.update(dict.fromkeys(copying, COPY_ATTEMPTS))
+        self._retire_all()  # (the next build's memory check counts what the replaced shards held)
 
     def _optimize_in_place(self, member: Member, *, reason: str) -> None:
         began = time.monotonic()
@@ -680,9 +693,13 @@ class Collection:
         self.cold[id(shard)] = WARM_SEARCHES
         self.prefetch()  # the copy, and what the build's memory pushed out of the others
         self.built.add(name)
+        # The shards it replaced are closed and removed in later steps, each between two requests:
+        # a swap holds the engine, and loading the copy already takes 0.5-1.2 s of it (Edge holds
+        # the GIL while it opens a shard); closing and removing two 100k shards took 0.2-0.6 s more.
+        # A process killed before then leaves directories the next open removes (``_remove_strays``).
         for member in sources:
-            member.shard.close()
-            shutil.rmtree(shard_dir(self.root, self.name, member.name), ignore_errors=True)
+            self.retiring.append(member.shard.close)
+            self.retiring.append(partial(shutil.rmtree, shard_dir(self.root, self.name, member.name), True))
         self._drop_build()
         seconds = time.monotonic() - build.began
         self.index_seconds += seconds
