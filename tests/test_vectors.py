@@ -984,6 +984,52 @@ def test_a_swap_leaves_closing_and_removing_the_replaced_shard_to_later_steps_an
         engine.close()
 
 
+def test_a_replaced_shard_that_fails_to_close_is_logged_and_left_for_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replaced shard that will not close keeps its directory (no removal under an open shard),
+    the engine says so and goes on answering; the next open removes the directory."""
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    root = tmp_path / "vectors"
+    vectors = unit(np.random.default_rng(6), 150, 16)
+    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    try:
+        engine.ensure("c", 16)
+        engine.upsert(
+            "c",
+            [point_id("c", f"{i:064x}", 0) for i in range(150)],
+            vectors,
+            [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(150)],
+        )
+        found = engine.collection("c")
+        assert found is not None
+        first = found.members[0]
+        replaced = collection.shard_dir(root, "c", first.name)
+
+        def refuse() -> None:
+            raise OSError("device busy")
+
+        monkeypatch.setattr(first.shard, "close", refuse)
+        settle(engine)
+        failed = [fields for event, fields in logged if event == "vector_shard_retire_failed"]
+        assert [(f["shard"], f["error"]) for f in failed] == [(first.name, "OSError: device busy")]
+        assert replaced.is_dir() and engine.count("c") == 150
+        assert top_hit(engine, vectors[77])["payload"]["sha256"] == f"{77:064x}"
+    finally:
+        engine.close()
+    engine = edge.EdgeEngine(root)
+    try:
+        assert engine.count("c") == 150 and not replaced.exists()
+    finally:
+        engine.close()
+
+
 def test_shards_of_unlike_size_are_not_merged_so_a_small_increment_does_not_rebuild_a_big_shard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
