@@ -934,6 +934,31 @@ def test_built_shards_are_merged_in_pairs_once_writes_pause_and_a_merge_gives_wa
         engine.close()
 
 
+def one_build_waiting(
+    root: Path, monkeypatch: pytest.MonkeyPatch, log: Any
+) -> tuple[Any, Any, npt.NDArray[np.float32]]:
+    """An engine with 150 points in its first shard, sealed and copied into a build once writes
+    pause (after 0.2 s; merges off): the engine, the collection, the vectors."""
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
+    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
+    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)
+    vectors = unit(np.random.default_rng(5), 150, 16)
+    engine = edge.EdgeEngine(root, log=log)
+    engine.ensure("c", 16)
+    engine.upsert(
+        "c",
+        [point_id("c", f"{i:064x}", 0) for i in range(150)],
+        vectors,
+        [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(150)],
+    )
+    found = engine.collection("c")
+    assert found is not None
+    return engine, found, vectors
+
+
 def test_a_swap_leaves_closing_and_removing_the_replaced_shard_to_later_steps_and_a_kill_between_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -941,27 +966,12 @@ def test_a_swap_leaves_closing_and_removing_the_replaced_shard_to_later_steps_an
     so closing and removing the shard it replaced come in later steps, each between two requests. A
     search between them is answered from the copy; a process killed before they ran (its files as
     they were) opens with every point and without the replaced shard's directory."""
-    from semantik.store import collection, edge, shard
+    from semantik.store import collection, edge
 
-    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
-    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
-    monkeypatch.setattr(collection, "MAX_SEGMENT_POINTS", 400)
-    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
-    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)
     logged: list[str] = []
     root = tmp_path / "vectors"
-    vectors = unit(np.random.default_rng(5), 150, 16)
-    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append(event))
+    engine, found, vectors = one_build_waiting(root, monkeypatch, lambda event, **fields: logged.append(event))
     try:
-        engine.ensure("c", 16)
-        engine.upsert(
-            "c",
-            [point_id("c", f"{i:064x}", 0) for i in range(150)],
-            vectors,
-            [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(150)],
-        )
-        found = engine.collection("c")
-        assert found is not None
         replaced = collection.shard_dir(root, "c", found.members[0].name)
         run_until(engine, lambda: "vector_index_built" in logged)  # the step that swapped the copy in
         assert replaced.is_dir() and engine.due_in() == 0  # not yet closed nor removed
@@ -989,26 +999,14 @@ def test_a_replaced_shard_that_fails_to_close_is_logged_and_left_for_the_next_op
 ) -> None:
     """A replaced shard that will not close keeps its directory (no removal under an open shard),
     the engine says so and goes on answering; the next open removes the directory."""
-    from semantik.store import collection, edge, shard
+    from semantik.store import collection, edge
 
-    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 100)
-    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 100)
-    monkeypatch.setattr(edge, "OPTIMIZE_IDLE_S", 0.2)
-    monkeypatch.setattr(edge, "MERGE_IDLE_S", None)
     logged: list[tuple[str, dict[str, Any]]] = []
     root = tmp_path / "vectors"
-    vectors = unit(np.random.default_rng(6), 150, 16)
-    engine = edge.EdgeEngine(root, log=lambda event, **fields: logged.append((event, fields)))
+    engine, found, vectors = one_build_waiting(
+        root, monkeypatch, lambda event, **fields: logged.append((event, fields))
+    )
     try:
-        engine.ensure("c", 16)
-        engine.upsert(
-            "c",
-            [point_id("c", f"{i:064x}", 0) for i in range(150)],
-            vectors,
-            [{"text": f"chunk {i}", "path": f"/d/{i}", "sha256": f"{i:064x}"} for i in range(150)],
-        )
-        found = engine.collection("c")
-        assert found is not None
         first = found.members[0]
         replaced = collection.shard_dir(root, "c", first.name)
 
