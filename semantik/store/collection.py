@@ -516,9 +516,9 @@ class Collection:
         return ready + in_place + (1 if self.open_shard.points >= self.write_ahead else 0)
 
     def due(self, now: float, *, idle_at: float, quiet_at: float, settled_at: float | None = None) -> float | None:
-        """When ``maintain`` has retiring, warming or building to do (``time.monotonic()``), None when nothing
-        waits or a build waits on its child (the engine watches ``self.build.conn``). ``settled_at``:
-        when merges may start (None: not at all)."""
+        """When ``maintain`` has retiring, warming or building to do (``time.monotonic()``), None
+        when nothing waits or a build waits on its child (the engine watches ``self.build.conn``).
+        ``settled_at``: when merges may start (None: not at all)."""
         if self.retiring or self.cold:
             return now
         if self.build is not None:
@@ -709,8 +709,8 @@ class Collection:
         # The shards it replaced are closed and removed in later steps, each between two requests:
         # a swap holds the engine, and loading the copy already takes 0.5-1.2 s of it (Edge holds
         # the GIL while it opens a shard); closing and removing two 100k shards took 0.2-0.6 s more.
-        # ``rss_anon_mb`` below is read before they are closed.
         # A process killed before then leaves directories the next open removes (``_remove_strays``).
+        # (``rss_anon_mb`` below is read before they are closed.)
         for member in sources:
             self.retiring.append((member.name, member.shard.close))
             self.retiring.append((member.name, partial(shutil.rmtree, shard_dir(self.root, self.name, member.name))))
