@@ -1426,6 +1426,75 @@ def test_filtered_searches_on_a_built_index_find_the_true_nearest_chunks(
         engine.close()
 
 
+def test_a_built_shard_keeps_its_exact_match_indexes_on_disk_and_they_select_after_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexes deletes and path changes select by (path, sha256, job_id) are kept on disk, the
+    ones searches filter by (file type, folders) in memory; once built and opened again from disk,
+    each still selects exactly the points it should."""
+    from semantik.store import collection, edge, shard
+
+    monkeypatch.setattr(shard, "INDEX_AFTER_POINTS", 200)
+    monkeypatch.setattr(collection, "INDEX_AFTER_POINTS", 200)
+    dim, files, per_file = 16, 60, 10
+    rng = np.random.default_rng(11)
+    vectors = unit(rng, files * per_file, dim)
+
+    def plan(where: dict[str, list[str]]) -> SearchPlan:
+        return hybrid.plan_search(SearchMode.DENSE, vector=vectors[0].tolist(), query_text=None, k=1000, where=where)
+
+    root = tmp_path / "vectors"
+    engine = edge.EdgeEngine(root)
+    try:
+        engine.ensure("c", dim)
+        for f in range(files):
+            rows = slice(f * per_file, (f + 1) * per_file)
+            payloads = [
+                {"text": f"chunk {c} of file {f}", "chunk_index": c, "sha256": f"{f:064x}", "job_id": f"job{f % 3}",
+                 **hybrid.path_fields([f"/drive/team{f % 4}/{f}.{'pdf' if f % 5 == 0 else 'txt'}"])}
+                for c in range(per_file)
+            ]  # fmt: skip
+            for payload in payloads:
+                payload["file_type"] = hybrid.file_type(payload["path"])
+            engine.upsert("c", [point_id("c", f"{f:064x}", c) for c in range(per_file)], vectors[rows], payloads)
+        engine.optimize("c")
+        assert engine.stats("c")["waiting"] == 0
+    finally:
+        engine.close()
+
+    engine = edge.EdgeEngine(root)  # the built segments' indexes are read back from disk
+    try:
+        assert engine.count("c") == files * per_file
+        hits = engine.search("c", plan({"path": ["/drive/team1/13.txt"]}))
+        assert sorted(h["payload"]["chunk_index"] for h in hits) == list(range(per_file))
+        assert {h["payload"]["sha256"] for h in hits} == {f"{13:064x}"}
+        assert len(engine.search("c", plan({"job_id": ["job2"]}))) == 20 * per_file
+        assert len(engine.search("c", plan({"file_type": ["pdf"]}))) == 12 * per_file
+        assert len(engine.search("c", plan({"dirs": ["/drive/team3"]}))) == 15 * per_file
+
+        engine.set_paths("c", f"{13:064x}", ["/drive/moved/13.txt"])
+        assert engine.search("c", plan({"path": ["/drive/team1/13.txt"]})) == []
+        assert len(engine.search("c", plan({"path": ["/drive/moved/13.txt"]}))) == per_file
+        assert len(engine.search("c", plan({"dirs": ["/drive/team1"]}))) == 14 * per_file
+
+        engine.delete("c", "sha256", [f"{7:064x}", f"{8:064x}"])
+        counts = engine.content_counts("c")
+        assert len(counts) == files - 2 and f"{7:064x}" not in counts and f"{8:064x}" not in counts
+        assert engine.count("c") == (files - 2) * per_file
+        assert engine.search("c", plan({"sha256": [f"{7:064x}"]})) == []
+    finally:
+        engine.close()
+
+    shard_dirs = [path.parent for path in root.rglob("edge_config.json")]
+    assert shard_dirs
+    for path in shard_dirs:
+        opened = shard.Shard.load(path)
+        schema = opened.edge.info().payload_schema
+        opened.edge.close()
+        on_disk = {name for name, info in schema.items() if getattr(info.params, "memory", None) == Memory.Cold}
+        assert on_disk == {"path", "sha256", "job_id"}
+
+
 def test_a_search_over_many_shards_finds_what_one_exact_search_would_each_point_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -180,7 +180,7 @@ class ServerBackend:
             return {}
         limit = max(int((await self.client.count(name, exact=True)).count), 1)
         answer = await self.client.facet(name, key="sha256", limit=limit, exact=True)
-        return {str(hit.value): int(hit.count) for hit in answer.hits}
+        return {str(hit.value): int(hit.count) for hit in answer.hits if hit.count > 0}  # as the embedded one
 
     async def drop(self, name: str) -> None:
         if await self.client.collection_exists(name):
