@@ -175,18 +175,23 @@ def where_filter(
     return Filter(must=conditions) if conditions else None
 
 
-# Keyword indexes kept on disk (mmapped, cold): the fields picked by exact match, one content or one
-# path (deletes, path changes, a job's points), where a lookup reads a few pages either way. The
-# fields searches filter by (``file_type``, ``dirs``) stay in memory: on disk, a search filtered to
-# the pdfs ran 25% slower. Loaded in memory, the three took half the time Edge needs to open a built
-# shard, which holds the engine at every swap and at start (100k points on Zen 3: 0.50 s, 0.24 s
-# with them on disk; closing it 0.10 and 0.035 s; 29 MB less anonymous memory; docs/benchmarks.md,
-# session 24). A shard made before keeps the indexes it has.
+# Keyword indexes kept on disk (mmapped, cold): ``sha256``, which deletes and path changes select one
+# content by (a lookup reads a few pages either way), and ``path`` and ``job_id``, which only an
+# explicit ``where`` of the API filters by (the web UI filters by neither). The fields searches
+# filter by (``file_type``, ``dirs``) stay in memory: on disk, a search filtered to the pdfs ran 25%
+# slower. Loaded in memory, the three took half the time Edge needs to open a built shard, which
+# holds the engine at every swap and at start (100k points on Zen 3: 0.50 s, 0.24 s with them on
+# disk; closing it 0.10 and 0.035 s; 29 MB less anonymous memory; docs/benchmarks.md, session 24).
+# (The on-disk index still counts deleted points in its estimate of how many a value selects, so a
+# filter on a value most of whose points were deleted may walk the graph where an exact scan would
+# do; its facet lists such a value at 0, see ``content_counts``.) A shard made before keeps the
+# indexes it has, and so does a copy of its files (``builder.py``); a merge makes a new shard.
 COLD_INDEXED_FIELDS = ("path", "sha256", "job_id")
 
 
 def ensure_indexes(edge: EdgeShard) -> None:
-    """The payload indexes searches filter by (keyword and float), created where missing."""
+    """The payload indexes searches filter by (keyword and float), created where missing; those of
+    ``COLD_INDEXED_FIELDS`` on disk."""
     have = set(edge.info().payload_schema)
     wanted: list[tuple[str, Any]] = [
         (name, KeywordIndexParams(memory=Memory.Cold) if name in COLD_INDEXED_FIELDS else PayloadSchemaType.Keyword)
