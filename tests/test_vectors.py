@@ -45,7 +45,7 @@ from semantik.store import hybrid
 from semantik.store.edge import stored_point_ids
 from semantik.store.hybrid import Candidate, CandidateList, Retriever, SearchMode, SearchPlan, fuse, identifier_terms
 from semantik.store.server import ServerBackend, query_requests
-from semantik.store.vectors import VectorStore, point_id, qdrant_name
+from semantik.store.vectors import FilePoints, VectorStore, point_id, qdrant_name
 from tests.helpers import loop_gaps
 
 # A client for an unreachable server checks the server's version in the background.
@@ -1449,13 +1449,9 @@ def test_a_built_shard_keeps_its_exact_match_indexes_on_disk_and_they_select_aft
         engine.ensure("c", dim)
         for f in range(files):
             rows = slice(f * per_file, (f + 1) * per_file)
-            payloads = [
-                {"text": f"chunk {c} of file {f}", "chunk_index": c, "sha256": f"{f:064x}", "job_id": f"job{f % 3}",
-                 **hybrid.path_fields([f"/drive/team{f % 4}/{f}.{'pdf' if f % 5 == 0 else 'txt'}"])}
-                for c in range(per_file)
-            ]  # fmt: skip
-            for payload in payloads:
-                payload["file_type"] = hybrid.file_type(payload["path"])
+            path = f"/drive/team{f % 4}/{f}.{'pdf' if f % 5 == 0 else 'txt'}"
+            texts = [f"chunk {c} of file {f}" for c in range(per_file)]
+            payloads = FilePoints(f"{f:064x}", path, f"job{f % 3}", texts, vectors[rows]).payloads()
             engine.upsert("c", [point_id("c", f"{f:064x}", c) for c in range(per_file)], vectors[rows], payloads)
         engine.optimize("c")
         assert engine.stats("c")["waiting"] == 0
