@@ -60,12 +60,19 @@ class Spec:
 class Backend(Protocol):
     spec: Spec
     preemptible: bool  # ``preempt`` can stop a run part-way
+    # ``encode_query`` runs on a model instance and threads of its own: a query never waits for an
+    # indexing run, so indexing needs no short sub-batches (OpenVINO).
+    own_query_path: bool
     max_seq_length: int
     dim: int
 
     def encode(self, texts: list[str], preemptible: bool = False) -> npt.NDArray[np.float32]:
         """One model batch: normalised vectors, one row per text, in order. A ``preemptible`` run
         may raise ``Preempted`` when ``preempt`` is called meanwhile (ONNX Runtime only)."""
+        ...
+
+    def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Search queries, as ``encode`` (the same vectors), on the query path where there is one."""
         ...
 
     def preempt(self) -> None:
@@ -164,6 +171,7 @@ def normalise(vectors: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
 
 class TorchBackend:
     preemptible = False
+    own_query_path = False  # a query's forward runs beside an indexing one, on the same cores
 
     def __init__(self, spec: Spec, model_path: Path, *, max_seq_length: int | None = None) -> None:
         import torch
@@ -206,6 +214,9 @@ class TorchBackend:
             out = self.model(features)["sentence_embedding"]
         return normalise(out.float().cpu().numpy())
 
+    def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return self.encode(texts)
+
 
 def onnx_session(path: Path) -> Any:
     """An ONNX Runtime session on the CPU's cores, with threads that sleep rather than spin."""
@@ -222,6 +233,7 @@ def onnx_session(path: Path) -> Any:
 
 class OnnxBackend:
     preemptible = True
+    own_query_path = False  # a query stops the indexing run in flight instead (``preempt``)
 
     def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
         try:
@@ -268,14 +280,21 @@ class OnnxBackend:
                     self._preemptible = None
         return normalise(out)
 
+    def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return self.encode(texts)
+
 
 class OpenVinoBackend:
+    """The model compiled twice from one file: once on every core for indexing, once on one thread
+    for queries. A compiled model runs one request at a time per stream, and a request cannot be
+    stopped part-way (``preempt``), so a query on the indexing model waited for the batch in flight
+    (p50 226 ms behind whole batches of 32, int8, AMX Xeon); indexing sub-batches had been kept at
+    20-50 ms for it, which cost indexing 8-10% (docs/benchmarks.md, session 25). On its own model a
+    query shares the cores with the batch instead: p50 / p99 7.7 / 12.3 ms during whole batches
+    (idle 3.8 / 6.1). The second compilation takes about 0.4 s and shares the weights."""
+
     preemptible = False
-    # OpenVINO runs one request at a time per stream: a query starts only when the indexing
-    # sub-batch in flight ends, so while people search those are kept short. Measured (hybrid
-    # search during a job, int8, Zen 4): 50 ms sub-batches gave p99 115 ms, 20 ms gave 40-50 ms
-    # (goal 77 ms); the job indexed 12% slower with them (75.7% of the raw rate against 85.1%).
-    sub_batch_s = 0.02
+    own_query_path = True
 
     def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
         try:
@@ -298,17 +317,22 @@ class OpenVinoBackend:
         # where the CPU has it natively, as OpenVINO's default would (min cosine 0.9942 against
         # 0.9938 in f32, and faster).
         precision = "bf16" if spec.dtype == "bf16" or (spec.dtype == "int8" and bf16_instructions()) else "f32"
-        self.compiled = core.compile_model(
-            str(path),
-            "CPU",
-            {
-                "INFERENCE_NUM_THREADS": cpu_threads(),
-                "INFERENCE_PRECISION_HINT": precision,
-                "PERFORMANCE_HINT": "LATENCY",
-            },
+        # A query is one short text: one thread runs it about as fast as all of them, and takes one
+        # core's share from a batch in flight, not every core's.
+        self.compiled, self._query_compiled = (
+            core.compile_model(
+                str(path),
+                "CPU",
+                {
+                    "INFERENCE_NUM_THREADS": threads,
+                    "INFERENCE_PRECISION_HINT": precision,
+                    "PERFORMANCE_HINT": "LATENCY",
+                },
+            )
+            for threads in (cpu_threads(), 1)
         )
         self._lock = threading.Lock()
-        self._requests: list[Any] = []
+        self._requests: dict[int, list[Any]] = {id(self.compiled): [], id(self._query_compiled): []}
         self.max_seq_length = model_max_seq_length(model_path)
         # OpenVINO prepares its kernels once per input shape (about 14 ms for a new one, measured on
         # int8): lengths padded to a multiple of 16 (the pads masked, so the vectors do not change)
@@ -318,21 +342,28 @@ class OpenVinoBackend:
 
     def preempt(self) -> None:
         # InferRequest.cancel() exists, but a request cancelled mid-graph left the compiled model's
-        # dynamic-shape state broken: the next query failed shape inference. So OpenVINO, like
-        # torch, relies on short indexing sub-batches.
+        # dynamic-shape state broken: the next query failed shape inference. Queries have their own
+        # compiled model instead.
         pass
 
     def encode(self, texts: list[str], preemptible: bool = False) -> npt.NDArray[np.float32]:
+        return self._run(self.compiled, texts)
+
+    def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return self._run(self._query_compiled, texts)
+
+    def _run(self, compiled: Any, texts: list[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.empty((0, getattr(self, "dim", 0)), dtype=np.float32)
         inputs = self._tokens(texts)
+        idle = self._requests[id(compiled)]
         with self._lock:  # one infer request per concurrent caller
-            request = self._requests.pop() if self._requests else self.compiled.create_infer_request()
+            request = idle.pop() if idle else compiled.create_infer_request()
         try:
             return normalise(np.asarray(next(iter(request.infer(inputs).values()))))
         finally:
             with self._lock:
-                self._requests.append(request)
+                idle.append(request)
 
 
 def load_backend(spec: Spec, model_path: Path, cache_root: Path) -> Backend:

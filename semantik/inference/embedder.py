@@ -2,11 +2,11 @@
 
 - ``encode`` (indexing) runs in its own thread and works in sub-batches of about
   ``SUB_BATCH_S`` seconds each; before each sub-batch it lets any query in flight finish first.
-- ``encode_query`` (search) runs in another thread and never queues behind more than one indexing
-  sub-batch: on ONNX Runtime the sub-batch in flight is stopped (and run again after the query);
-  on torch the query shares the cores with it until it ends; OpenVINO runs one request at a time
-  per stream, so the query starts when the sub-batch ends (its ``cancel`` breaks the compiled
-  model's state, still in 2026.4).
+- ``encode_query`` (search) runs in another thread and never queues behind an indexing sub-batch:
+  on ONNX Runtime the sub-batch in flight is stopped (and run again after the query); on torch the
+  query shares the cores with it until it ends; OpenVINO runs the query on a model compiled for
+  queries, beside the indexing one (a request cannot be stopped part-way: its ``cancel`` breaks the
+  compiled model's state, still in 2026.4), so its indexing runs whole batches.
 
 Which backend runs the model (torch, ONNX Runtime, OpenVINO; fp32, bf16, int8, fp16 on CUDA) is
 decided by ``choose.py`` from ``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DTYPE``.
@@ -39,11 +39,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = structlog.get_logger(__name__)
 
-# An indexing sub-batch aims at this much model time: the longest a query can share the cores.
-# A backend that cannot stop a run for a query may aim shorter (``sub_batch_s``) while people are
-# searching (a query within SEARCHING_WINDOW_S): small sub-batches cost it indexing speed.
+# An indexing sub-batch aims at this much model time: the longest a query can share the cores (torch)
+# or the most work a query's preemption throws away (ONNX Runtime). A backend whose queries have a
+# path of their own (OpenVINO) runs whole batches: short sub-batches cost it 8-10% of its speed.
 SUB_BATCH_S = 0.05
-SEARCHING_WINDOW_S = 10.0
 FIRST_SUB_BATCH = 4
 MAX_PREEMPTIONS = 3
 # Indexing waits at most this long for queries in flight (a stream of searches cannot stall a job).
@@ -131,7 +130,6 @@ class Embedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-encode")
         self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-query")
         self._queries = 0
-        self._last_query_s = -1e9  # time.monotonic() of the last query
         self._idle = threading.Condition()
         self._sizer = SubBatchSizer()  # each call's measured time sizes the next indexing sub-batch
         self.preemptions = 0  # indexing sub-batches stopped part-way for a query (ONNX Runtime)
@@ -168,11 +166,10 @@ class Embedder:
             size = min(self.batch_size, FIRST_SUB_BATCH)  # until the model's speed here is known
             # A sub-batch is padded to its first (longest) text: its cost is about size x that length.
             width = _cost_width(texts[start])
-            if self._sizer.known:
-                aim = SUB_BATCH_S
-                if time.monotonic() - self._last_query_s < SEARCHING_WINDOW_S:  # people are searching
-                    aim = min(aim, getattr(self.model, "sub_batch_s", SUB_BATCH_S))
-                size = self._sizer.size(aim, width, self.batch_size)
+            if self.model.own_query_path:
+                size = self.batch_size
+            elif self._sizer.known:
+                size = self._sizer.size(SUB_BATCH_S, width, self.batch_size)
             batch = texts[start : start + size]
             began = time.perf_counter()
             try:
@@ -207,10 +204,9 @@ class Embedder:
             return np.empty((0, self.dim), dtype=np.float32)
         with self._idle:
             self._queries += 1
-            self._last_query_s = time.monotonic()
         self.model.preempt()  # an indexing sub-batch in flight stops (where the backend can) and waits
         try:
-            return self.model.encode(texts)
+            return self.model.encode_query(texts)
         finally:
             with self._idle:
                 self._queries -= 1
