@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -179,3 +180,40 @@ def test_a_byte_level_tokenizer_keeps_the_check() -> None:
     byte_level.pre_tokenizer = pre_tokenizers.ByteLevel()  # a word's first token depends on the space before it
     assert not words_tokenized_alone(byte_level)
     assert words_tokenized_alone(Tokenizer.from_file(str(default_model_path() / "tokenizer.json")))
+
+
+@pytest.mark.parametrize(("size", "overlap", "max_chars"), [(256, 32, 4000), (64, 8, 4000), (128, 16, 300)])
+def test_the_tokens_a_chunk_carries_give_the_model_the_inputs_its_text_gives(
+    size: int, overlap: int, max_chars: int
+) -> None:
+    """A chunk from the extraction process carries its token ids, so the model does not tokenize it
+    again: the model's inputs (ids, mask, types, padding, truncation) must be the same arrays."""
+    from semantik.indexing.formats.base import Section
+    from semantik.inference.backends import PAD_MULTIPLE, Tokens
+
+    odd = " Größe ÉCOLE naïve \ufb01ne \u2168 \U0001d518"  # normalization that changes characters
+    text = varied_text(6000, seed=5) + " " + "x" * 700 + " " + "ab-" * 400 + odd
+    chunks = make_chunker(size, overlap, max_chars).chunk_sections([Section(text)])
+    carrying = [chunk for chunk in chunks if chunk.tokens is not None]
+    assert len(carrying) >= 0.8 * len(chunks)
+    for multiple in (PAD_MULTIPLE, None):
+        tokens = Tokens(MODEL_DIR, model_max_seq_length(MODEL_DIR), pad_to_multiple_of=multiple)
+        for start in range(0, len(chunks), 16):
+            batch = chunks[start : start + 16]
+            texts, ids = [chunk.text for chunk in batch], [chunk.tokens for chunk in batch]
+            retokenized = tokens(texts)
+            given = tokens(texts, ids)
+            if all(chunk.tokens is not None for chunk in batch):  # the ids decide, not the texts
+                assert np.array_equal(tokens(["?"] * len(texts), ids)["input_ids"], retokenized["input_ids"])
+            assert retokenized.keys() == given.keys()
+            for key, value in retokenized.items():
+                assert np.array_equal(value, given[key]), (key, texts)
+    # Ids longer than the model reads are cut as the tokenizer cuts a long text.
+    long_text = "word " * 600
+    tokens = Tokens(MODEL_DIR, model_max_seq_length(MODEL_DIR), pad_to_multiple_of=PAD_MULTIPLE)
+    plain = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    plain.no_truncation()
+    plain.no_padding()
+    long_ids = plain.encode(long_text, add_special_tokens=False).ids
+    for key, value in tokens([long_text]).items():
+        assert np.array_equal(value, tokens(["?"], [long_ids])[key]), key

@@ -491,6 +491,31 @@ def test_a_query_answers_while_one_whole_indexing_batch_runs(model_cache: Path, 
     assert cosines(np.concatenate(answered), alone).min() > 0.9999
 
 
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+async def test_chunks_indexed_by_their_token_ids_get_their_texts_vectors(model_cache: Path, backend: str) -> None:
+    """A job hands the model each chunk's token ids from the chunker (no second tokenization); the
+    indexing call sorts and cuts its texts into sub-batches, and the ids must follow their texts."""
+    from semantik.indexing.chunk import chunker_for
+    from semantik.indexing.formats.base import Section
+
+    embedder = Embedder(MODEL_DIR, device="cpu", backend=backend, dtype="fp32", batch_size=8, cache_dir=model_cache)
+    try:
+        passages, _ = calibration()
+        chunks = chunker_for(MODEL_DIR, 64, 8).chunk_sections([Section(text) for text in passages])
+        assert len({len(chunk.text) for chunk in chunks}) > 20  # lengths vary: the call reorders them
+        texts = [chunk.text for chunk in chunks]
+        tokens = [None if i % 7 == 3 else chunk.tokens for i, chunk in enumerate(chunks)]  # a few without
+        assert sum(ids is not None for ids in tokens) > len(tokens) // 2
+        by_ids = await embedder.encode(texts, tokens)
+        by_text = await embedder.encode(texts)
+        assert by_ids.shape == by_text.shape and cosines(by_ids, by_text).min() > 0.99999
+        # The ids decide: another chunk's ids give another chunk's vector.
+        swapped = await embedder.encode(texts[:2], [tokens[1], tokens[0]])
+        assert cosines(swapped[:1], by_text[1:2]).min() > 0.99999
+    finally:
+        embedder.close()
+
+
 async def test_empty_inputs_give_empty_answers(model_cache: Path) -> None:
     embedder = Embedder(MODEL_DIR, device="cpu", backend="torch", dtype="fp32", cache_dir=model_cache)
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +37,7 @@ from semantik.settings import Settings
 
 DEFAULT_MAX_CHARS: int = Settings.model_fields["chunk_max_chars"].default
 SEGMENT_CHARS = 100_000
+TOKEN_TYPECODE = "i"  # a chunk's token ids: 32-bit signed (any vocabulary), 4 bytes an id when pickled
 _WHITESPACE = (" ", "\n", "\t", "\r")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
@@ -43,10 +45,16 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 @dataclass(frozen=True)
 class Chunk:
     """A chunk's text and where it is in its document (``Section.location``: page, slide, sheet,
-    heading); what the extraction process hands the worker."""
+    heading); what the extraction process hands the worker.
+
+    ``tokens``: the model tokenizer's ids of ``text`` (no special tokens), when the chunker knows
+    them to be exactly what tokenizing ``text`` alone gives (a run of whole words of a tokenizer that
+    tokenizes each word alone); the model then does not tokenize the chunk a second time. None
+    otherwise."""
 
     text: str
     location: dict[str, Any] = field(default_factory=dict)
+    tokens: array[int] | None = field(default=None, compare=False, repr=False)
 
 
 class Chunker:
@@ -92,30 +100,36 @@ class Chunker:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def chunk_sections(self, sections: Iterable[Section]) -> list[Chunk]:
-        """The chunks of each section in turn, each with its section's location."""
+        """The chunks of each section in turn, each with its section's location (and its tokens,
+        where known)."""
         return [
-            Chunk(text, location)
+            Chunk(text, location, tokens)
             for section in sections
             for location in [section.location()]
-            for text in self.chunk(section.text)
+            for text, tokens in self._chunks(section.text)
         ]
 
     def chunk(self, text: str) -> list[str]:
-        chunks: list[str] = []
+        return [piece for piece, _ in self._chunks(text)]
+
+    def _chunks(self, text: str) -> list[tuple[str, array[int] | None]]:
+        chunks: list[tuple[str, array[int] | None]] = []
         position = 0
         while position < len(text):
             segment_end = _segment_end(text, position, self.segment_chars)
             position = self._chunk_segment(text, position, segment_end, chunks)
         return chunks
 
-    def _chunk_segment(self, text: str, begin: int, segment_end: int, chunks: list[str]) -> int:
+    def _chunk_segment(
+        self, text: str, begin: int, segment_end: int, chunks: list[tuple[str, array[int] | None]]
+    ) -> int:
         """Chunks of ``text[begin:segment_end]`` appended to ``chunks``; returns where the next
         segment starts: ``segment_end``, or the start of the word whose chunk reached the segment's
         end before the text's (that chunk is made again from there, with what follows it)."""
         last = segment_end >= len(text)
         segment = text[begin:segment_end]
         encoding = self._tokenizer.encode(segment, add_special_tokens=False)
-        offsets, words = encoding.offsets, encoding.word_ids
+        offsets, words, ids = encoding.offsets, encoding.word_ids, encoding.ids
         total = len(offsets)
         start = 0
         while start < total:
@@ -137,7 +151,7 @@ class Chunker:
                 if end == start:  # one token longer than max_chars: a run with no break
                     token_start, token_end = offsets[start]
                     for cut in range(token_start, token_end, self.max_chars):
-                        chunks.append(segment[cut : min(cut + self.max_chars, token_end)])
+                        chunks.append((segment[cut : min(cut + self.max_chars, token_end)], None))
                     start += 1
                     continue
             piece = segment[offsets[start][0] : offsets[end - 1][1]]
@@ -146,14 +160,11 @@ class Chunker:
             # possible, and no second tokenization of every chunk (40% of an extraction process's
             # time on a folder of small files).
             whole_words = _word_starts(words, start) and _word_starts(words, end)
-            while (
-                end - start > 1
-                and not (self.words_alone and whole_words)
-                and self.count_tokens(piece) > self.max_tokens
-            ):
+            same_tokens = self.words_alone and whole_words
+            while end - start > 1 and not same_tokens and self.count_tokens(piece) > self.max_tokens:
                 end -= 1
                 piece = segment[offsets[start][0] : offsets[end - 1][1]]
-            chunks.append(piece)
+            chunks.append((piece, array(TOKEN_TYPECODE, ids[start:end]) if same_tokens else None))
             if end >= total:
                 break
             # Cut by characters, among outsized tokens (overlapping would only repeat them), or at a

@@ -292,7 +292,8 @@ class Pipeline:
             first.started = True
             await self.rt.jobs.set_current_file(self.job.id, first.file.path)
         began_s = time.perf_counter()
-        vectors = await self.embedder.encode([item.chunks[index].text for item, index in batch])
+        chunks = [item.chunks[index] for item, index in batch]
+        vectors = await self.embedder.encode([chunk.text for chunk in chunks], [chunk.tokens for chunk in chunks])
         self.chunks_embedded += len(batch)
         await self.stats.embedded(len(batch), time.perf_counter() - began_s)
         completed = []

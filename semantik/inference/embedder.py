@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from semantik.inference.backends import Backend, Preempted, Spec, load_backend
+from semantik.inference.backends import Backend, Preempted, Spec, TokenIds, load_backend
 from semantik.inference.choose import choose
 from semantik.inference.oom_batch import AdaptiveBatch
 from semantik.inference.sub_batch import SubBatchSizer
@@ -143,21 +143,23 @@ class Embedder:
 
     # -- indexing ------------------------------------------------------------------------------
 
-    def encode_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """Vectors for ``texts`` in order. Texts are sorted by length first (less padding)."""
+    def encode_sync(self, texts: list[str], tokens: TokenIds | None = None) -> npt.NDArray[np.float32]:
+        """Vectors for ``texts`` in order. Texts are sorted by length first (less padding).
+        ``tokens``: their token ids where known (``Chunk.tokens``): not tokenized again."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         ordered = [texts[i] for i in order]
+        ordered_tokens = [tokens[i] for i in order] if tokens is not None else [None] * len(texts)
         if self._adaptive is not None:
             vectors = self._adaptive.encode(self.model.encode, ordered, on_oom=self.release_memory)
         else:
-            vectors = self._encode_yielding(ordered)
+            vectors = self._encode_yielding(ordered, ordered_tokens)
         out = np.empty_like(vectors)
         out[order] = vectors
         return out
 
-    def _encode_yielding(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    def _encode_yielding(self, texts: list[str], tokens: TokenIds) -> npt.NDArray[np.float32]:
         parts = []
         start = 0
         stopped = 0  # times the current sub-batch was preempted
@@ -174,7 +176,11 @@ class Embedder:
             began = time.perf_counter()
             try:
                 # A steady stream of queries may stop a sub-batch a few times, not forever.
-                parts.append(self.model.encode(batch, preemptible=stopped < MAX_PREEMPTIONS))
+                parts.append(
+                    self.model.encode(
+                        batch, preemptible=stopped < MAX_PREEMPTIONS, tokens=tokens[start : start + len(batch)]
+                    )
+                )
             except Preempted:
                 self.preemptions += 1
                 stopped += 1
@@ -193,9 +199,9 @@ class Embedder:
             if self._queries:
                 self._idle.wait_for(lambda: self._queries == 0, timeout=QUERY_PRIORITY_MAX_WAIT_S)
 
-    async def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    async def encode(self, texts: list[str], tokens: TokenIds | None = None) -> npt.NDArray[np.float32]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
+        return await loop.run_in_executor(self._executor, self.encode_sync, texts, tokens)
 
     # -- queries -------------------------------------------------------------------------------
 
