@@ -509,9 +509,12 @@ async def test_chunks_indexed_by_their_token_ids_get_their_texts_vectors(model_c
         by_ids = await embedder.encode(texts, tokens)
         by_text = await embedder.encode(texts)
         assert by_ids.shape == by_text.shape and cosines(by_ids, by_text).min() > 0.99999
-        # The ids decide: another chunk's ids give another chunk's vector.
-        swapped = await embedder.encode(texts[:2], [tokens[1], tokens[0]])
-        assert cosines(swapped[:1], by_text[1:2]).min() > 0.99999
+        # The ids decide, and follow their texts through the sort and the sub-batches: each text
+        # given another chunk's ids (every one has ids here) gets that chunk's vector.
+        with_ids = [i for i, chunk in enumerate(chunks) if chunk.tokens is not None]
+        shifted = with_ids[1:] + with_ids[:1]
+        moved = await embedder.encode([texts[i] for i in with_ids], [chunks[j].tokens for j in shifted])
+        assert cosines(moved, by_text[shifted]).min() > 0.99999
     finally:
         embedder.close()
 

@@ -120,6 +120,7 @@ class Pipeline:
         # Contents a file of this run may still adopt (a move): not released until the run ends.
         self.keep: set[str] = set()
         self.next_settle_s = 0.0
+        self._last_encode_end_s = 0.0  # time.perf_counter() when the last encode call returned
 
     async def run(self, pending: list[PendingFile], pool: ExtractPool) -> None:
         producer = asyncio.create_task(self._produce(pending, pool))
@@ -263,7 +264,8 @@ class Pipeline:
                 if not open_files:
                     if not in_flight:
                         return
-                    await in_flight.popleft()
+                    await in_flight[0]
+                    in_flight.popleft()
                     continue
                 batch: list[tuple[_Prepared, int]] = []
                 while open_files and len(batch) < batch_size:
@@ -275,16 +277,25 @@ class Pipeline:
                         open_files.popleft()
                 in_flight.append(asyncio.create_task(self._embed(batch)))
                 if len(in_flight) > 1:
-                    await in_flight.popleft()
+                    await in_flight[0]
+                    in_flight.popleft()
+        except JobCancelled:
+            # A stop request (checked between calls, as before): the call the model is running ends
+            # and its files are committed, since that work is done; one waiting behind it is dropped
+            # (its files stay pending for the next run).
+            for task in list(in_flight)[1:]:
+                task.cancel()
+            raise
         except BaseException:
-            # Stopping (a stop request, a failure, cancellation): a stop waits for no model call, as
-            # before; the files of the calls dropped stay pending for the next run.
-            for task in in_flight:
+            for task in in_flight:  # a failure or a cancellation: nothing more is embedded
                 task.cancel()
             raise
         finally:
             if in_flight:
                 await asyncio.wait(in_flight)  # none goes on in the background
+                for task in in_flight:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.warning("encode_failed_while_stopping", job_id=self.job.id, error=str(task.exception()))
 
     async def _embed(self, batch: list[tuple[_Prepared, int]]) -> None:
         first = batch[0][0]
@@ -294,8 +305,12 @@ class Pipeline:
         began_s = time.perf_counter()
         chunks = [item.chunks[index] for item, index in batch]
         vectors = await self.embedder.encode([chunk.text for chunk in chunks], [chunk.tokens for chunk in chunks])
+        ended_s = time.perf_counter()
+        # Model time only: a call queued behind the previous one started when that one ended.
+        seconds = ended_s - max(began_s, self._last_encode_end_s)
+        self._last_encode_end_s = ended_s
         self.chunks_embedded += len(batch)
-        await self.stats.embedded(len(batch), time.perf_counter() - began_s)
+        await self.stats.embedded(len(batch), seconds)
         completed = []
         for row, (item, index) in enumerate(batch):
             if item.vectors is None:

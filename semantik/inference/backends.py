@@ -348,7 +348,7 @@ class OpenVinoBackend:
     (p50 226 ms behind whole batches of 32, int8, AMX Xeon); indexing sub-batches had been kept at
     20-50 ms for it, which cost indexing 8-10% (docs/benchmarks.md, session 25). On its own model a
     query shares the cores with the batch instead: p50 / p99 7.7 / 12.3 ms during whole batches
-    (idle 3.8 / 6.1). The second compilation takes about 0.4 s and shares the weights."""
+    (idle 3.8 / 6.1). The second compilation takes about 0.4 s (the process's resident memory did not grow with it)."""
 
     preemptible = False
     own_query_path = True

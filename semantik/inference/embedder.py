@@ -1,7 +1,8 @@
 """The embedding model: loaded once per process from the installed package, offline, with two paths.
 
 - ``encode`` (indexing) runs in its own thread and works in sub-batches of about
-  ``SUB_BATCH_S`` seconds each; before each sub-batch it lets any query in flight finish first.
+  ``SUB_BATCH_S`` seconds each, or whole batches on a backend whose queries have their own path
+  (OpenVINO); before each it lets any query in flight finish first (the query then has the cores).
 - ``encode_query`` (search) runs in another thread and never queues behind an indexing sub-batch:
   on ONNX Runtime the sub-batch in flight is stopped (and run again after the query); on torch the
   query shares the cores with it until it ends; OpenVINO runs the query on a model compiled for
