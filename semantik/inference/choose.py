@@ -139,10 +139,8 @@ def fingerprint(model_path: Path, specs: list[Spec], min_cosine: float = MIN_COS
     return digest.hexdigest()[:24]
 
 
-def _encode_all(backend: Backend, texts: list[str]) -> npt.NDArray[np.float32]:
-    return np.concatenate(
-        [backend.encode(texts[i : i + CALIBRATION_BATCH]) for i in range(0, len(texts), CALIBRATION_BATCH)]
-    )
+def _encode_all(encode: Callable[[list[str]], npt.NDArray[np.float32]], texts: list[str]) -> npt.NDArray[np.float32]:
+    return np.concatenate([encode(texts[i : i + CALIBRATION_BATCH]) for i in range(0, len(texts), CALIBRATION_BATCH)])
 
 
 def _measure(backend: Backend, passages: list[str], queries: list[str]) -> tuple[float, npt.NDArray[np.float32]]:
@@ -150,16 +148,13 @@ def _measure(backend: Backend, passages: list[str], queries: list[str]) -> tuple
     and the vectors of every calibration text."""
     backend.encode(passages[:WARM_UP])  # first-call allocations, graph initialisation
     began = time.perf_counter()
-    vectors = _encode_all(backend, passages)
+    vectors = _encode_all(backend.encode, passages)
     best = len(passages) / (time.perf_counter() - began)
     half = passages[: len(passages) // 2]
     began = time.perf_counter()
-    _encode_all(backend, half)
+    _encode_all(backend.encode, half)
     best = max(best, len(half) / (time.perf_counter() - began))
-    queries_vectors = [
-        backend.encode_query(queries[i : i + CALIBRATION_BATCH]) for i in range(0, len(queries), CALIBRATION_BATCH)
-    ]
-    return best, np.concatenate([vectors, *queries_vectors])
+    return best, np.concatenate([vectors, _encode_all(backend.encode_query, queries)])
 
 
 @contextlib.contextmanager

@@ -166,13 +166,14 @@ class Embedder:
         stopped = 0  # times the current sub-batch was preempted
         while start < len(texts):
             self._wait_for_queries()
-            size = min(self.batch_size, FIRST_SUB_BATCH)  # until the model's speed here is known
             # A sub-batch is padded to its first (longest) text: its cost is about size x that length.
             width = _cost_width(texts[start])
             if self.model.own_query_path:
                 size = self.batch_size
             elif self._sizer.known:
                 size = self._sizer.size(SUB_BATCH_S, width, self.batch_size)
+            else:
+                size = min(self.batch_size, FIRST_SUB_BATCH)  # until the model's speed here is known
             batch = texts[start : start + size]
             began = time.perf_counter()
             try:
