@@ -64,8 +64,11 @@ class Backend(Protocol):
     spec: Spec
     preemptible: bool  # ``preempt`` can stop a run part-way
     # ``encode_query`` runs on a model instance and threads of its own: a query never waits for an
-    # indexing run, so indexing needs no short sub-batches (OpenVINO).
+    # indexing run (OpenVINO).
     own_query_path: bool
+    # Indexing runs whole batches rather than sub-batches of about ``embedder.SUB_BATCH_S``: only
+    # where short calls were measured to cost this backend speed on this CPU (OpenVINO on AMX).
+    whole_batches: bool
     max_seq_length: int
     dim: int
 
@@ -132,6 +135,11 @@ def int8_dot_product() -> bool:
     """The CPU multiplies int8 in one instruction (AVX-512 VNNI, AVX-VNNI or AMX): where OpenVINO's
     int8 pays (1.9x torch bf16 on Zen 4); without it, it ran slower than OpenVINO fp32."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
+def matrix_unit() -> bool:
+    """The CPU has AMX: tile matrix multiplies, which want big matrices (``OpenVinoBackend``)."""
+    return bool({"amx_tile", "amx_int8", "amx_bf16"} & cpu_flags())
 
 
 def bf16_instructions() -> bool:
@@ -225,6 +233,7 @@ def normalise(vectors: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
 class TorchBackend:
     preemptible = False
     own_query_path = False  # a query's forward runs beside an indexing one, on the same cores
+    whole_batches = False
 
     def __init__(self, spec: Spec, model_path: Path, *, max_seq_length: int | None = None) -> None:
         import torch
@@ -289,6 +298,7 @@ def onnx_session(path: Path) -> Any:
 class OnnxBackend:
     preemptible = True
     own_query_path = False  # a query stops the indexing run in flight instead (``preempt``)
+    whole_batches = False
 
     def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
         try:
@@ -345,15 +355,20 @@ class OpenVinoBackend:
     """The model compiled twice from one file: once on every core for indexing, once on one thread
     for queries. A compiled model runs one request at a time per stream, and a request cannot be
     stopped part-way (``preempt``), so a query on the indexing model waited for the batch in flight
-    (p50 226 ms behind whole batches of 32, int8, AMX Xeon); indexing sub-batches had been kept at
-    20-50 ms for it, which cost indexing 8-10% (docs/benchmarks.md, session 25). On its own model a
-    query shares the cores with the batch instead: p50 / p99 7.7 / 12.3 ms during whole batches
-    (idle 3.8 / 6.1). The second compilation takes about 0.4 s (the process's resident memory did not grow with it)."""
+    (p50 226 ms behind whole batches of 32, int8, AMX Xeon). On its own model a query shares the
+    cores with the batch instead: p50 / p99 7.7 / 12.3 ms during whole batches (idle 3.8 / 6.1).
+    The second compilation takes about 0.4 s (the process's resident memory did not grow with it).
+
+    Indexing runs whole batches only on a CPU with AMX (``whole_batches``), where 20-50 ms
+    sub-batches cost the job's encode path 5-10%. On Zen 4 (AVX-512, no AMX) it was the other way
+    round: during a job, whole batches of 32 ran the model at 81.5-82.2 chunks/s, 50 ms sub-batches
+    at 86.5-90.0, and jobs were 6% slower (docs/benchmarks.md, session 26)."""
 
     preemptible = False
     own_query_path = True
 
     def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
+        self.whole_batches = matrix_unit()
         try:
             ov = import_openvino()
         except ImportError as exc:

@@ -1,13 +1,14 @@
 """The embedding model: loaded once per process from the installed package, offline, with two paths.
 
 - ``encode`` (indexing) runs in its own thread and works in sub-batches of about
-  ``SUB_BATCH_S`` seconds each, or whole batches on a backend whose queries have their own path
-  (OpenVINO); before each it lets any query in flight finish first (the query then has the cores).
+  ``SUB_BATCH_S`` seconds each, or whole batches where the backend says short calls cost it speed
+  (``whole_batches``: OpenVINO on AMX); before each it lets any query in flight finish first (the
+  query then has the cores).
 - ``encode_query`` (search) runs in another thread and never queues behind an indexing sub-batch:
   on ONNX Runtime the sub-batch in flight is stopped (and run again after the query); on torch the
   query shares the cores with it until it ends; OpenVINO runs the query on a model compiled for
   queries, beside the indexing one (a request cannot be stopped part-way: its ``cancel`` breaks the
-  compiled model's state, still in 2026.4), so its indexing runs whole batches.
+  compiled model's state, still in 2026.4).
 
 Which backend runs the model (torch, ONNX Runtime, OpenVINO; fp32, bf16, int8, fp16 on CUDA) is
 decided by ``choose.py`` from ``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DTYPE``.
@@ -41,8 +42,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = structlog.get_logger(__name__)
 
 # An indexing sub-batch aims at this much model time: the longest a query can share the cores (torch)
-# or the most work a query's preemption throws away (ONNX Runtime). A backend whose queries have a
-# path of their own (OpenVINO) runs whole batches: short sub-batches cost it 8-10% of its speed.
+# or the most work a query's preemption throws away (ONNX Runtime). OpenVINO's queries have a path of
+# their own; its indexing keeps the sub-batches for speed, but on AMX runs whole batches
+# (``OpenVinoBackend``).
 SUB_BATCH_S = 0.05
 FIRST_SUB_BATCH = 4
 MAX_PREEMPTIONS = 3
@@ -168,7 +170,7 @@ class Embedder:
             self._wait_for_queries()
             # A sub-batch is padded to its first (longest) text: its cost is about size x that length.
             width = _cost_width(texts[start])
-            if self.model.own_query_path:
+            if self.model.whole_batches:
                 size = self.batch_size
             elif self._sizer.known:
                 size = self._sizer.size(SUB_BATCH_S, width, self.batch_size)
