@@ -359,16 +359,17 @@ class OpenVinoBackend:
     cores with the batch instead: p50 / p99 7.7 / 12.3 ms during whole batches (idle 3.8 / 6.1).
     The second compilation takes about 0.4 s (the process's resident memory did not grow with it).
 
-    Indexing runs whole batches only on a CPU with AMX (``whole_batches``), where 20-50 ms
-    sub-batches cost the job's encode path 5-10%. On Zen 4 (AVX-512, no AMX) it was the other way
-    round: during a job, whole batches of 32 ran the model at 81.5-82.2 chunks/s, 50 ms sub-batches
-    at 86.5-90.0, and jobs were 6% slower (docs/benchmarks.md, session 26)."""
+    Indexing runs whole batches only where AMX runs the model (``whole_batches``: bf16 and int8 on
+    a CPU with AMX), where 20-50 ms sub-batches cost the job's encode path 5-10% (int8, session
+    25). On Zen 4 (AVX-512, no AMX) it was the other way round: whole jobs ran 8-11% faster with
+    50 ms sub-batches, 89.9 / 88.4 chunks/s against 81.1 / 81.9 with whole batches of 32
+    (docs/benchmarks.md, session 26)."""
 
     preemptible = False
     own_query_path = True
 
     def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
-        self.whole_batches = matrix_unit()
+        self.whole_batches = matrix_unit() and spec.dtype != "fp32"  # fp32 does not run on AMX
         try:
             ov = import_openvino()
         except ImportError as exc:
