@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from semantik.inference.backends import BackendUnavailable, Spec, int8_dot_product, load_backend, native_bf16
 from semantik.inference.choose import MIN_COSINE, calibration, choose, fingerprint, pick
-from semantik.inference.embedder import Embedder, default_model_path
+from semantik.inference.embedder import QUERY_PRIORITY_MAX_WAIT_S, Embedder, default_model_path
 from semantik.inference.export import ExportError, cache_dir_for, model_hash, onnx_model
 from semantik.inference.quantize import SPLIT_FACTOR, TARGET_COSINE, openvino_recipe, recipe
 from semantik.inference.quantize import _balance as balance
@@ -455,6 +455,32 @@ async def test_a_query_does_not_wait_for_an_indexing_batch(model_cache: Path, ba
         # Sorted by length and cut into sub-batches inside, the call still answers in the caller's order.
         plain = np.concatenate([embedder.model.encode([text]) for text in batch])
         assert vectors.shape == plain.shape and cosines(vectors, plain).min() > 0.9999
+    finally:
+        embedder.close()
+
+
+async def test_indexing_waits_while_a_search_runs_but_not_for_long(model_cache: Path) -> None:
+    """A search holds indexing from its query's encoding to its last snippet (``search_first``), so
+    the vector search does not share the cores with a new sub-batch; a search that never ends does
+    not stall the job for more than ``QUERY_PRIORITY_MAX_WAIT_S``."""
+    embedder = Embedder(MODEL_DIR, device="cpu", backend="onnx", dtype="fp32", batch_size=8, cache_dir=model_cache)
+    try:
+        passages, _ = calibration()
+        began = time.perf_counter()
+        alone = await embedder.encode(passages[:8])
+        took = time.perf_counter() - began
+        with embedder.search_first():
+            indexing = asyncio.ensure_future(embedder.encode(passages[:8]))
+            await asyncio.sleep(0.5)
+            assert not indexing.done()  # waiting for the search to end
+        began = time.perf_counter()
+        assert cosines(await indexing, alone).min() > 0.9999
+        assert time.perf_counter() - began < 0.5 + 3 * took  # and going on as soon as it did
+
+        with embedder.search_first():  # a search held past the bound
+            began = time.perf_counter()
+            await embedder.encode(passages[:8])
+            assert QUERY_PRIORITY_MAX_WAIT_S <= time.perf_counter() - began < QUERY_PRIORITY_MAX_WAIT_S + 1 + 3 * took
     finally:
         embedder.close()
 

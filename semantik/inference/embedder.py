@@ -2,8 +2,8 @@
 
 - ``encode`` (indexing) runs in its own thread and works in sub-batches of about
   ``SUB_BATCH_S`` seconds each, or whole batches where the backend says short calls cost it speed
-  (``whole_batches``: OpenVINO on AMX); before each it lets any query in flight finish first (the
-  query then has the cores).
+  (``whole_batches``: OpenVINO on AMX); before each it lets any search in flight in this process
+  finish first (``search_first``: the search then has the cores).
 - ``encode_query`` (search) runs in another thread and never queues behind an indexing sub-batch:
   on ONNX Runtime the sub-batch in flight is stopped (and run again after the query); on torch the
   query shares the cores with it until it ends; OpenVINO runs the query on a model compiled for
@@ -17,10 +17,12 @@ decided by ``choose.py`` from ``SEMANTIK_EMBED_BACKEND`` and ``SEMANTIK_EMBED_DT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,7 +50,8 @@ log = structlog.get_logger(__name__)
 SUB_BATCH_S = 0.05
 FIRST_SUB_BATCH = 4
 MAX_PREEMPTIONS = 3
-# Indexing waits at most this long for queries in flight (a stream of searches cannot stall a job).
+# Indexing waits at most this long for searches in flight, and then runs as long before it waits
+# again (a stream of searches cannot stall a job).
 QUERY_PRIORITY_MAX_WAIT_S = 2.0
 
 
@@ -132,8 +135,9 @@ class Embedder:
         self.max_seq_length = self.model.max_seq_length
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-encode")
         self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantik-query")
-        self._queries = 0
+        self._queries = 0  # searches in flight in this process (``search_first``)
         self._idle = threading.Condition()
+        self._next_wait = 0.0  # monotonic time before which indexing does not wait for searches
         self._sizer = SubBatchSizer()  # each call's measured time sizes the next indexing sub-batch
         self.preemptions = 0  # indexing sub-batches stopped part-way for a query (ONNX Runtime)
         # On a GPU, CUDA out-of-memory halves the batch (down to 1) and grows it back later.
@@ -200,8 +204,13 @@ class Embedder:
 
     def _wait_for_queries(self) -> None:
         with self._idle:
-            if self._queries:
-                self._idle.wait_for(lambda: self._queries == 0, timeout=QUERY_PRIORITY_MAX_WAIT_S)
+            waited_out = (
+                self._queries > 0
+                and time.monotonic() >= self._next_wait
+                and not self._idle.wait_for(lambda: self._queries == 0, timeout=QUERY_PRIORITY_MAX_WAIT_S)
+            )
+            if waited_out:  # searches that never pause: indexing runs as long as it waited before it waits again
+                self._next_wait = time.monotonic() + QUERY_PRIORITY_MAX_WAIT_S
 
     async def encode(self, texts: list[str], tokens: TokenIds | None = None) -> npt.NDArray[np.float32]:
         loop = asyncio.get_running_loop()
@@ -212,11 +221,19 @@ class Embedder:
     def encode_query_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
+        with self.search_first():
+            self.model.preempt()  # an indexing sub-batch in flight stops (where the backend can) and waits
+            return self.model.encode_query(texts)
+
+    @contextlib.contextmanager
+    def search_first(self) -> Iterator[None]:
+        """No indexing sub-batch starts while this is held (for at most ``QUERY_PRIORITY_MAX_WAIT_S``
+        at a time): a search holds it from its query's encoding to its last snippet, so the vector
+        search after the encoding does not share the cores with a new sub-batch either."""
         with self._idle:
             self._queries += 1
-        self.model.preempt()  # an indexing sub-batch in flight stops (where the backend can) and waits
         try:
-            return self.model.encode_query(texts)
+            yield
         finally:
             with self._idle:
                 self._queries -= 1

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import cast
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 from arq.connections import ArqRedis
 
@@ -155,10 +157,16 @@ async def search(rt: Runtime, request: SearchRequest) -> tuple[list[SearchHit], 
     embed the query."""
     started = time.perf_counter()
     await rt.jobs.get_collection(request.collection)  # 404 for an unknown collection
-    vector = None
-    if request.mode is not SearchMode.KEYWORD:
-        embedder = await rt.embedder()
-        vector = (await embedder.encode_query([request.query]))[0]
+    if request.mode is SearchMode.KEYWORD:
+        return await _search(rt, request, None, started)
+    embedder = await rt.embedder()
+    with embedder.search_first():  # indexing in this process starts no new sub-batch meanwhile
+        return await _search(rt, request, (await embedder.encode_query([request.query]))[0], started)
+
+
+async def _search(
+    rt: Runtime, request: SearchRequest, vector: npt.NDArray[np.float32] | None, started: float
+) -> tuple[list[SearchHit], float]:
     by_document = request.group_by is GroupBy.DOCUMENT
     limit = (
         min(max(request.k * DOCUMENT_CANDIDATES_PER_HIT, request.k), MAX_DOCUMENT_CANDIDATES)
