@@ -71,6 +71,10 @@ async def running_product(tmp: Path, docs: Path, **overrides: Any) -> AsyncItera
     await runtime.embedder()  # the model is loaded before anything is timed
     try:
         async with Client(f"http://127.0.0.1:{port}", timeout_s=3600) as client:
+            # ... and the worker has started (it shows in the monitor once its extraction processes
+            # and the vector engine are up), as it has by the time a user sends a job.
+            while not (await client.request("GET", "/api/monitor")).get("workers"):
+                await asyncio.sleep(0.05)
             yield Product(client, runtime, settings)
     finally:
         await worker.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -16,6 +18,13 @@ from semantik.store.sources import Sources
 from semantik.store.vectors import VectorStore
 
 log = structlog.get_logger(__name__)
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_K = TypeVar("_K", bound=Closable)
 
 
 class Runtime:
@@ -34,6 +43,7 @@ class Runtime:
         self.model_name = "all-MiniLM-L6-v2" if settings.model_path is None else self.model_path.name
         self._embedders: dict[str, Embedder] = {}
         self._model_lock = asyncio.Lock()
+        self._kept: dict[str, Any] = {}
 
     async def open(self) -> None:
         # Only this user may enter it: it holds every indexed chunk's text (SQLite, Qdrant).
@@ -41,10 +51,21 @@ class Runtime:
         await self.db.open()
 
     async def close(self) -> None:
+        for kept in reversed(list(self._kept.values())):
+            kept.close()
+        self._kept.clear()
         await self.vectors.close()
         await self.db.close()
         for embedder in self._embedders.values():
             embedder.close()
+
+    def keep(self, key: str, make: Callable[[], _K]) -> _K:
+        """What ``make`` returns, made once per runtime under ``key`` and closed with it: how the
+        layers above keep their own shared resources here (indexing's extraction processes)."""
+        if key not in self._kept:
+            self._kept[key] = make()
+        kept: _K = self._kept[key]
+        return kept
 
     async def embedder(self, device: str | None = None) -> Embedder:
         """The model on ``device`` (default SEMANTIK_EMBED_DEVICE), loaded in a thread on first use

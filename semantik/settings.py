@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_file_size_mb: float = Field(default=50.0, gt=0)
     # Extraction (read, parse, chunk) runs in this many killable child processes per worker.
     extract_workers: int = Field(default=2, ge=1, le=64)
+    # ... kept this long (seconds) after the last job ends, so the next one starts at once; 0: stopped
+    # with each job's end.
+    extract_idle_s: float = Field(default=300.0, ge=0)
     # Limits per file; a file over one fails with a reason naming it.
     extract_timeout_s: float = Field(default=120.0, gt=0)
     extract_memory_mb: int = Field(default=2048, ge=256)

@@ -20,10 +20,12 @@ from typing import Any, Protocol
 import pytest
 from aiohttp.test_utils import TestClient
 
+from semantik.indexing import sandbox
 from semantik.indexing.extract import ExtractionError
-from semantik.indexing.sandbox import ExtractPool, SandboxConfig, shared_pool
+from semantik.indexing.sandbox import ExtractPool, SandboxConfig, extraction_pool
 from semantik.inference.embedder import default_model_path
 from semantik.settings import Settings
+from tests.conftest import RuntimeFactory
 from tests.helpers import create_job, job_view, loop_gaps, wait_until, write
 from tests.test_extract import docx_with_body, page_tree_bomb_pdf, slow_pdf, zip_bomb_docx
 
@@ -77,6 +79,10 @@ async def failure(pool: ExtractPool, path: Path) -> tuple[str, float]:
     with pytest.raises(ExtractionError) as failed:
         await extract(pool, path)
     return str(failed.value), time.monotonic() - began
+
+
+def all_gone(pids: list[int]) -> Callable[[], bool]:
+    return lambda: all(process_gone(pid) for pid in pids)
 
 
 def process_gone(pid: int) -> bool:
@@ -292,17 +298,83 @@ async def test_a_file_that_needs_more_memory_than_the_limit_fails_with_it(make_p
     assert await extract(pool, docs / "note.txt") == [NOTE]
 
 
-async def test_closing_the_pool_kills_its_children(make_pool: PoolFactory, docs: Path) -> None:
-    config = SandboxConfig.from_settings(Settings(allowed_roots=[docs]), default_model_path())
+async def test_extraction_processes_stay_a_while_after_the_last_job(make_runtime: RuntimeFactory, docs: Path) -> None:
+    """Jobs running at once share one pool. The next job within SEMANTIK_EXTRACT_IDLE_S finds its
+    processes started (no half-second start); then they are killed, and a later job starts fresh ones."""
     write(docs / "note.txt", NOTE)
-    async with shared_pool(config, 2) as pool, shared_pool(config, 2) as same:
+    runtime = await make_runtime(extract_idle_s=2.0)
+    shared = extraction_pool(runtime)
+    assert extraction_pool(runtime) is shared
+    async with shared.use() as pool, shared.use() as same:
         assert same is pool  # jobs running on one worker share its processes
         assert await extract(pool, docs / "note.txt") == [NOTE]
         await wait_until(lambda: len(pool.pids) == 2, 30, "both processes")
         pids = pool.pids
-    await wait_until(lambda: all(process_gone(pid) for pid in pids), 5, f"processes {pids} to be gone")
+    await asyncio.sleep(1.0)
+    assert not any(process_gone(pid) for pid in pids)
+    async with shared.use() as again:
+        assert again is pool and again.pids == pids
+        assert await extract(again, docs / "note.txt") == [NOTE]
+    idle_from = time.monotonic()
+    await wait_until(lambda: all(process_gone(pid) for pid in pids), 10, f"processes {pids} to be gone")
+    assert time.monotonic() - idle_from >= 1.5  # kept SEMANTIK_EXTRACT_IDLE_S after the last job
     with pytest.raises(ExtractionError, match="shutting down"):
         await extract(pool, docs / "note.txt")
+    async with shared.use() as fresh:
+        assert await extract(fresh, docs / "note.txt") == [NOTE]
+        assert not set(fresh.pids) & set(pids)
+
+
+async def test_without_idle_time_or_with_the_runtime_closing_the_processes_go_at_once(
+    make_runtime: RuntimeFactory, docs: Path
+) -> None:
+    write(docs / "note.txt", NOTE)
+    for idle_s, close_runtime in ((0.0, False), (300.0, True)):
+        runtime = await make_runtime(extract_idle_s=idle_s)
+        async with extraction_pool(runtime).use() as pool:
+            assert await extract(pool, docs / "note.txt") == [NOTE]
+            await wait_until(lambda: len(pool.pids) == 2, 30, "both processes")
+            pids = pool.pids
+        if close_runtime:
+            await runtime.close()
+        await wait_until(all_gone(pids), 5, f"processes {pids} to be gone")
+
+
+async def test_a_process_that_grew_is_replaced_when_its_pool_goes_idle(
+    make_runtime: RuntimeFactory, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process left holding a large file's memory is not kept idle with it: a fresh one replaces it
+    (past ``IDLE_MAX_RSS_MB``; set here between a fresh process's size and the grown one's)."""
+    write(docs / "note.txt", NOTE)
+    write(docs / "large.txt", " ".join(f"word{n}" for n in range(600_000)))
+    shared = extraction_pool(await make_runtime(extract_idle_s=300.0, extract_workers=1, extract_timeout_s=60))
+    async with shared.use() as pool:
+        assert await extract(pool, docs / "note.txt") == [NOTE]
+        first = pool.pids
+    fresh_mb = sandbox._rss_mb(first[0])
+    async with shared.use() as pool:
+        assert pool.pids == first  # an ordinary process is kept as it is
+        assert len(await extract(pool, docs / "large.txt")) > 1000
+        grown_mb = sandbox._rss_mb(first[0])
+        assert grown_mb > fresh_mb + 20, (fresh_mb, grown_mb)
+        monkeypatch.setattr(sandbox, "IDLE_MAX_RSS_MB", (fresh_mb + grown_mb) / 2)
+    await wait_until(lambda: process_gone(first[0]), 5, "the grown process to go")
+    fresh = await wait_until(lambda: pool.pids, 30, "a fresh process")
+    assert fresh != first and sandbox._rss_mb(fresh[0]) < (fresh_mb + grown_mb) / 2
+    async with shared.use() as pool:
+        assert pool.pids == fresh
+        assert await extract(pool, docs / "note.txt") == [NOTE]
+
+
+async def test_a_large_flat_page_is_read_whole_in_time(make_pool: PoolFactory, docs: Path) -> None:
+    """100,000 paragraphs side by side (4.6 MB of HTML): every one extracted, well within the time
+    limit. It ran past it when a line break was inserted into the page's tree beside each block."""
+    pool = make_pool()
+    paragraphs = [f"paragraph p{n} <b>of</b> the <i>export</i>" for n in range(100_000)]
+    write(docs / "export.html", "<html><body>" + "".join(f"<p>{p}</p>" for p in paragraphs) + "</body></html>")
+    text = "\n".join(await extract(pool, docs / "export.html"))
+    assert all(f"paragraph p{n} of the export" in text for n in range(0, 100_000, 997)), text[:300]
+    assert "paragraph p99999 of the export" in text
 
 
 async def test_a_job_with_hostile_files_beside_notes(

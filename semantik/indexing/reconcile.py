@@ -18,7 +18,7 @@ import structlog
 from semantik.domain import EventType, FileStatus, Job, JobKind, JobState, ScannedFile, Source
 from semantik.events.publish import JobEvents
 from semantik.indexing.pipeline import JobCancelled, JobError, Pipeline, StopCheck, checked_directory
-from semantik.indexing.sandbox import SandboxConfig, shared_pool
+from semantik.indexing.sandbox import extraction_pool
 from semantik.indexing.scan import folder_entry, scan_directory
 from semantik.inference.embedder import Embedder
 from semantik.runtime import Runtime
@@ -29,7 +29,6 @@ log = structlog.get_logger(__name__)
 async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents, should_stop: StopCheck) -> None:
     """Scan the job's folders and make the collection mirror them: index what is new or changed,
     note copies and moves, remove what is gone. Raises JobCancelled when asked to stop."""
-    s = rt.settings
     collection = job.collection
     missing_by_source = []
     for source in await _job_sources(rt, job):
@@ -67,7 +66,7 @@ async def index_job(rt: Runtime, job: Job, embedder: Embedder, events: JobEvents
     pipeline.keep = deferred
     try:
         if pending_files:
-            async with shared_pool(SandboxConfig.from_settings(s, rt.model_path), s.extract_workers) as pool:
+            async with extraction_pool(rt).use() as pool:
                 await pipeline.run(pending_files, pool)
     except Exception:
         # Stopped or failed: what this run forgot still leaves search (the rest waits for the next run).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -13,6 +14,7 @@ from arq.worker import Worker, func
 from semantik.indexing import cron as cron_jobs
 from semantik.indexing.presence import WorkerPresence
 from semantik.indexing.runner import run_embed_job, worker_identity
+from semantik.indexing.sandbox import extraction_pool
 from semantik.indexing.watch import Watchers
 from semantik.jobqueue import redis_settings
 from semantik.logs import configure_logging
@@ -40,12 +42,21 @@ async def startup(ctx: dict[str, Any]) -> None:
     runtime = ctx[RUNTIME_KEY]
     ctx["worker_id"] = worker_identity()
     embedder = await runtime.embedder()  # load the model now, not inside the first job
+    # ... and start what the first job would wait for: the extraction processes, the vector engine.
+    await asyncio.gather(extraction_pool(runtime).prestart(), _start_vectors(runtime))
     names = runtime.settings.redis_names
     ctx[PRESENCE_KEY] = WorkerPresence(ctx["redis"], names, ctx["worker_id"], embedder.label)
     await ctx[PRESENCE_KEY].start()
     ctx[WATCHERS_KEY] = Watchers(runtime, ctx["redis"], ctx["worker_id"])
     await ctx[WATCHERS_KEY].start()
     log.info("worker_started", worker_id=ctx["worker_id"], device=embedder.device, backend=embedder.spec.name)
+
+
+async def _start_vectors(runtime: Runtime) -> None:
+    try:
+        await runtime.vectors.start()
+    except Exception as exc:  # the first job that needs it tries again, and fails with the reason
+        log.warning("vector_store_not_started", error=str(exc))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

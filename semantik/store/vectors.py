@@ -143,6 +143,10 @@ class VectorStore:
     def embedded(self) -> bool:
         return self._url is None
 
+    async def start(self) -> None:
+        """Start the embedded engine (or the server's client) now rather than on first use."""
+        await self._backend()
+
     async def _backend(self) -> ServerBackend | EngineProcess:
         async with self._open_lock:
             if self._server is None and self._engine is None:
