@@ -74,6 +74,9 @@ async def running_product(tmp: Path, docs: Path, **overrides: Any) -> AsyncItera
             # ... and the worker has started (it shows in the monitor once its extraction processes
             # and the vector engine are up), as it has by the time a user sends a job.
             while not (await client.request("GET", "/api/monitor")).get("workers"):
+                if task.done():
+                    task.result()  # its startup failed: say why
+                    raise RuntimeError("the worker stopped before it started")
                 await asyncio.sleep(0.05)
             yield Product(client, runtime, settings)
     finally:

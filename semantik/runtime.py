@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -44,6 +45,7 @@ class Runtime:
         self._embedders: dict[str, Embedder] = {}
         self._model_lock = asyncio.Lock()
         self._kept: dict[str, Any] = {}
+        self._closed = False
 
     async def open(self) -> None:
         # Only this user may enter it: it holds every indexed chunk's text (SQLite, Qdrant).
@@ -51,18 +53,24 @@ class Runtime:
         await self.db.open()
 
     async def close(self) -> None:
-        for kept in reversed(list(self._kept.values())):
-            kept.close()
-        self._kept.clear()
-        await self.vectors.close()
-        await self.db.close()
-        for embedder in self._embedders.values():
-            embedder.close()
+        self._closed = True
+        try:
+            for kept in reversed(list(self._kept.values())):
+                with contextlib.suppress(Exception):  # the rest is closed all the same
+                    kept.close()
+            self._kept.clear()
+        finally:
+            await self.vectors.close()
+            await self.db.close()
+            for embedder in self._embedders.values():
+                embedder.close()
 
     def keep(self, key: str, make: Callable[[], _K]) -> _K:
         """What ``make`` returns, made once per runtime under ``key`` and closed with it: how the
         layers above keep their own shared resources here (indexing's extraction processes)."""
         if key not in self._kept:
+            if self._closed:
+                raise RuntimeError("the runtime is closed")
             self._kept[key] = make()
         kept: _K = self._kept[key]
         return kept

@@ -52,9 +52,10 @@ __all__ = ["ExtractPool", "Extraction", "SandboxConfig", "SharedPool", "extracti
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 60.0
-# A child holding more than this (its resident set) when its pool goes idle is replaced by a fresh
-# one (about 100 MB with the parsers and the chunker loaded) rather than kept with that memory.
-IDLE_MAX_RSS_MB = 300
+# A child whose resident set grew by more than this since it started (about 100 MB, with the
+# parsers and the chunker loaded) is replaced by a fresh one when its pool goes idle, rather than kept
+# with that memory.
+IDLE_GROWTH_MB = 200
 _REAP_TIMEOUT_S = 10.0
 _CHILD_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -75,6 +76,7 @@ class _Child:
         self.killed = False  # we killed it (timeout, cancellation, shutdown)
         self.retiring = False  # it asked to be replaced (it came near its memory limit)
         self.returncode: int | None = None
+        self.started_rss_mb = 0.0  # its resident set once ready
         self._waiter: asyncio.Future[Any] | None = loop.create_future()  # for its "ready"
         threading.Thread(target=self._read_replies, name=f"semantik-extract-{self.pid}", daemon=True).start()
 
@@ -284,19 +286,20 @@ class ExtractPool:
             child.kill()
             self._children.discard(child)
             raise
+        child.started_rss_mb = ready[3] / 1024
         log.debug("extract_process_started", pid=child.pid, vm_size_kb=ready[2], vm_rss_kb=ready[3])
         return child
 
-    def trim(self, max_rss_mb: float) -> None:
-        """Replace the idle children (those not leased) holding more than ``max_rss_mb``: fresh ones
-        start in the background."""
+    def trim(self, growth_mb: float) -> None:
+        """Replace the idle children (those not leased) whose resident set grew by more than
+        ``growth_mb`` since they started: fresh ones start in the background."""
         idle: list[_Child | None] = []
         while not self._slots.empty():
             idle.append(self._slots.get_nowait())
         for child in idle:
-            rss_mb = _rss_mb(child.pid) if child is not None and child.usable else 0.0
-            if child is not None and rss_mb > max_rss_mb and not self._closed:
-                log.debug("extract_process_trimmed", pid=child.pid, rss_mb=round(rss_mb))
+            grown_mb = _rss_mb(child.pid) - child.started_rss_mb if child is not None and child.usable else 0.0
+            if child is not None and grown_mb > growth_mb and not self._closed:
+                log.debug("extract_process_trimmed", pid=child.pid, grown_mb=round(grown_mb))
                 child.kill()
                 self._children.discard(child)
                 self._start_in_background()
@@ -345,8 +348,8 @@ class SharedPool:
     last one ends, so that the next job (a folder sync after a change, say) finds its processes
     started: a fresh one takes about half a second and 0.6 s of CPU to start (it imports the parsers
     and builds the chunker). Then the pool closes (its children are killed), so an idle worker holds
-    no extraction memory. A child that grew past ``IDLE_MAX_RSS_MB`` on a large file is replaced
-    when the pool goes idle rather than kept with that memory."""
+    no extraction memory. A child that grew by more than ``IDLE_GROWTH_MB`` on a large file is
+    replaced when the pool goes idle rather than kept with that memory."""
 
     def __init__(self, config: SandboxConfig, size: int, idle_s: float) -> None:
         self.config, self.size, self.idle_s = config, size, idle_s
@@ -382,7 +385,9 @@ class SharedPool:
             self._closing.cancel()
             self._closing = None
         if self.pool is not None and self._loop is not loop:  # a pool serves one event loop
-            self.close()
+            with contextlib.suppress(RuntimeError):  # that loop may be closed
+                self.close()
+            self.pool, self._users = None, 0
         if self.pool is None:
             self.pool, self._loop = ExtractPool(self.config, self.size), loop
             self.pool.prestart()
@@ -392,7 +397,7 @@ class SharedPool:
         if self.idle_s <= 0:
             self.close()
             return
-        pool.trim(IDLE_MAX_RSS_MB)
+        pool.trim(IDLE_GROWTH_MB)
         self._closing = asyncio.get_running_loop().call_later(self.idle_s, self.close)
 
     def close(self) -> None:

@@ -42,8 +42,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     runtime = ctx[RUNTIME_KEY]
     ctx["worker_id"] = worker_identity()
     embedder = await runtime.embedder()  # load the model now, not inside the first job
-    # ... and start what the first job would wait for: the extraction processes, the vector engine.
-    await asyncio.gather(extraction_pool(runtime).prestart(), _start_vectors(runtime))
+    # ... and start what the first job would wait for: the extraction processes, and the vector
+    # engine where this process shares it with its server (``semantik up``) or talks to a Qdrant
+    # server. A worker of its own (the arq CLI) opens an embedded store only on its first job: only
+    # one process at a time may hold it, and a server beside it may be holding it for searches.
+    starting = [extraction_pool(runtime).prestart()]
+    if not ctx.get(OWNS_RUNTIME_KEY) or not runtime.vectors.embedded:
+        starting.append(_start_vectors(runtime))
+    await asyncio.gather(*starting)
     names = runtime.settings.redis_names
     ctx[PRESENCE_KEY] = WorkerPresence(ctx["redis"], names, ctx["worker_id"], embedder.label)
     await ctx[PRESENCE_KEY].start()
