@@ -6,6 +6,7 @@ read by tesseract, or fail with the reason that says how to get it."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -214,6 +215,32 @@ def test_html_text_cannot_forge_a_heading() -> None:
     )
     sections = extract_sections(page + b"<h2>Real</h2><p>body</p>", "page.html")
     assert [section.heading for section in sections] == [(), ("Real",)], sections
+
+
+def test_an_epub_with_an_empty_table_of_contents_is_read() -> None:
+    """ebooklib reads an empty table of contents as one bare link; the book failed on it before
+    ("cannot extract text: TypeError")."""
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier("empty-toc")
+    book.set_title("Logbook")
+    chapters = []
+    for n, (title, text) in enumerate([("Arrival", "The ferry docked at noon."), ("Departure", "Fog kept us ashore.")]):
+        chapter = epub.EpubHtml(title=title, file_name=f"c{n}.xhtml")
+        chapter.content = f"<h1>{title}</h1><p>{text}</p>"
+        book.add_item(chapter)
+        chapters.append(chapter)
+    book.spine = chapters
+    book.add_item(epub.EpubNcx())
+    book.add_item(epub.EpubNav())
+    out = io.BytesIO()
+    epub.write_epub(out, book)
+    sections = extract_sections(out.getvalue(), "logbook.epub")
+    assert [(section.heading, section.text) for section in sections] == [
+        (("Arrival",), "Arrival\n\nThe ferry docked at noon."),
+        (("Departure",), "Departure\n\nFog kept us ashore."),
+    ], sections
 
 
 def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:

@@ -40,7 +40,10 @@ def _toc_titles(toc: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
     from ebooklib.epub import Link
     from ebooklib.epub import Section as TocSection
 
-    for entry in toc if depth < 16 else ():
+    # ebooklib gives a list of entries, or one bare entry (a book whose table of contents holds one).
+    one_section = isinstance(toc, tuple) and len(toc) == 2 and isinstance(toc[1], (list, tuple))
+    entries = toc if isinstance(toc, (list, tuple)) and not one_section else [toc]
+    for entry in entries if depth < 16 else ():
         if isinstance(entry, tuple) and len(entry) == 2:  # (Section, [children])
             head, children = entry
             if isinstance(head, (Link, TocSection)) and getattr(head, "href", None):
