@@ -3,7 +3,8 @@
 The product runs in this process (server, in-process worker, private Redis), as `semantik up` does.
 N small text files (one short sentence each, 100 per folder) are indexed once with the real model;
 then a sync with nothing changed (every file passed on its stat, none read), then one after 1% of
-the files were rewritten, then the watch latency (save -> searchable, delete -> gone). Goal (Folder
+the files were rewritten, then the watch latency (save -> searchable, delete -> gone; the median of
+``--watch-rounds`` notes saved and deleted in turn). Goal (Folder
 sync issue): a no-op sync of 100k files in <= 30 s. Last line: ``RESULT {json}``.
 
     .venv/bin/python bench/sync.py --files 10000
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
@@ -73,7 +75,18 @@ async def timed_sync(product: Product, collection: str) -> tuple[float, dict[str
     return time.perf_counter() - began, done
 
 
-async def watch_latency(product: Product, docs: Path, collection: str) -> tuple[float, float]:
+# Notes saved into the watched folder one at a time, each with a query that finds it first.
+WATCHED = [
+    ("zebra.txt", "Zebra stripes confuse biting flies, which land on them less often.", "zebra stripes biting flies"),
+    ("octopus.txt", "An octopus tastes what it touches through the suckers it has.", "octopus tastes with suckers"),
+    ("basalt.txt", "Basalt columns form as thick lava cools and cracks into hexagons.", "basalt columns hexagons"),
+    ("kiln.txt", "A kiln fires clay pots slowly so that trapped steam cannot crack them.", "kiln firing clay pots"),
+    ("lichen.txt", "Lichen is a fungus living together with an alga on bare rock.", "lichen fungus and alga"),
+]
+
+
+async def watch_latency(product: Product, docs: Path, collection: str, rounds: int) -> tuple[list[float], list[float]]:
+    """Save -> first hit and delete -> gone, for ``rounds`` notes in turn (seconds each)."""
     sources = await product.client.request("GET", f"/api/collections/{collection}/sources")
     source_id = sources["sources"][0]["id"]
     await product.client.request("PATCH", f"/api/collections/{collection}/sources/{source_id}", {"watch": True})
@@ -87,24 +100,27 @@ async def watch_latency(product: Product, docs: Path, collection: str) -> tuple[
             await asyncio.sleep(0.1)
     finally:
         await client.aclose()
-    target = docs / "watched" / "zebra.txt"
-    query = "zebra stripes confuse biting flies"
+    saves, deletes = [], []
+    for name, text, query in (WATCHED * rounds)[:rounds]:
+        target = docs / "watched" / name
 
-    async def top() -> str | None:
-        hits = (await product.client.search(query, collection, k=1))["results"]
-        return hits[0]["path"] if hits else None
+        async def top(query: str = query) -> str | None:
+            hits = (await product.client.search(query, collection, k=1))["results"]
+            return hits[0]["path"] if hits else None
 
-    began = time.perf_counter()
-    target.parent.mkdir(exist_ok=True)
-    target.write_text("Zebra stripes confuse biting flies, which land on them far less often.", encoding="utf-8")
-    while await top() != str(target):
-        await asyncio.sleep(0.1)
-    save_s = time.perf_counter() - began
-    began = time.perf_counter()
-    target.unlink()
-    while await top() == str(target):
-        await asyncio.sleep(0.1)
-    return save_s, time.perf_counter() - began
+        began = time.perf_counter()
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        while await top() != str(target):
+            await asyncio.sleep(0.05)
+        saves.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        target.unlink()
+        while await top() == str(target):
+            await asyncio.sleep(0.05)
+        deletes.append(time.perf_counter() - began)
+        await asyncio.sleep(1.0)  # apart from the last change's debounce and sync
+    return saves, deletes
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -112,7 +128,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     began = time.perf_counter()
     paths = make_files(docs, args.files)
     print(f"wrote {len(paths)} files in {time.perf_counter() - began:.1f} s")
-    async with running_product(tmp, docs) as product:
+    overrides = {"model_cache_dir": args.model_cache} if args.model_cache else {}
+    async with running_product(tmp, docs, **overrides) as product:
         print(f"model: {(await product.runtime.embedder()).label}")
         began = time.perf_counter()
         job = await product.client.create_job("sync", str(docs))
@@ -133,8 +150,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         report = await product.client.request("GET", "/api/collections/sync/check")
         print("check:", {k: report[k] for k in ("vectors_without_file", "files_without_vectors", "files_missing")})
-        save_s, delete_s = await watch_latency(product, docs, "sync")
-        print(f"watch: save -> searchable {save_s:.2f} s, delete -> gone {delete_s:.2f} s")
+        saves, deletes = await watch_latency(product, docs, "sync", args.watch_rounds)
+        save_s, delete_s = statistics.median(saves), statistics.median(deletes)
+        print(
+            f"watch ({len(saves)} notes, median): save -> searchable {save_s:.2f} s, delete -> gone {delete_s:.2f} s"
+            f"  (saves {' '.join(f'{x:.2f}' for x in saves)}; deletes {' '.join(f'{x:.2f}' for x in deletes)})"
+        )
     return {
         "files": args.files,
         "index_s": round(index_s, 1),
@@ -162,6 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--changed", type=float, default=0.01, help="Share of files rewritten before the 2nd sync.")
+    parser.add_argument("--watch-rounds", type=int, default=5, help="Notes saved and deleted in turn (watch latency).")
+    parser.add_argument("--model-cache", type=Path, default=None, help="reuse exported models from here")
     args = parser.parse_args()
     print(f"cpu: {cpu()}")
     with tempfile.TemporaryDirectory(prefix="semantik-bench-sync-") as tmp:

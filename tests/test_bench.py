@@ -36,7 +36,10 @@ def test_sync_bench_runs_and_its_syncs_leave_the_collection_in_step() -> None:
     changed files, the check is clean and the watcher picks up a save and a delete."""
     bench = BENCH.with_name("sync.py")
     result = subprocess.run(
-        [sys.executable, str(bench), "--files", "60", "--changed", "0.05"], capture_output=True, text=True, timeout=300
+        [sys.executable, str(bench), "--files", "60", "--changed", "0.05", "--watch-rounds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
