@@ -243,6 +243,24 @@ def test_an_epub_with_an_empty_table_of_contents_is_read() -> None:
     ], sections
 
 
+def test_rtf_pictures_are_not_text_and_nothing_after_them_is_lost() -> None:
+    """Word writes pictures as ``{\\*\\shppict{\\pict ...}}``; with a paper-bin control word
+    (``\\binfsxn``) anywhere, striprtf's own picture pass lost everything after the first one. Raw
+    picture bytes (``\\binN``, braces among them) are not text either."""
+    hex_picture = "89504e470d0a1a0a" * 40
+    raw = b"}{\\x\\\x00\xff!?{"
+    rtf = (
+        b"{\\rtf1\\ansi\\binfsxn1\\binsxn1 Before the logo. {\\*\\shppict{\\pict\\pngblip\\picw10 "
+        + hex_picture.encode()
+        + b"}}{\\nonshppict{\\pict\\wmetafile8\\bin%d " % len(raw)
+        + raw
+        + b"}} After the logo, the tools live in C:\\\\bin\\\\tools. {\\b Bold} end.}"
+    )
+    sections = extract_sections(rtf, "memo.rtf")
+    text = " ".join(" ".join(section.text.split()) for section in sections)
+    assert text == "Before the logo. After the logo, the tools live in C:\\bin\\tools. Bold end.", text
+
+
 def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:
     box = (
         b"From a@example.org Mon Mar  2 08:00:00 2026\nSubject: one\n\nhello\nFrom the desk of the office\n\n"
