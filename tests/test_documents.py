@@ -261,6 +261,64 @@ def test_rtf_pictures_are_not_text_and_nothing_after_them_is_lost() -> None:
     assert text == "Before the logo. After the logo, the tools live in C:\\bin\\tools. Bold end.", text
 
 
+def test_word_text_wherever_the_document_keeps_it() -> None:
+    """Content controls (forms, templates), tracked insertions, fields, nested tables and text
+    boxes hold text python-docx's own iteration leaves out; deleted text and field codes are not
+    text, and a text box's copy for older readers (mc:Fallback) is not read twice."""
+    import docx
+    from lxml import etree
+
+    document = docx.Document()
+    document.add_heading("Inspection", level=1)
+    body = document.element.body
+    namespaces = (
+        'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" '
+        'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" '
+        'xmlns:wps="http://schemas.microsoft.com/office/word/2010/wordprocessingShape" '
+        'xmlns:v="urn:schemas-microsoft-com:vml"'
+    )
+
+    def run(text: str) -> str:
+        return f"<w:r><w:t xml:space='preserve'>{text}</w:t></w:r>"
+
+    def box(text: str) -> str:
+        return f"<w:txbxContent><w:p>{run(text)}</w:p></w:txbxContent>"
+
+    note = box("Margin note: recheck the keel.")
+    fragments = [
+        f"<w:p>{run('The hull was ')}<w:ins w:id='1' w:author='a'>{run('freshly ')}</w:ins>"
+        f"<w:del w:id='2' w:author='a'><w:r><w:delText>badly </w:delText></w:r></w:del>{run('painted.')}</w:p>",
+        f"<w:sdt><w:sdtPr><w:alias w:val='Inspector'/></w:sdtPr><w:sdtContent><w:p>{run('Inspector: Mara Quill')}</w:p>"
+        "</w:sdtContent></w:sdt>",
+        f"<w:p>{run('Signed on ')}<w:fldSimple w:instr='DATE'>{run('7 December')}</w:fldSimple>"
+        "<w:r><w:fldChar w:fldCharType='begin'/></w:r><w:r><w:instrText>PAGE \\* MERGEFORMAT</w:instrText></w:r>"
+        f"<w:r><w:fldChar w:fldCharType='separate'/></w:r>{run(' page 3')}<w:r><w:fldChar w:fldCharType='end'/></w:r>"
+        f"<w:sdt><w:sdtContent>{run(', approved')}</w:sdtContent></w:sdt></w:p>",
+        f"<w:tbl><w:tr><w:tc><w:p>{run('Deck')}</w:p></w:tc><w:tc><w:tbl><w:tr><w:tc><w:p>{run('rivets')}</w:p></w:tc>"
+        f"<w:tc><w:p>{run('sound')}</w:p></w:tc></w:tr></w:tbl></w:tc></w:tr></w:tbl>",
+        f"<w:p>{run('See the margin.')}<w:r><mc:AlternateContent><mc:Choice Requires='wps'><w:drawing><wps:wsp>"
+        f"<wps:txbx>{note}</wps:txbx></wps:wsp></w:drawing></mc:Choice><mc:Fallback><w:pict>"
+        f"<v:shape><v:textbox>{note}</v:textbox></v:shape></w:pict></mc:Fallback>"
+        "</mc:AlternateContent></w:r></w:p>",
+    ]
+    for fragment in fragments:
+        body.insert(len(body) - 1, etree.fromstring(f"<w:root {namespaces}>{fragment}</w:root>")[0])
+    saved = io.BytesIO()
+    document.save(saved)
+
+    sections = extract_sections(saved.getvalue(), "inspection.docx")
+    assert [section.heading for section in sections] == [("Inspection",)], sections
+    assert sections[0].text.split("\n") == [
+        "Inspection",
+        "The hull was freshly painted.",
+        "Inspector: Mara Quill",
+        "Signed on 7 December page 3, approved",
+        "Deck | rivets | sound",
+        "See the margin.",
+        "Margin note: recheck the keel.",
+    ], sections[0].text
+
+
 def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:
     box = (
         b"From a@example.org Mon Mar  2 08:00:00 2026\nSubject: one\n\nhello\nFrom the desk of the office\n\n"
