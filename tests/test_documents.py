@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,6 +318,52 @@ def test_word_text_wherever_the_document_keeps_it() -> None:
         "See the margin.",
         "Margin note: recheck the keel.",
     ], sections[0].text
+
+
+def test_opendocument_text_without_deletions_or_comments_and_each_box_once() -> None:
+    """A text with tracked changes keeps its deleted text (text:tracked-changes); comments hold
+    their author and text; a text box sits inside a paragraph. None of it is the paragraph's own
+    text: deleted text and comments are not read, a box is read once, as a paragraph of its own."""
+    namespaces = " ".join(
+        f"xmlns:{prefix}='urn:oasis:names:tc:opendocument:xmlns:{name}:1.0'"
+        for prefix, name in (("office", "office"), ("text", "text"), ("table", "table"), ("draw", "drawing"))
+    )
+    body = (
+        "<text:tracked-changes><text:changed-region text:id='c1'><text:deletion><office:change-info>"
+        "<dc:creator>Ann</dc:creator></office:change-info><text:p>Withdrawn paragraph.</text:p></text:deletion>"
+        "</text:changed-region></text:tracked-changes>"
+        "<text:h text:outline-level='1'>Survey</text:h>"
+        "<text:p>The dunes <text:change text:change-id='c1'/>moved.</text:p>"
+        "<text:p>Sand samples<office:annotation><dc:creator>Ben</dc:creator><text:p>Check this figure.</text:p>"
+        "</office:annotation> were dry.</text:p>"
+        "<text:p><draw:frame><draw:text-box><text:p>Boxed: wind from the west.</text:p></draw:text-box></draw:frame>"
+        "Tide tables follow.</text:p>"
+        "<table:table table:name='T'><table:table-row><table:table-cell><text:p>Cell<office:annotation>"
+        "<text:p>cell comment</text:p></office:annotation> text</text:p></table:table-cell></table:table-row>"
+        "</table:table>"
+    )
+    content = (
+        f"<?xml version='1.0'?><office:document-content {namespaces} xmlns:dc='http://purl.org/dc/elements/1.1/'"
+        f" office:version='1.2'><office:body><office:text>{body}</office:text></office:body></office:document-content>"
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("mimetype", "application/vnd.oasis.opendocument.text", compress_type=zipfile.ZIP_STORED)
+        out.writestr("content.xml", content)
+    sections = extract_sections(archive.getvalue(), "survey.odt")
+    assert [(section.heading, section.text.split("\n")) for section in sections] == [
+        (
+            ("Survey",),
+            [
+                "Survey",
+                "The dunes moved.",
+                "Sand samples were dry.",
+                "Tide tables follow.",
+                "Boxed: wind from the west.",
+                "Cell text",
+            ],
+        )
+    ], sections
 
 
 def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:

@@ -36,6 +36,12 @@ _ROW, _CELL, _TABLE = f"{{{TABLE}}}table-row", f"{{{TABLE}}}table-cell", f"{{{TA
 _PAGE, _FRAME = f"{{{DRAW}}}page", f"{{{DRAW}}}frame"
 # A paragraph's run of spaces (text:s text:c="N") is written as at most this many.
 _MAX_SPACES = 8
+_ANNOTATION, _ANNOTATION_END = f"{{{OFFICE}}}annotation", f"{{{OFFICE}}}annotation-end"
+# Paragraphs that are not the document's text: comments, and the deleted text a document keeps
+# while changes are tracked (text:tracked-changes).
+_NOT_SHOWN = frozenset({_ANNOTATION, f"{{{TEXT}}}tracked-changes"})
+_NOT_INLINE = frozenset({_NOTE, _ANNOTATION, _ANNOTATION_END})
+_DRAWING = f"{{{DRAW}}}"
 
 
 def extract_odf(data: bytes, limits: ExtractLimits) -> list[Section]:
@@ -68,9 +74,27 @@ def _body(data: bytes, limits: ExtractLimits) -> Any:
     return body
 
 
+def shown_paragraphs(root: Any, *tags: str) -> Iterator[Any]:
+    """The paragraphs (elements with ``tags``) under ``root``, in order, less those of comments and
+    of tracked deletions."""
+    for element in root.iter(*tags):
+        if _shown(element, root):
+            yield element
+
+
+def _shown(element: Any, root: Any) -> bool:
+    for ancestor in element.iterancestors():
+        if ancestor is root:
+            return True
+        if ancestor.tag in _NOT_SHOWN:
+            return False
+    return True
+
+
 def paragraph_text(element: Any) -> str:
     """A paragraph's text as shown: text:s is spaces, text:tab a tab, text:line-break a new line;
-    notes (footnotes) are skipped here and read as paragraphs of their own."""
+    notes (footnotes) and drawings anchored in it (a text box, a shape with text) are skipped here
+    and read as paragraphs of their own; comments are not read."""
     parts: list[str] = []
 
     def walk(node: Any) -> None:
@@ -84,7 +108,7 @@ def paragraph_text(element: Any) -> str:
                 parts.append("\t")
             elif child.tag == _BREAK:
                 parts.append("\n")
-            elif child.tag != _NOTE:
+            elif child.tag not in _NOT_INLINE and not child.tag.startswith(_DRAWING):
                 walk(child)
             if child.tail:
                 parts.append(child.tail)
@@ -94,7 +118,7 @@ def paragraph_text(element: Any) -> str:
 
 
 def _text_blocks(body: Any, budget: TextBudget) -> Iterator[tuple[int, str]]:
-    for element in body.iter(_P, _H):
+    for element in shown_paragraphs(body, _P, _H):
         text = budget.take(paragraph_text(element))
         if element.tag == _H:
             level = element.get(f"{{{TEXT}}}outline-level") or "1"
@@ -119,7 +143,7 @@ def _sheets(spreadsheet: Any, budget: TextBudget) -> Iterator[Section]:
 
 
 def paragraph_text_of(cell: Any) -> str:
-    return "\n".join(paragraph_text(p) for p in cell.iter(_P))
+    return "\n".join(paragraph_text(p) for p in shown_paragraphs(cell, _P))
 
 
 def _slides(presentation: Any, budget: TextBudget, limits: ExtractLimits) -> Iterator[Section]:
@@ -131,7 +155,7 @@ def _slides(presentation: Any, budget: TextBudget, limits: ExtractLimits) -> Ite
             if frame.get(f"{{{PRESENTATION}}}class") == "title":
                 title = heading_title(paragraph_text_of(frame))
                 break
-        lines = [budget.take(paragraph_text(p)) for p in page.iter(_P)]
+        lines = [budget.take(paragraph_text(p)) for p in shown_paragraphs(page, _P)]
         text = "\n".join(line for line in lines if line.strip())
         if text:
             yield Section(text, slide=number, heading=(title,) if title else ())
