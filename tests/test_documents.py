@@ -246,8 +246,9 @@ def test_an_epub_with_an_empty_table_of_contents_is_read() -> None:
 
 def test_rtf_pictures_are_not_text_and_nothing_after_them_is_lost() -> None:
     """Word writes pictures as ``{\\*\\shppict{\\pict ...}}``; with a paper-bin control word
-    (``\\binfsxn``) anywhere, striprtf's own picture pass lost everything after the first one. Raw
-    picture bytes (``\\binN``, braces among them) are not text either."""
+    (``\\binfsxn``) or a path like C:\\\\bin anywhere, striprtf's own picture pass lost everything
+    after the first one, or failed the file. Raw picture bytes (``\\binN``, braces among them) are
+    not text either."""
     hex_picture = "89504e470d0a1a0a" * 40
     raw = b"}{\\x\\\x00\xff!?{"
     rtf = (
@@ -255,11 +256,14 @@ def test_rtf_pictures_are_not_text_and_nothing_after_them_is_lost() -> None:
         + hex_picture.encode()
         + b"}}{\\nonshppict{\\pict\\wmetafile8\\bin%d " % len(raw)
         + raw
-        + b"}} After the logo, the tools live in C:\\\\bin\\\\tools. {\\b Bold} end.}"
+        + b"}} After the logo, the tools live in C:\\\\bin\\\\tools. {\\b Bold} end."
+        + b" {\\*\\shppict\\pict\\pngblip 89504e47} Photos in C:\\\\pictures.}"
     )
     sections = extract_sections(rtf, "memo.rtf")
     text = " ".join(" ".join(section.text.split()) for section in sections)
-    assert text == "Before the logo. After the logo, the tools live in C:\\bin\\tools. Bold end.", text
+    assert (
+        text == "Before the logo. After the logo, the tools live in C:\\bin\\tools. Bold end. Photos in C:\\pictures."
+    ), text
 
 
 def test_word_text_wherever_the_document_keeps_it() -> None:
@@ -302,8 +306,28 @@ def test_word_text_wherever_the_document_keeps_it() -> None:
         f"<v:shape><v:textbox>{note}</v:textbox></v:shape></w:pict></mc:Fallback>"
         "</mc:AlternateContent></w:r></w:p>",
     ]
+    # Not read: a control showing its placeholder, Word's table of contents (the headings again), a
+    # text box in deleted text. A text box's heading is no heading of the document's.
+    sidebar = (
+        "<w:txbxContent><w:p><w:pPr><w:pStyle w:val='Heading1'/></w:pPr>" + run("Sidebar") + "</w:p></w:txbxContent>"
+    )
+    fragments += [
+        f"<w:sdt><w:sdtPr><w:showingPlcHdr/></w:sdtPr><w:sdtContent><w:p>{run('Click or tap here to enter text.')}"
+        "</w:p></w:sdtContent></w:sdt>",
+        "<w:sdt><w:sdtPr><w:docPartObj><w:docPartGallery w:val='Table of Contents'/></w:docPartObj></w:sdtPr>"
+        f"<w:sdtContent><w:p>{run('Contents')}</w:p><w:p>{run('Inspection 1')}</w:p></w:sdtContent></w:sdt>",
+        f"<w:p>{run('Kept.')}<w:del w:id='3' w:author='a'><w:r><w:drawing><wps:wsp><wps:txbx>{box('Struck box.')}"
+        f"</wps:txbx></wps:wsp></w:drawing></w:r></w:del><w:r><w:drawing><wps:wsp><wps:txbx>{sidebar}</wps:txbx>"
+        "</wps:wsp></w:drawing></w:r></w:p>",
+        f"<w:tbl><w:tr><w:tc><w:p>{run('Hold')}<w:r><w:drawing><wps:wsp><wps:txbx>{box('dry')}</wps:txbx></wps:wsp>"
+        "</w:drawing></w:r></w:p></w:tc></w:tr></w:tbl>",
+    ]
     for fragment in fragments:
         body.insert(len(body) - 1, etree.fromstring(f"<w:root {namespaces}>{fragment}</w:root>")[0])
+    # A style with no type (the format allows it) is no reason to fail the document.
+    document.styles.element.append(
+        etree.fromstring(f"<w:style {namespaces} w:styleId='Odd'><w:name w:val='odd'/></w:style>")
+    )
     saved = io.BytesIO()
     document.save(saved)
 
@@ -317,6 +341,10 @@ def test_word_text_wherever_the_document_keeps_it() -> None:
         "Deck | rivets | sound",
         "See the margin.",
         "Margin note: recheck the keel.",
+        "Kept.",
+        "Sidebar",
+        "Hold",  # a cell: its paragraph, then its text box
+        "dry",
     ], sections[0].text
 
 

@@ -44,13 +44,14 @@ def _docx_blocks(
     """(heading level or 0, text) of each paragraph and table row of ``container`` (the body, or a
     text box), in reading order, wherever the document holds them: python-docx's own iteration sees
     only the body's direct paragraphs and tables and each paragraph's direct runs, which leaves out
-    content controls (forms, templates), tracked insertions, nested tables and text boxes."""
+    content controls (forms, templates), tracked insertions, nested tables and text boxes. A text
+    box's headings are not the document's (Word's navigation leaves them out too)."""
     for kind, element in _docx_block_elements(document.element.body if container is None else container):
         if kind == "row":
             yield 0, budget.take(element)
             continue
         text = budget.take(_paragraph_text(element))
-        style = styles.of(element)
+        style = styles.of(element) if container is None else ""
         heading = _HEADING_STYLE.match(style)
         level = int(heading.group(1)) if heading else (1 if style == "Title" else 0)
         yield (level, text) if level and text.strip() else (0, text)
@@ -59,21 +60,27 @@ def _docx_blocks(
 
 
 class _StyleNames:
-    """Paragraph style names by style id, looked up once: python-docx's own lookup
+    """Paragraph style names by style id, read once from the styles part: python-docx's own lookup
     (``Paragraph.style``) searches every style for the default one on each paragraph, 90% of the
     time a long document took (8,000 paragraphs: 2.7 s)."""
 
     def __init__(self, document: Any) -> None:
-        from docx.enum.style import WD_STYLE_TYPE
+        from docx.styles import BabelFish
 
-        styles = document.styles
-        self.names = {style.style_id: style.name or "" for style in styles if style.type == WD_STYLE_TYPE.PARAGRAPH}
-        default = styles.default(WD_STYLE_TYPE.PARAGRAPH)
-        self.default = (default.name or "") if default is not None else ""
+        self.names: dict[str, str] = {}
+        self.default = ""
+        for style in document.styles.element.iterchildren(_W + "style"):
+            if style.get(_W + "type") != "paragraph":  # (one with no type is no paragraph style to python-docx)
+                continue
+            name = style.find(_W + "name")
+            shown = BabelFish.internal2ui(name.get(_W + "val") or "") if name is not None else ""
+            self.names.setdefault(style.get(_W + "styleId") or "", shown)
+            if style.get(_W + "default") in ("1", "true", "on"):
+                self.default = shown  # the last default, as the format says
 
     def of(self, paragraph: Any) -> str:
         """The name of a w:p element's style (the default paragraph style when it names none, or
-        one that does not exist, as Word shows it)."""
+        one that is not a paragraph style, as Word shows it)."""
         style = paragraph.find(_W_PSTYLE)
         style_id = style.get(_W + "val") if style is not None else None
         return self.names.get(style_id, self.default) if style_id is not None else self.default
@@ -82,7 +89,8 @@ class _StyleNames:
 def _docx_block_elements(container: Any) -> Iterator[tuple[str, Any]]:
     """("paragraph", w:p element) and ("row", its text) for a block container (the body, a cell, a
     text box), in order, through content controls and other wrappers; iteratively, so no nesting is
-    too deep."""
+    too deep. A content control showing its placeholder ("Click or tap here to enter text.") and
+    Word's table of contents (its headings again) are not read."""
     stack: list[Any] = list(reversed(container))
     while stack:
         element = stack.pop()
@@ -90,42 +98,82 @@ def _docx_block_elements(container: Any) -> Iterator[tuple[str, Any]]:
         if tag == _W_P:
             yield "paragraph", element
         elif tag == _W_TBL:
-            for row in element.iter(_W_TR):
-                if _nearest(row, _W_TBL) is element:
-                    yield "row", " | ".join(_row_cells(row))
-        elif tag not in _NOT_CONTENT:
+            for row in _table_rows(element):
+                yield "row", row
+        elif tag not in _NOT_CONTENT and not _unread_control(element):
             stack.extend(reversed(element))  # w:sdt, w:sdtContent, w:customXml, w:ins ...
 
 
-def _row_cells(row: Any) -> Iterator[str]:
-    """Each cell's text once (a merged cell spans grid columns but is one w:tc), nested tables
-    included as their rows; empty cells (as under a vertically merged one) left out."""
-    for cell in row.iter(_W_TC):
-        if _nearest(cell, _W_TR) is row:
-            lines = [_paragraph_text(e) if kind == "paragraph" else e for kind, e in _docx_block_elements(cell)]
-            if text := "\n".join(line for line in lines if line.strip()):
-                yield text
+def _table_rows(table: Any) -> Iterator[str]:
+    """Each row's cells, " | " between them: a cell spanning columns once, a cell under a vertically
+    merged one with that one's text (as python-docx's ``row.cells``, without its recursion), nested
+    tables as their rows."""
+    above: dict[int, str] = {}  # grid column -> the text of the cell that merged cells below repeat
+    for row in table.iter(_W_TR):
+        if _nearest(row, _W_TBL) is not table:
+            continue
+        column = _number(row.find(_W_GRID_BEFORE), 0)
+        cells = []
+        for cell in row.iter(_W_TC):
+            if _nearest(cell, _W_TR) is not row:
+                continue
+            merge = cell.find(_W_VMERGE)
+            if merge is not None and merge.get(_W + "val", "continue") == "continue":
+                text = above.get(column, "")
+            else:
+                text = above[column] = _cell_text(cell)
+            cells.append(text)
+            column += max(1, _number(cell.find(_W_GRID_SPAN), 1))
+        yield " | ".join(cells)
+
+
+def _cell_text(cell: Any) -> str:
+    lines = []
+    for kind, element in _docx_block_elements(cell):
+        if kind == "row":
+            lines.append(element)
+            continue
+        lines.append(_paragraph_text(element))
+        for box in _text_boxes(element):
+            lines.extend(_paragraph_text(e) if k == "paragraph" else e for k, e in _docx_block_elements(box))
+    return "\n".join(line for line in lines if line.strip())
+
+
+def _number(element: Any, default: int) -> int:
+    value = element.get(_W + "val") if element is not None else None
+    return int(value) if value is not None and value.isdigit() and len(value) < 6 else default
 
 
 def _paragraph_text(paragraph: Any) -> str:
     """A paragraph's text as shown: every run, also inside hyperlinks, content controls, fields and
-    tracked insertions; not deleted text, field codes, or its text boxes (read as blocks of their own)."""
+    tracked insertions; not deleted text, field codes, placeholders, or its text boxes (read as
+    blocks of their own)."""
     parts: list[str] = []
     stack: list[Any] = list(reversed(paragraph))
     while stack:
         element = stack.pop()
         if element.tag == _W_R:
             parts.append(element.text)  # python-docx's run text: w:t, tabs, breaks
-        elif element.tag not in _NOT_CONTENT:
+        elif element.tag not in _NOT_CONTENT and not _unread_control(element):
             stack.extend(reversed(element))
     return "".join(parts)
 
 
+def _unread_control(element: Any) -> bool:
+    """A content control showing its placeholder, or Word's table of contents."""
+    if element.tag != _W_SDT:
+        return False
+    return element.find(_W_PLACEHOLDER_SHOWN) is not None or any(
+        gallery.get(_W + "val") == "Table of Contents" for gallery in element.iterfind(_W_GALLERY)
+    )
+
+
 def _text_boxes(paragraph: Any) -> Iterator[Any]:
     """The text boxes anchored in a paragraph (w:txbxContent), each once: not the copy a document
-    keeps for older readers (mc:Fallback), nor one inside another (read with that one)."""
+    keeps for older readers (mc:Fallback), nor one in deleted or moved-away text, nor one inside
+    another (read with that one)."""
     for box in paragraph.iter(_W_TXBX):
-        if _nearest(box, _W_P, _MC_FALLBACK) is paragraph:
+        if _nearest(box, _W_P, _MC_FALLBACK, _W + "del", _W + "moveFrom") is paragraph:
             yield box
 
 
@@ -138,8 +186,13 @@ def _nearest(element: Any, *tags: str) -> Any:
 
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-_W_P, _W_R, _W_TBL, _W_TR, _W_TC, _W_TXBX = (_W + name for name in ("p", "r", "tbl", "tr", "tc", "txbxContent"))
+_W_P, _W_R, _W_TBL, _W_TR, _W_TC, _W_TXBX, _W_SDT = (
+    _W + name for name in ("p", "r", "tbl", "tr", "tc", "txbxContent", "sdt")
+)
 _W_PSTYLE = f"{_W}pPr/{_W}pStyle"
+_W_GRID_BEFORE, _W_GRID_SPAN, _W_VMERGE = f"{_W}trPr/{_W}gridBefore", f"{_W}tcPr/{_W}gridSpan", f"{_W}tcPr/{_W}vMerge"
+_W_PLACEHOLDER_SHOWN = f"{_W}sdtPr/{_W}showingPlcHdr"
+_W_GALLERY = f"{_W}sdtPr/{_W}docPartObj/{_W}docPartGallery"
 _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 # What holds no shown text of the paragraph or block it is in: properties, deleted and moved-away
 # text, text boxes (read apart), and the copy of any content kept for older readers.

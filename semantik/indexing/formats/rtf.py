@@ -7,14 +7,20 @@ import re
 from semantik.indexing.formats.base import ExtractionError, ExtractLimits, Section
 
 # Outside a picture: an escaped character, the control word \binN (N raw bytes follow it, after one
-# optional space), or the start of a picture group ({\pict).
-_OUTSIDE = re.compile(rb"\\(?:[\\{}]|bin(\d{1,10}) ?)|(\{[ \r\n]*\\pict(?![a-z]))")
+# optional space), a group that is a picture ({\pict), or a picture further into a group.
+_OUTSIDE = re.compile(rb"\\(?:[\\{}]|bin(\d{1,10}) ?)|(\{[ \r\n]*\\pict(?![a-z]))|(\\pict(?![a-z]))")
 # Inside one: the same escapes and \binN, and the braces that open and close its groups.
 _INSIDE = re.compile(rb"\\(?:[\\{}]|bin(\d{1,10}) ?)|([{}])")
 
 
 def extract_rtf(data: bytes, limits: ExtractLimits) -> list[Section]:
+    from striprtf import striprtf
     from striprtf.striprtf import rtf_to_text
+
+    # striprtf's own picture pass runs when the text holds "\pict" and "\bin" anywhere (a paper-bin
+    # control word, a path such as C:\\bin): it drops the braces it meets, so the rest of the file
+    # was lost, or raises on a "\bin" with no number. Pictures are taken out here instead.
+    striprtf.remove_pict_groups = _as_is
 
     if not data.lstrip().startswith(b"{\\rtf"):
         raise ExtractionError("corrupt RTF: it does not start with {\\rtf")
@@ -23,13 +29,16 @@ def extract_rtf(data: bytes, limits: ExtractLimits) -> list[Section]:
     return [Section(text)] if text.strip() else []
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
 def _without_pictures(data: bytes) -> bytes:
     """The RTF less its pictures (``{\\pict ...}`` groups, hex or raw) and the raw bytes of every
     other ``\\binN``: they are not text, and a brace or backslash among raw bytes would derail the
-    parser. striprtf has its own pass for pictures, run when a text holds both "\\pict" and
-    "\\bin" anywhere (a paper-bin control word such as ``\\binfsxn`` will do): it drops a picture's
-    closing brace, and everything after a picture inside ``{\\*\\shppict ...}`` (how Word writes
-    them) was lost. With the pictures gone here, that pass has nothing to do."""
+    parser. (striprtf's own pass for pictures, which this replaces, dropped a picture's closing
+    brace, and everything after a picture inside ``{\\*\\shppict ...}``, how Word writes them, was
+    lost.)"""
     parts, kept_from, at = [], 0, 0
     while (found := _OUTSIDE.search(data, at)) is not None:
         at = found.end()
@@ -39,6 +48,10 @@ def _without_pictures(data: bytes) -> bytes:
         elif found.group(2) is not None:  # a picture: skipped to its closing brace
             parts.append(data[kept_from : found.start()])
             at = kept_from = _group_end(data, at)
+        elif found.group(3) is not None:  # the rest of the group is a picture: skipped, not its brace
+            parts.append(data[kept_from : found.start()])
+            at = _group_end(data, at)
+            kept_from = at - 1 if data[at - 1 : at] == b"}" else at
     parts.append(data[kept_from:])
     return b"".join(parts)
 
