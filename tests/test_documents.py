@@ -394,6 +394,35 @@ def test_opendocument_text_without_deletions_or_comments_and_each_box_once() -> 
     ], sections
 
 
+def test_an_email_keeps_each_text_it_shows_and_the_message_it_forwards() -> None:
+    """A body an inline picture splits in two, and a message forwarded as an attachment: their
+    text was lost (only the first part was read). The HTML twin of a plain body is not read again,
+    and an attached file is named, not read."""
+    from email.message import EmailMessage
+
+    forwarded = EmailMessage()
+    forwarded["From"], forwarded["Subject"] = "harbour@example.org", "Berth 4 closed"
+    forwarded.set_content("Berth 4 is closed for dredging until Friday.")
+    message = EmailMessage()
+    message["From"], message["Subject"] = "ops@example.org", "Fwd: Berth 4 closed"
+    message.set_content("See the notice below.")
+    message.add_alternative("<p>See the notice below.</p>", subtype="html")
+    message.add_attachment(b"\x89PNG", maintype="image", subtype="png", filename="map.png", disposition="inline")
+    message.add_attachment("Reroute the ferries to berth 6.", subtype="plain", disposition="inline")
+    message.add_attachment(forwarded)
+    message.add_attachment("raw log lines", subtype="plain", filename="log.txt")
+    sections = extract_sections(bytes(message), "fwd.eml")
+    assert [(section.heading, section.text) for section in sections] == [
+        (
+            ("Fwd: Berth 4 closed",),
+            "From: ops@example.org\nSubject: Fwd: Berth 4 closed\n\nSee the notice below.\n\n"
+            "Reroute the ferries to berth 6.\n\nForwarded message:\nFrom: harbour@example.org\n"
+            "Subject: Berth 4 closed\n\nBerth 4 is closed for dredging until Friday.\n\n"
+            "Attachments: map.png, log.txt",
+        )
+    ], sections
+
+
 def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:
     box = (
         b"From a@example.org Mon Mar  2 08:00:00 2026\nSubject: one\n\nhello\nFrom the desk of the office\n\n"

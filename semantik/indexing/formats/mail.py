@@ -1,6 +1,7 @@
 """E-mail: a message (.eml) or a mailbox of them (.mbox), with the standard library's parser. Each
 message is a section under its subject: its From, To and Date lines, then its body (the plain-text
-part, or the HTML part read as text) and the names of its attachments."""
+part, or the HTML part read as text), the other text parts it shows, the messages forwarded with it,
+and the names of its attachments."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ from semantik.indexing.formats.web import html_sections
 # An mbox separates messages with a line starting "From " (after a blank line, or at the start).
 _MBOX_SEPARATOR = re.compile(rb"(?:\A|(?<=\n\n))From [^\n]*\n")
 MAX_MESSAGES = 100_000
+# Messages forwarded as attachments (message/rfc822) are read this many levels deep.
+MAX_FORWARDED_DEPTH = 8
+# Multiparts inside multiparts are read this many levels deep.
+MAX_NESTING = 32
+_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 
 
 def extract_eml(data: bytes, limits: ExtractLimits) -> list[Section]:
@@ -64,16 +70,49 @@ def _parsed_section(raw: bytes, budget: TextBudget) -> Section:
     if not isinstance(message, EmailMessage):
         raise ExtractionError("corrupt e-mail message")
     subject = heading_title(str(message.get("Subject", "") or ""))
-    lines = [f"{name}: {message[name]}" for name in ("From", "To", "Cc", "Date", "Subject") if message.get(name)]
-    body = message.get_body(preferencelist=("plain", "html"))
-    if body is not None:
-        content = _part_text(body)
-        lines += ["", content]
-    attachments = [part.get_filename() for part in message.iter_attachments() if part.get_filename()]
-    if attachments:
-        lines += ["", "Attachments: " + ", ".join(str(name) for name in attachments)]
+    lines = [f"{name}: {message[name]}" for name in _HEADERS if message.get(name)]
+    lines += _body_lines(message, depth=0)
     text = budget.take("\n".join(lines).strip())
     return Section(text, heading=(subject,) if subject else ())
+
+
+def _body_lines(message: EmailMessage, depth: int) -> list[str]:
+    """The message's body (its plain-text part, or the HTML one as text); the other text parts shown
+    in the message (a body that an inline picture splits in two); each forwarded message, with its
+    From, To, Date and Subject lines, up to ``MAX_FORWARDED_DEPTH`` deep; and the attachments' names.
+    (Not ``iter_attachments``: it skips the first text part beside a multipart/alternative body.)"""
+    body = message.get_body(preferencelist=("plain", "html"))
+    lines = ["", _part_text(body)] if body is not None else []
+    attachments: list[str] = []
+    if message.get_content_subtype() != "alternative":  # (its parts are the body, in other forms)
+        lines += _other_parts(message, body, depth, attachments, 0)
+    if attachments:
+        lines += ["", "Attachments: " + ", ".join(attachments)]
+    return lines
+
+
+def _other_parts(container: Any, body: Any, depth: int, attachments: list[str], nesting: int) -> list[str]:
+    lines: list[str] = []
+    for part in container.iter_parts() if nesting < MAX_NESTING else ():
+        if part is body:
+            continue
+        if part.get_content_type() == "message/rfc822" and depth < MAX_FORWARDED_DEPTH:
+            forwarded = part.get_content()
+            if isinstance(forwarded, EmailMessage):
+                headers = [f"{name}: {forwarded[name]}" for name in _HEADERS if forwarded.get(name)]
+                lines += ["", "Forwarded message:", *headers, *_body_lines(forwarded, depth + 1)]
+                continue
+        if part.is_multipart():
+            if part.get_content_subtype() not in ("alternative", "related"):
+                lines += _other_parts(part, body, depth, attachments, nesting + 1)
+            elif not any(inner is body for inner in part.walk()):  # (else: the body's other forms, its pictures)
+                shown = part.get_body(preferencelist=("plain", "html"))
+                lines += ["", _part_text(shown)] if shown is not None else []
+        elif part.get_content_maintype() == "text" and part.get_content_disposition() != "attachment":
+            lines += ["", _part_text(part)]
+        elif part.get_filename():
+            attachments.append(str(part.get_filename()))
+    return lines
 
 
 def _part_text(part: Any) -> str:
