@@ -423,6 +423,49 @@ def test_an_email_keeps_each_text_it_shows_and_the_message_it_forwards() -> None
     ], sections
 
 
+def test_a_slides_smartart_text_is_read() -> None:
+    """A SmartArt diagram keeps its text in a part of its own (the diagram's data), which
+    python-pptx does not read: a process drawn as SmartArt was lost from search."""
+    from lxml import etree
+    from pptx import Presentation
+    from pptx.opc.constants import RELATIONSHIP_TYPE
+    from pptx.opc.package import Part
+    from pptx.opc.packuri import PackURI
+
+    deck = Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "Release process"
+    a = "http://schemas.openxmlformats.org/drawingml/2006/main"
+    dgm = "http://schemas.openxmlformats.org/drawingml/2006/diagram"
+    points = "".join(
+        f"<dgm:pt modelId='{n}'><dgm:t><a:bodyPr/><a:p><a:r><a:t>{text}</a:t></a:r></a:p></dgm:t></dgm:pt>"
+        for n, text in enumerate(["Freeze the branch", "Run the soak tests", "Tag and announce"], start=1)
+    )
+    data = f"<dgm:dataModel xmlns:dgm='{dgm}' xmlns:a='{a}'><dgm:ptLst>{points}</dgm:ptLst></dgm:dataModel>"
+    part = Part(
+        PackURI("/ppt/diagrams/data1.xml"),
+        "application/vnd.openxmlformats-officedocument.drawingml.diagramData+xml",
+        deck.part.package,
+        data.encode(),
+    )
+    rid = slide.part.relate_to(part, RELATIONSHIP_TYPE.DIAGRAM_DATA)
+    frame = (
+        "<p:graphicFrame xmlns:p='http://schemas.openxmlformats.org/presentationml/2006/main'"
+        f" xmlns:a='{a}' xmlns:r='http://schemas.openxmlformats.org/officeDocument/2006/relationships'>"
+        "<p:nvGraphicFramePr><p:cNvPr id='9' name='Diagram'/><p:cNvGraphicFramePr/><p:nvPr/></p:nvGraphicFramePr>"
+        "<p:xfrm><a:off x='0' y='0'/><a:ext cx='100' cy='100'/></p:xfrm>"
+        f"<a:graphic><a:graphicData uri='{dgm}'><dgm:relIds xmlns:dgm='{dgm}' r:dm='{rid}' r:lo='' r:qs='' r:cs=''/>"
+        "</a:graphicData></a:graphic></p:graphicFrame>"
+    )
+    slide.shapes._spTree.append(etree.fromstring(frame))
+    saved = io.BytesIO()
+    deck.save(saved)
+    sections = extract_sections(saved.getvalue(), "release.pptx")
+    assert [(section.slide, section.heading, section.text) for section in sections] == [
+        (1, ("Release process",), "Release process\nFreeze the branch\nRun the soak tests\nTag and announce")
+    ], sections
+
+
 def test_a_mailbox_splits_only_at_separators_and_keeps_a_broken_message() -> None:
     box = (
         b"From a@example.org Mon Mar  2 08:00:00 2026\nSubject: one\n\nhello\nFrom the desk of the office\n\n"

@@ -18,6 +18,7 @@ from semantik.indexing.formats.base import (
     TextBudget,
     check_zip_container,
     heading_title,
+    safe_xml_parser,
     sections_from_blocks,
 )
 
@@ -238,6 +239,30 @@ def _shape_lines(shape: Any) -> Iterator[str]:
     if getattr(shape, "has_table", False) and shape.has_table:
         for row in shape.table.rows:
             yield " | ".join(cell.text for cell in row.cells)
+    yield from _smartart_lines(shape)
+
+
+def _smartart_lines(shape: Any) -> Iterator[str]:
+    """A SmartArt diagram's text, a line per paragraph of each of its points (python-pptx does not
+    read SmartArt: its text is in a part of its own, the diagram's data)."""
+    from lxml import etree
+
+    relations = shape.element.find(f"{_A}graphic/{_A}graphicData/{_DGM}relIds")
+    rid = relations.get(_R_DM) if relations is not None else None
+    if not rid:
+        return
+    try:
+        data = etree.fromstring(shape.part.related_part(rid).blob, safe_xml_parser())
+    except (KeyError, etree.XMLSyntaxError, ValueError):  # a missing or broken part: no text
+        return
+    for paragraph in data.iter(f"{_A}p"):
+        if text := "".join(run.text or "" for run in paragraph.iter(f"{_A}t")):
+            yield text
+
+
+_A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+_DGM = "{http://schemas.openxmlformats.org/drawingml/2006/diagram}"
+_R_DM = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}dm"
 
 
 def extract_xlsx(data: bytes, limits: ExtractLimits) -> list[Section]:
