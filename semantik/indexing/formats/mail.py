@@ -70,10 +70,13 @@ def _parsed_section(raw: bytes, budget: TextBudget) -> Section:
     if not isinstance(message, EmailMessage):
         raise ExtractionError("corrupt e-mail message")
     subject = heading_title(str(message.get("Subject", "") or ""))
-    lines = [f"{name}: {message[name]}" for name in _HEADERS if message.get(name)]
-    lines += _body_lines(message, depth=0)
+    lines = _header_lines(message) + _body_lines(message, depth=0)
     text = budget.take("\n".join(lines).strip())
     return Section(text, heading=(subject,) if subject else ())
+
+
+def _header_lines(message: EmailMessage) -> list[str]:
+    return [f"{name}: {message[name]}" for name in _HEADERS if message.get(name)]
 
 
 def _body_lines(message: EmailMessage, depth: int) -> list[str]:
@@ -99,8 +102,7 @@ def _other_parts(container: Any, body: Any, depth: int, attachments: list[str], 
         if part.get_content_type() == "message/rfc822" and depth < MAX_FORWARDED_DEPTH:
             forwarded = part.get_content()
             if isinstance(forwarded, EmailMessage):
-                headers = [f"{name}: {forwarded[name]}" for name in _HEADERS if forwarded.get(name)]
-                lines += ["", "Forwarded message:", *headers, *_body_lines(forwarded, depth + 1)]
+                lines += ["", "Forwarded message:", *_header_lines(forwarded), *_body_lines(forwarded, depth + 1)]
                 continue
         if part.is_multipart():
             if part.get_content_subtype() not in ("alternative", "related"):

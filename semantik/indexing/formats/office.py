@@ -39,25 +39,36 @@ def extract_docx(data: bytes, limits: ExtractLimits) -> list[Section]:
     return list(sections_from_blocks(_docx_blocks(document, _StyleNames(document), TextBudget(limits))))
 
 
-def _docx_blocks(
-    document: Any, styles: _StyleNames, budget: TextBudget, container: Any = None
-) -> Iterator[tuple[int, str]]:
-    """(heading level or 0, text) of each paragraph and table row of ``container`` (the body, or a
-    text box), in reading order, wherever the document holds them: python-docx's own iteration sees
-    only the body's direct paragraphs and tables and each paragraph's direct runs, which leaves out
-    content controls (forms, templates), tracked insertions, nested tables and text boxes. A text
-    box's headings are not the document's (Word's navigation leaves them out too)."""
-    for kind, element in _docx_block_elements(document.element.body if container is None else container):
+def _docx_blocks(document: Any, styles: _StyleNames, budget: TextBudget) -> Iterator[tuple[int, str]]:
+    """(heading level or 0, text) of each paragraph and table row, in reading order, wherever the
+    document holds them: python-docx's own iteration sees only the body's direct paragraphs and
+    tables and each paragraph's direct runs, which leaves out content controls (forms, templates),
+    tracked insertions, nested tables and text boxes. A text box's headings are not the document's
+    (Word's navigation leaves them out too)."""
+    for kind, element in _docx_block_elements(document.element.body):
         if kind == "row":
             yield 0, budget.take(element)
             continue
         text = budget.take(_paragraph_text(element))
-        style = styles.of(element) if container is None else ""
+        style = styles.of(element)
         heading = _HEADING_STYLE.match(style)
         level = int(heading.group(1)) if heading else (1 if style == "Title" else 0)
         yield (level, text) if level and text.strip() else (0, text)
         for box in _text_boxes(element):
-            yield from _docx_blocks(document, styles, budget, box)
+            for line in _block_texts(box):
+                yield 0, budget.take(line)
+
+
+def _block_texts(container: Any) -> Iterator[str]:
+    """The text of each paragraph (then of its text boxes) and table row of a block container (a
+    text box, a cell), in order."""
+    for kind, element in _docx_block_elements(container):
+        if kind == "row":
+            yield element
+            continue
+        yield _paragraph_text(element)
+        for box in _text_boxes(element):
+            yield from _block_texts(box)
 
 
 class _StyleNames:
@@ -129,15 +140,7 @@ def _table_rows(table: Any) -> Iterator[str]:
 
 
 def _cell_text(cell: Any) -> str:
-    lines = []
-    for kind, element in _docx_block_elements(cell):
-        if kind == "row":
-            lines.append(element)
-            continue
-        lines.append(_paragraph_text(element))
-        for box in _text_boxes(element):
-            lines.extend(_paragraph_text(e) if k == "paragraph" else e for k, e in _docx_block_elements(box))
-    return "\n".join(line for line in lines if line.strip())
+    return "\n".join(line for line in _block_texts(cell) if line.strip())
 
 
 def _number(element: Any, default: int) -> int:
