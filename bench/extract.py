@@ -3,11 +3,11 @@
     python bench/extract.py [--docs 400] [--compare]
 
 Builds a corpus from NFCorpus abstracts (real prose) in every format the product reads: PDF (fpdf2),
-docx, pptx, xlsx, epub, eml, mbox, html, md, txt and rtf (written here), odt/ods/odp (LibreOffice
-converts the docx/xlsx/pptx when ``soffice`` is installed), plus every PDF under /usr/share/doc (real
-manuals). Each file goes through ``extract_sections`` in this process, one at a time, as one
-extraction process does. Prints per format: files, MB, pages (PDF pages, slides, sheets), seconds,
-MB/s, pages/s, characters/s. ``--compare`` runs the candidates on the same files: pypdf against
+docx, pptx, xlsx, epub, eml, mbox, html, md, txt and rtf (written here), odt/ods/odp and doc/xls/ppt
+(LibreOffice converts the docx/xlsx/pptx when ``soffice`` is installed), plus every PDF under
+/usr/share/doc (real manuals). Each file goes through ``extract_sections`` in this process, one at a
+time, as one extraction process does. Prints per format: files, MB, pages (PDF pages, slides,
+sheets), seconds, MB/s, pages/s, characters/s. ``--compare`` runs the candidates on the same files: pypdf against
 PDFium for PDF; markitdown, kreuzberg and inscriptis where installed (they are not dependencies).
 Last line: ``RESULT {json}``.
 """
@@ -123,7 +123,9 @@ def make_corpus(root: Path, docs: list[dict[str, Any]]) -> dict[str, list[Path]]
             b"".join(b"From a@example.org Mon Mar  2 08:00:00 2026\n" + m + b"\n" for m in messages)
         )
     if shutil.which("soffice"):
-        for source, target in (("docx", "odt"), ("xlsx", "ods"), ("pptx", "odp")):
+        conversions = [("docx", "odt"), ("xlsx", "ods"), ("pptx", "odp")]
+        conversions += [("docx", "doc"), ("xlsx", "xls"), ("pptx", "ppt")]
+        for source, target in conversions:
             (root / target).mkdir(exist_ok=True)
             subprocess.run(
                 ["soffice", "--headless", "--convert-to", target, "--outdir", str(root / target),
@@ -184,9 +186,9 @@ def abstracts(count: int) -> list[dict[str, Any]]:
 def pages_of(kind: str, sections: list[Any]) -> int:
     if kind.startswith("pdf"):
         return len({section.page for section in sections})
-    if kind in ("pptx", "odp"):
+    if kind in ("pptx", "odp", "ppt"):
         return len({section.slide for section in sections})
-    if kind in ("xlsx", "ods"):
+    if kind in ("xlsx", "ods", "xls"):
         return len({section.sheet for section in sections})
     return 0
 

@@ -77,11 +77,15 @@ MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdx"})
 HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pnm"})
 ODF_SUFFIXES = frozenset({".odt", ".ods", ".odp"})
+# Office Open XML: documents, macro-enabled documents, templates (and PowerPoint's slide shows).
+WORD_SUFFIXES = frozenset({".docx", ".docm", ".dotx", ".dotm"})
+POWERPOINT_SUFFIXES = frozenset({".pptx", ".pptm", ".ppsx", ".ppsm", ".potx", ".potm"})
+EXCEL_SUFFIXES = frozenset({".xlsx", ".xlsm", ".xltx", ".xltm"})
 
 
 def _extractors() -> dict[str, Extractor]:
     """Format key (a suffix, or a whole name) -> extractor; the modules load on first use."""
-    from semantik.indexing.formats import epub, mail, office, opendocument, pdf, rtf, web
+    from semantik.indexing.formats import epub, legacy, mail, office, opendocument, pdf, rtf, web
 
     return {
         **{suffix: web.extract_plain for suffix in TEXT_SUFFIXES | TEXT_NAMES},
@@ -90,9 +94,12 @@ def _extractors() -> dict[str, Extractor]:
         **{suffix: pdf.extract_image for suffix in IMAGE_SUFFIXES},
         **{suffix: opendocument.extract_odf for suffix in ODF_SUFFIXES},
         ".pdf": pdf.extract_pdf,
-        ".docx": office.extract_docx,
-        ".pptx": office.extract_pptx,
-        ".xlsx": office.extract_xlsx,
+        **{suffix: office.extract_docx for suffix in WORD_SUFFIXES},
+        **{suffix: office.extract_pptx for suffix in POWERPOINT_SUFFIXES},
+        **{suffix: office.extract_xlsx for suffix in EXCEL_SUFFIXES},
+        **{suffix: legacy.extract_doc for suffix in (".doc", ".dot")},
+        **{suffix: legacy.extract_xls for suffix in (".xls", ".xlt")},
+        **{suffix: legacy.extract_ppt for suffix in (".ppt", ".pps", ".pot")},
         ".epub": epub.extract_epub,
         ".eml": mail.extract_eml,
         ".mbox": mail.extract_mbox,
@@ -102,7 +109,9 @@ def _extractors() -> dict[str, Extractor]:
 
 SUPPORTED_SUFFIXES = (
     TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | ODF_SUFFIXES
-    | {".pdf", ".docx", ".pptx", ".xlsx", ".epub", ".eml", ".mbox", ".rtf"}
+    | WORD_SUFFIXES | POWERPOINT_SUFFIXES | EXCEL_SUFFIXES
+    | {".doc", ".dot", ".xls", ".xlt", ".ppt", ".pps", ".pot"}  # Office 97-2003
+    | {".pdf", ".epub", ".eml", ".mbox", ".rtf"}
 )  # fmt: skip
 
 

@@ -41,10 +41,24 @@ EXPECTED: dict[str, dict[str, object]] = {
     "settings.yaml": {"phrase": "azure lemur threshold", "heading": []},
     "scan.pdf": {"phrase": "harbour crane maintenance", "page": 1, "ocr": True},
     "scan.png": {"phrase": "harbour crane maintenance", "ocr": True},
+    # Word, Excel and PowerPoint 97-2003, and Office Open XML's templates, macro-enabled files and slide shows.
+    "report.doc": {"phrase": "maroon kestrel audit", "heading": ["Results", "Measurements"]},
+    "report.dotx": {"phrase": "olive tortoise rota", "heading": ["Results", "Measurements"]},
+    "sheet.xls": {"phrase": "umber jackal manifest", "sheet": "Inventory"},
+    "sheet.xlsm": {"phrase": "cerise badger tally", "sheet": "Inventory"},
+    "slides.ppsx": {"phrase": "khaki puffin forecast", "slide": 2, "heading": ["Next quarter"]},
+    "slides.ppt": {"phrase": "plum ocelot drill", "slide": 2, "heading": ["Next quarter"]},
 }
+# Made here too, but not searched for: a Word 97 file with what only a careful reader gets right (see
+# tests/test_documents.py).
+WORD97_FEATURES = "features.doc"
+# A workbook of dates, numbers, booleans and an error, as Excel 97-2003 and as .xlsx: the two read alike.
+SHEET_TWINS = ("values.xls", "values.xlsx")
 
 NS = (
     'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+    'xmlns:xlink="http://www.w3.org/1999/xlink" '
+    'xmlns:number="urn:oasis:names:tc:opendocument:xmlns:datastyle:1.0" '
     'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
     'xmlns:style="urn:oasis:names:tc:opendocument:xmlns:style:1.0" '
     'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
@@ -89,9 +103,82 @@ eastern berths, and every reading was entered into the register the same afterno
 """
 
 
-def make_slides(phrase: str, target: Path) -> None:
-    """A deck with real title placeholders (python-pptx's default template), three slides."""
+def features_source() -> str:
+    """A document with a table of contents, a hyperlink, a page-number field, a footnote and a
+    table (one cell of two paragraphs)."""
+    cell = '<table:table-cell office:value-type="string">{}</table:table-cell>'
+
+    def row(*cells: str) -> str:
+        inner = "".join(cell.format(f"<text:p>{text}</text:p>") for text in cells)
+        return f"<table:table-row>{inner}</table:table-row>"
+
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<office:document {NS} office:mimetype="application/vnd.oasis.opendocument.text">
+<office:styles>
+<style:style style:name="Heading_20_1" style:display-name="Heading 1" style:family="paragraph"
+ style:default-outline-level="1" style:class="text"/>
+<style:style style:name="Heading_20_2" style:display-name="Heading 2" style:family="paragraph"
+ style:default-outline-level="2" style:class="text"/>
+</office:styles>
+<office:body><office:text>
+<text:table-of-content text:name="Contents"><text:table-of-content-source text:outline-level="2"/>
+<text:index-body><text:p>Berth survey 1</text:p><text:p>Crane ledger 2</text:p></text:index-body>
+</text:table-of-content>
+<text:h text:style-name="Heading_20_1" text:outline-level="1">Berth survey</text:h>
+<text:p>Read the <text:a xlink:type="simple" xlink:href="https://harbour.example/rules">quay rules</text:a>
+first.<text:note text:id="n1" text:note-class="footnote"><text:note-citation>1</text:note-citation>
+<text:note-body><text:p>Revised by the pilots in March.</text:p></text:note-body></text:note></text:p>
+<text:p>This is page <text:page-number text:select-page="current">1</text:page-number> of the survey.</text:p>
+<text:h text:style-name="Heading_20_2" text:outline-level="2">Crane ledger</text:h>
+<table:table table:name="Ledger"><table:table-column table:number-columns-repeated="3"/>
+{row("Crane", "Load", "Status")}{row("Crane 4", "40 t", "cable worn")}
+<table:table-row>{cell.format("<text:p>Crane 7</text:p>")}{cell.format("<text:p>25 t</text:p>")}\
+{cell.format("<text:p>first line</text:p><text:p>second line</text:p>")}</table:table-row>
+</table:table>
+<text:p>After the table.</text:p>
+</office:text></office:body></office:document>
+"""
+
+
+def values_source() -> str:
+    def cell(kind: str, shown: str, **value: str) -> str:
+        attributes = "".join(f' office:{key.replace("_", "-")}="{item}"' for key, item in value.items())
+        kind_attribute = f' office:value-type="{kind}"' if kind else ""
+        return f"<table:table-cell{kind_attribute}{attributes}><text:p>{shown}</text:p></table:table-cell>"
+
+    def row(*cells: str) -> str:
+        return f"<table:table-row>{''.join(cells)}</table:table-row>"
+
+    header = row(*(cell("string", name) for name in ("Day", "Cranes", "Load", "Checked", "Ratio")))
+    values = row(
+        cell("date", "2026-03-02", date_value="2026-03-02").replace(
+            "<table:table-cell", '<table:table-cell table:style-name="day"', 1
+        ),
+        cell("float", "12", value="12"),
+        cell("float", "2.5", value="2.5"),
+        cell("boolean", "TRUE", boolean_value="true"),
+        '<table:table-cell table:formula="of:=1/0"><text:p>#DIV/0!</text:p></table:table-cell>',
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<office:document {NS} office:mimetype="application/vnd.oasis.opendocument.spreadsheet">
+<office:automatic-styles>
+<number:date-style style:name="iso"><number:year number:style="long"/><number:text>-</number:text>
+<number:month number:style="long"/><number:text>-</number:text><number:day number:style="long"/></number:date-style>
+<style:style style:name="day" style:family="table-cell" style:data-style-name="iso"/>
+</office:automatic-styles>
+<office:body><office:spreadsheet>
+<table:table table:name="Readings">{header}{values}</table:table>
+<table:table table:name="Empty"/>
+<table:table table:name="Notes">{row(cell("string", "Crane 4"), cell("string", "needs new cable"))}</table:table>
+</office:spreadsheet></office:body></office:document>
+"""
+
+
+def make_slides(phrase: str, target: Path, *, extras: bool = False) -> None:
+    """A deck with real title placeholders (python-pptx's default template), three slides; with
+    ``extras``, the last one also has a text box of its own and speaker notes."""
     from pptx import Presentation
+    from pptx.util import Inches
 
     deck = Presentation()
     for title, body in [
@@ -102,6 +189,10 @@ def make_slides(phrase: str, target: Path) -> None:
         slide = deck.slides.add_slide(deck.slide_layouts[1])  # title and content
         slide.shapes.title.text = title
         slide.placeholders[1].text = body
+    if extras:
+        box = slide.shapes.add_textbox(Inches(1), Inches(6), Inches(6), Inches(1))
+        box.text_frame.text = "Berth 9 stays closed until June."
+        slide.notes_slide.notes_text_frame.text = "Mention the pilots' new schedule."
     deck.save(str(target))
 
 
@@ -175,6 +266,8 @@ def main() -> None:
         writer = writer_source("{PHRASE}")
         convert(writer, ".fodt", {
             "report.docx": "docx:MS Word 2007 XML",
+            "report.doc": "doc:MS Word 97",
+            "report.dotx": "dotx:MS Word 2007 XML Template",
             "report.odt": "odt",
             "report.rtf": "rtf",
             "report.epub": "epub",
@@ -183,7 +276,22 @@ def main() -> None:
         make_slides(str(EXPECTED["slides.pptx"]["phrase"]), HERE / "slides.pptx")
         make_slides(str(EXPECTED["slides.odp"]["phrase"]), work / "slides.pptx")
         shutil.copyfile(soffice(work / "slides.pptx", "odp", work), HERE / "slides.odp")
-        convert(sheets_source("{PHRASE}"), ".fods", {"sheet.xlsx": "xlsx", "sheet.ods": "ods"}, work)
+        make_slides(str(EXPECTED["slides.ppsx"]["phrase"]), work / "show.pptx")
+        show = soffice(work / "show.pptx", "ppsx:Impress MS PowerPoint 2007 XML AutoPlay", work)
+        shutil.copyfile(show, HERE / "slides.ppsx")
+        make_slides(str(EXPECTED["slides.ppt"]["phrase"]), work / "old.pptx", extras=True)
+        shutil.copyfile(soffice(work / "old.pptx", "ppt:MS PowerPoint 97", work), HERE / "slides.ppt")
+        convert(sheets_source("{PHRASE}"), ".fods", {
+            "sheet.xlsx": "xlsx",
+            "sheet.ods": "ods",
+            "sheet.xls": "xls:MS Excel 97",
+            "sheet.xlsm": "xlsm:Calc MS Excel 2007 VBA XML",
+        }, work)  # fmt: skip
+        (work / "features.fodt").write_text(features_source())
+        (work / "values.fods").write_text(values_source())
+        for twin, target_format in zip(SHEET_TWINS, ("xls:MS Excel 97", "xlsx"), strict=True):
+            shutil.copyfile(soffice(work / "values.fods", target_format, work), HERE / twin)
+        shutil.copyfile(soffice(work / "features.fodt", "doc:MS Word 97", work), HERE / WORD97_FEATURES)
     phrase = {name: str(spec["phrase"]) for name, spec in EXPECTED.items()}
     (HERE / "notes.md").write_text(
         "# Operations handbook\n\nHow the harbour office runs its systems.\n\n"

@@ -27,15 +27,33 @@ _HEADING_STYLE = re.compile(r"^Heading (\d)$")
 MAX_CELL_CHARS = 2000
 
 
+# Word's other kinds of .docx: macro-enabled (.docm) and templates (.dotx, .dotm) hold the same parts,
+# their main part under another content type, which python-docx's ``Document()`` refuses.
+WORD_MAIN_TYPES = (
+    "application/vnd.ms-word.document.macroEnabled.main+xml",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml",
+    "application/vnd.ms-word.template.macroEnabledTemplate.main+xml",
+)
+
+
 def extract_docx(data: bytes, limits: ExtractLimits) -> list[Section]:
-    import docx
+    """Word documents, also macro-enabled ones and templates (.docm, .dotx, .dotm); macros are not
+    read, let alone run."""
     from docx.opc.exceptions import PackageNotFoundError
+    from docx.opc.part import PartFactory
+    from docx.package import Package
+    from docx.parts.document import DocumentPart
 
     check_zip_container(data, limits, "DOCX")
+    for content_type in WORD_MAIN_TYPES:
+        PartFactory.part_type_for.setdefault(content_type, DocumentPart)
     try:
-        document = docx.Document(io.BytesIO(data))
+        main = Package.open(io.BytesIO(data)).main_document_part
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ExtractionError(f"corrupt DOCX: {exc}") from exc
+    if not isinstance(main, DocumentPart):
+        raise ExtractionError(f"not a Word document: its main part is {main.content_type!r}")
+    document = main.document
     return list(sections_from_blocks(_docx_blocks(document, _StyleNames(document), TextBudget(limits))))
 
 
@@ -207,14 +225,21 @@ _NOT_CONTENT = frozenset(
 
 
 def extract_pptx(data: bytes, limits: ExtractLimits) -> list[Section]:
-    from pptx import Presentation
+    """PowerPoint decks, also macro-enabled ones, slide shows and templates (.pptm, .ppsx, .ppsm,
+    .potx, .potm: python-pptx reads their parts, but its ``Presentation()`` takes only .pptx and
+    .pptm)."""
     from pptx.exc import PackageNotFoundError
+    from pptx.package import Package
+    from pptx.parts.presentation import PresentationPart
 
     check_zip_container(data, limits, "PPTX")
     try:
-        presentation = Presentation(io.BytesIO(data))
+        main = Package.open(io.BytesIO(data)).main_document_part
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ExtractionError(f"corrupt PPTX: {exc}") from exc
+    if not isinstance(main, PresentationPart):
+        raise ExtractionError(f"not a PowerPoint deck: its main part is {main.content_type!r}")
+    presentation = main.presentation
     if len(presentation.slides) > limits.max_pages:
         raise ExtractionError(f"more than {limits.max_pages} slides (SEMANTIK_EXTRACT_MAX_PAGES)")
     budget, sections = TextBudget(limits), []
