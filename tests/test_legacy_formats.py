@@ -1,7 +1,8 @@
-"""Office files as old drives keep them: Word and Excel 97-2003 (.doc, .xls), Office Open XML's
-templates, macro-enabled files and slide shows, and legacy names on files that are something else.
-The files come from LibreOffice (``tests/corpus/make.py``); the corpus tests search each one's phrase
-through the product (tests/test_documents.py)."""
+"""Office files as old drives keep them: Word, Excel and PowerPoint 97-2003 (.doc, .xls, .ppt),
+Outlook's saved messages (.msg), Office Open XML's templates, macro-enabled files and slide shows, and
+legacy names on files that are something else. The files come from LibreOffice
+(``tests/corpus/make.py``; the corpus tests search each one's phrase through the product, in
+tests/test_documents.py), and the .msg from Outlook (``tests/corpus/THIRD_PARTY.md``)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,21 @@ def test_a_powerpoint_97_deck_reads_slide_by_slide() -> None:
             "Mention the pilots' new schedule.",
         ),
     ]
+
+
+def test_an_outlook_message_reads_as_an_eml_would() -> None:
+    """Its To and Subject lines, its body, and the message attached to it (forwarded), as .eml
+    files read; an .eml saved under the name .msg is read as one."""
+    sections = extract_sections((CORPUS / "outer.msg").read_bytes(), "outer.msg")
+    assert [(section.heading, section.text) for section in sections] == [
+        (
+            ("outer subject",),
+            "To: outer@foo.bar\nSubject: outer subject\n\nOuter body\n\n"
+            "Forwarded message:\nTo: test@foobar.com\nSubject: test\n\nbody",
+        )
+    ]
+    eml = (CORPUS / "message.eml").read_bytes()
+    assert extract_sections(eml, "saved.msg") == extract_sections(eml, "message.eml")
 
 
 def test_an_xls_reads_as_its_xlsx_twin() -> None:
@@ -172,7 +188,11 @@ def test_a_word_document_over_the_text_limit_fails_while_it_is_read() -> None:
 STREAMS = {
     "features.doc": ("WordDocument", "1Table"),
     "values.xls": ("Workbook",),
-    "slides.ppt": ("PowerPoint Document",),
+    "slides.ppt": ("PowerPoint Document", "Current User"),
+    "outer.msg": (
+        "__properties_version1.0",
+        "__attach_version1.0_#00000000/__substg1.0_3701000D/__properties_version1.0",
+    ),
 }
 
 
@@ -203,7 +223,9 @@ def test_damaged_legacy_files_fail_with_a_reason_of_their_own(name: str, tmp_pat
             extract_sections(file, name)
             read += 1
         except ExtractionError as exc:
-            reason = rf"(corrupt {kind}|encrypted {kind}|not a (Word document|PowerPoint deck)|more than|Word 6)"
+            reason = (
+                rf"(corrupt {kind}|encrypted {kind}|not an? (Word document|PowerPoint deck|Outlook)|more than|Word 6)"
+            )
             if not re.match(reason, str(exc)):
                 unexplained.append(str(exc))
     assert not unexplained, sorted(set(unexplained))

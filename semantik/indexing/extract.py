@@ -103,6 +103,7 @@ def _extractors() -> dict[str, Extractor]:
         ".epub": epub.extract_epub,
         ".eml": mail.extract_eml,
         ".mbox": mail.extract_mbox,
+        ".msg": mail.extract_msg,
         ".rtf": rtf.extract_rtf,
     }
 
@@ -111,7 +112,7 @@ SUPPORTED_SUFFIXES = (
     TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | ODF_SUFFIXES
     | WORD_SUFFIXES | POWERPOINT_SUFFIXES | EXCEL_SUFFIXES
     | {".doc", ".dot", ".xls", ".xlt", ".ppt", ".pps", ".pot"}  # Office 97-2003
-    | {".pdf", ".epub", ".eml", ".mbox", ".rtf"}
+    | {".pdf", ".epub", ".eml", ".mbox", ".msg", ".rtf"}
 )  # fmt: skip
 
 

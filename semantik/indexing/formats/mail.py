@@ -1,4 +1,5 @@
-"""E-mail: a message (.eml) or a mailbox of them (.mbox), with the standard library's parser. Each
+"""E-mail: a message (.eml) or a mailbox of them (.mbox), with the standard library's parser, and
+Outlook's saved messages (.msg: their properties, from the compound file olefile opens). Each
 message is a section under its subject: its From, To and Date lines, then its body (the plain-text
 part, or the HTML part read as text), the other text parts it shows, the messages forwarded with it,
 and the names of its attachments."""
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
+import io
 import re
+import struct
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -130,3 +135,112 @@ def _part_text(part: Any) -> str:
     if part.get_content_subtype() == "html":
         return "\n\n".join(section.text for section in html_sections(text))
     return text
+
+
+# --- Outlook .msg ([MS-OXMSG]) ----------------------------------------------------------------------
+
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# Property ids ([MS-OXPROPS]) of what a message shows, each in a stream "__substg1.0_IIIITTTT": id,
+# then type (001F UTF-16, 001E 8-bit in the message's code page, 0102 bytes).
+_SUBJECT, _SENDER_NAME, _SENDER_ADDRESS, _SENDER_SMTP = 0x0037, 0x0C1A, 0x0C1F, 0x5D01
+_DISPLAY_TO, _DISPLAY_CC, _BODY, _HTML_BODY = 0x0E04, 0x0E03, 0x1000, 0x1013
+_ATTACHMENT_LONG_NAME, _ATTACHMENT_NAME, _ATTACHED_MESSAGE = 0x3707, 0x3704, "__substg1.0_3701000D"
+_SENT_TIME, _CODE_PAGE = 0x0039, 0x3FDE  # fixed-size, in the properties stream
+_ATTACHMENT = "__attach_version1.0_#"
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
+    """An Outlook message saved as .msg; one that is really an .eml under that name is read as one."""
+    import olefile
+
+    if not data.startswith(_OLE_MAGIC):
+        return extract_eml(data, limits)
+    try:
+        with olefile.OleFileIO(io.BytesIO(data)) as ole:
+            if not ole.exists(f"__substg1.0_{_SUBJECT:04X}001F") and not ole.exists("__properties_version1.0"):
+                raise ExtractionError("not an Outlook message (no message properties in the compound file)")
+            message = _OutlookMessage(ole, [], top=True)
+            subject = heading_title(message.string(_SUBJECT))
+            text = TextBudget(limits).take("\n".join(message.lines(depth=0)).strip())
+    except (OSError, ValueError, IndexError, KeyError, LookupError, struct.error) as exc:
+        raise ExtractionError(f"corrupt MSG: {type(exc).__name__}: {exc}") from exc
+    return [Section(text, heading=(subject,) if subject else ())]
+
+
+class _OutlookMessage:
+    """A message (or one attached to it) in an open .msg: ``path`` is its storage."""
+
+    def __init__(self, ole: Any, path: list[str], *, top: bool) -> None:
+        self.ole, self.path = ole, path
+        # Fixed-size properties: 16 bytes each, after a header of 32 bytes (24 in an attached message).
+        self.fixed: dict[int, bytes] = {}
+        stream = "/".join([*path, "__properties_version1.0"])
+        if ole.exists(stream):
+            raw = ole.openstream(stream).read()
+            for offset in range(32 if top else 24, len(raw) - 15, 16):
+                self.fixed.setdefault(struct.unpack_from("<I", raw, offset)[0] >> 16, raw[offset + 8 : offset + 16])
+        code_page = self.fixed.get(_CODE_PAGE)
+        self.encoding = f"cp{struct.unpack_from('<I', code_page)[0]}" if code_page else "cp1252"
+
+    def _stream(self, name: str) -> bytes | None:
+        stream = "/".join([*self.path, name])
+        return self.ole.openstream(stream).read() if self.ole.exists(stream) else None
+
+    def string(self, prop: int) -> str:
+        unicode = self._stream(f"__substg1.0_{prop:04X}001F")
+        if unicode is not None:
+            return unicode.decode("utf-16-le", "replace").replace("\x00", "").strip()
+        narrow = self._stream(f"__substg1.0_{prop:04X}001E")
+        if narrow is None:
+            return ""
+        try:
+            return narrow.decode(self.encoding, "replace").replace("\x00", "").strip()
+        except LookupError:  # a code page Python does not know
+            return narrow.decode("cp1252", "replace").replace("\x00", "").strip()
+
+    def lines(self, depth: int) -> list[str]:
+        lines = self.header_lines()
+        body = self.string(_BODY)
+        if not body:
+            html = self._stream(f"__substg1.0_{_HTML_BODY:04X}0102")
+            html_text = html.decode(self.encoding, "replace") if html is not None else self.string(_HTML_BODY)
+            body = "\n\n".join(section.text for section in html_sections(html_text.replace("\x00", "")))
+        if body:
+            lines += ["", body.replace("\r\n", "\n")]
+        names = []
+        for attachment in self._attachments():
+            inner = [*attachment, _ATTACHED_MESSAGE]
+            if self.ole.exists("/".join(inner)) and depth < MAX_FORWARDED_DEPTH:
+                lines += ["", "Forwarded message:", *_OutlookMessage(self.ole, inner, top=False).lines(depth + 1)]
+                continue
+            named = _OutlookMessage(self.ole, attachment, top=False)
+            if name := named.string(_ATTACHMENT_LONG_NAME) or named.string(_ATTACHMENT_NAME):
+                names.append(name)
+        if names:
+            lines += ["", "Attachments: " + ", ".join(names)]
+        return lines
+
+    def header_lines(self) -> list[str]:
+        name, address = self.string(_SENDER_NAME), self.string(_SENDER_SMTP) or self.string(_SENDER_ADDRESS)
+        sender = f"{name} <{address}>" if name and "@" in address and address != name else name or address
+        sent = self.fixed.get(_SENT_TIME)
+        date = ""
+        if sent:
+            try:
+                moment = _FILETIME_EPOCH + timedelta(microseconds=struct.unpack_from("<Q", sent)[0] // 10)
+                date = email.utils.format_datetime(moment)
+            except OverflowError:
+                pass
+        values = (sender, self.string(_DISPLAY_TO), self.string(_DISPLAY_CC), date, self.string(_SUBJECT))
+        return [f"{header}: {value}" for header, value in zip(_HEADERS, values, strict=True) if value]
+
+    def _attachments(self) -> list[list[str]]:
+        """The storages of this message's attachments, in order."""
+        depth = len(self.path)
+        found = {
+            entry[depth]
+            for entry in self.ole.listdir(streams=True, storages=True)
+            if len(entry) > depth and entry[:depth] == self.path and entry[depth].startswith(_ATTACHMENT)
+        }
+        return [[*self.path, name] for name in sorted(found)]
