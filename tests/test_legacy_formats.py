@@ -12,39 +12,42 @@ import re
 import zipfile
 from pathlib import Path
 
+import olefile
 import pytest
 
 from semantik.indexing.extract import ExtractionError, ExtractLimits, extract_sections
-from semantik.indexing.formats.base import Section
+from tests import compound
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
 
-def lines(sections: list[Section]) -> list[str]:
-    return [line for section in sections for line in section.text.split("\n")]
-
-
 def test_a_word_97_document_reads_as_its_author_sees_it() -> None:
-    """Headings from their styles, table rows as lines (a cell of two paragraphs kept in its row),
-    a hyperlink's and a page number's shown text but not their field codes, the footnote after the
-    body; not the table of contents (its headings again)."""
+    """Headings from their styles; table rows as lines (a cell of two paragraphs, and a table in a
+    cell, kept in their row), also after characters that take two positions in Word's text; a
+    hyperlink's and a page number's shown text but not their field codes; a section break ends its
+    paragraph; the footnote after the body; not the table of contents (its headings again). The
+    same text as LibreOffice's .docx of the same document, but for the footnote."""
     sections = extract_sections((CORPUS / "features.doc").read_bytes(), "features.doc")
-    assert [section.heading for section in sections][:2] == [("Berth survey",), ("Berth survey", "Crane ledger")]
-    text = lines(sections)
-    assert "Read the quay rules first." in text, text
-    assert "This is page 1 of the survey." in text, text
-    rows = text[text.index("Crane | Load | Status") :]
-    assert rows[:5] == [
-        "Crane | Load | Status",
-        "Crane 4 | 40 t | cable worn",
-        "Crane 7 | 25 t | first line",
-        "second line",
-        "After the table.",
-    ], text
-    assert "Revised by the pilots in March." in text
-    joined = "\n".join(text)
-    assert "HYPERLINK" not in joined and "harbour.example" not in joined and "PAGE" not in joined
-    assert joined.count("Berth survey") == 1 and joined.count("Crane ledger") == 1, joined
+    assert [section.heading for section in sections] == [
+        ("Berth survey",),
+        ("Berth survey", "Crane ledger"),
+        ("Appendix",),
+    ]
+    assert [section.text.split("\n") for section in sections] == [
+        ["Harbour records", "Berth survey", "Read the quay rules first.", "This is page 1 of the survey."],
+        [
+            "Crane ledger",
+            f"Marks used: {chr(0x1F6A2) * 20} for ships.",
+            "Crane | Load | Status",
+            "Crane 4 | 40 t | cable worn",
+            "Crane 7 | 25 t | first line",
+            "second line",
+            "Spares | stock | Cable | 2",
+            "Hook | 1",
+            "After the table.",
+        ],
+        ["Appendix", "Tide tables are kept by the harbour master.", "Revised by the pilots in March."],
+    ]
 
 
 def test_a_powerpoint_97_deck_reads_slide_by_slide() -> None:
@@ -184,6 +187,28 @@ def test_a_word_document_over_the_text_limit_fails_while_it_is_read() -> None:
         extract_sections((CORPUS / "features.doc").read_bytes(), "features.doc", ExtractLimits(max_chars=200))
 
 
+def test_files_that_claim_more_text_than_they_hold_fail_before_it_is_made() -> None:
+    """A 12 KB Word file whose piece table claims four billion characters, and a deck that shows one
+    slide of a million characters 5,000 times: each fails on the text limit, not after the text
+    (4 GB, 5 GB) has been made."""
+    claims = compound.word_document_with_text(CORPUS / "features.doc", b"Hi\r", pieces=[(0, 0xF0000000, 0, True)])
+    with pytest.raises(ExtractionError, match="more than 20000000 characters"):
+        extract_sections(claims, "claims.doc")
+    repeats = compound.deck_of_one_slide_shown_many_times(5000, 1_000_000)
+    with pytest.raises(ExtractionError, match="more than 20000000 characters"):
+        extract_sections(repeats, "repeats.ppt")
+
+
+def test_a_compound_file_with_a_deep_directory_fails_as_corrupt() -> None:
+    """3,000 streams chained in the directory make olefile recurse past Python's limit: the file
+    fails as a corrupt .doc, not with the parser's error."""
+    with olefile.OleFileIO(str(CORPUS / "features.doc")) as ole:
+        streams = [(name, ole.openstream(name).read()) for name in ("WordDocument", "1Table")]
+    deep = compound.compound_file(streams + [(f"s{index}", b"") for index in range(3000)])
+    with pytest.raises(ExtractionError, match=r"^corrupt DOC: RecursionError"):
+        extract_sections(deep, "deep.doc")
+
+
 # The streams that hold each format's text and what places it.
 STREAMS = {
     "features.doc": ("WordDocument", "1Table"),
@@ -201,8 +226,6 @@ def test_damaged_legacy_files_fail_with_a_reason_of_their_own(name: str, tmp_pat
     """Bytes changed at random in the streams that hold the text, or the file cut short: each
     either reads or fails with a reason that names the format, never with a parser's own
     exception or a hang."""
-    import olefile
-
     original = (CORPUS / name).read_bytes()
     kind = name.rsplit(".", 1)[1].upper()
     shuffle = random.Random(7)

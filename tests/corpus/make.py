@@ -104,14 +104,20 @@ eastern berths, and every reading was entered into the register the same afterno
 
 
 def features_source() -> str:
-    """A document with a table of contents, a hyperlink, a page-number field, a footnote and a
-    table (one cell of two paragraphs)."""
+    """A document with a title, a table of contents, a hyperlink, a page-number field, a footnote,
+    characters beyond 16 bits, a table (one cell of two paragraphs, one holding a table) and a
+    section break."""
     cell = '<table:table-cell office:value-type="string">{}</table:table-cell>'
 
     def row(*cells: str) -> str:
         inner = "".join(cell.format(f"<text:p>{text}</text:p>") for text in cells)
         return f"<table:table-row>{inner}</table:table-row>"
 
+    ships = "\U0001f6a2" * 20  # each two positions in a .doc's UTF-16 text
+    spares = (
+        '<table:table table:name="Spares"><table:table-column table:number-columns-repeated="2"/>'
+        f"{row('Cable', '2')}{row('Hook', '1')}</table:table>"
+    )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <office:document {NS} office:mimetype="application/vnd.oasis.opendocument.text">
 <office:styles>
@@ -119,8 +125,14 @@ def features_source() -> str:
  style:default-outline-level="1" style:class="text"/>
 <style:style style:name="Heading_20_2" style:display-name="Heading 2" style:family="paragraph"
  style:default-outline-level="2" style:class="text"/>
+<style:style style:name="Title" style:family="paragraph" style:class="chapter"/>
 </office:styles>
+<office:automatic-styles>
+<style:style style:name="Columns" style:family="section"><style:section-properties>
+<style:columns fo:column-count="2" fo:column-gap="0.5cm"/></style:section-properties></style:style>
+</office:automatic-styles>
 <office:body><office:text>
+<text:p text:style-name="Title">Harbour records</text:p>
 <text:table-of-content text:name="Contents"><text:table-of-content-source text:outline-level="2"/>
 <text:index-body><text:p>Berth survey 1</text:p><text:p>Crane ledger 2</text:p></text:index-body>
 </text:table-of-content>
@@ -130,12 +142,19 @@ first.<text:note text:id="n1" text:note-class="footnote"><text:note-citation>1</
 <text:note-body><text:p>Revised by the pilots in March.</text:p></text:note-body></text:note></text:p>
 <text:p>This is page <text:page-number text:select-page="current">1</text:page-number> of the survey.</text:p>
 <text:h text:style-name="Heading_20_2" text:outline-level="2">Crane ledger</text:h>
+<text:p>Marks used: {ships} for ships.</text:p>
 <table:table table:name="Ledger"><table:table-column table:number-columns-repeated="3"/>
 {row("Crane", "Load", "Status")}{row("Crane 4", "40 t", "cable worn")}
 <table:table-row>{cell.format("<text:p>Crane 7</text:p>")}{cell.format("<text:p>25 t</text:p>")}\
 {cell.format("<text:p>first line</text:p><text:p>second line</text:p>")}</table:table-row>
+<table:table-row>{cell.format("<text:p>Spares</text:p>")}{cell.format("<text:p>stock</text:p>")}\
+{cell.format(spares)}</table:table-row>
 </table:table>
 <text:p>After the table.</text:p>
+<text:section text:style-name="Columns" text:name="Appendix">
+<text:h text:style-name="Heading_20_1" text:outline-level="1">Appendix</text:h>
+<text:p>Tide tables are kept by the harbour master.</text:p>
+</text:section>
 </office:text></office:body></office:document>
 """
 

@@ -87,10 +87,14 @@ class TextBudget:
         self.limits, self.used = limits, 0
 
     def take(self, text: str) -> str:
-        self.used += len(text) + 1
+        self.charge(len(text) + 1)
+        return text
+
+    def charge(self, count: int) -> None:
+        """Count ``count`` characters about to be made (before making them)."""
+        self.used += count
         if self.used > self.limits.max_chars:
             raise too_many_chars(self.limits)
-        return text
 
 
 def heading_title(text: str) -> str:

@@ -1,16 +1,22 @@
-"""Office 97-2003 binary files: Word (.doc) and Excel (.xls). A file is read as what its bytes are,
-not what its name says: many ".doc" files are RTF, HTML or a renamed .docx, and many ".xls" files
-are a web page's table or a renamed .xlsx.
+"""Office 97-2003 binary files: Word (.doc), Excel (.xls) and PowerPoint (.ppt). A file is read as
+what its bytes are, not what its name says: many ".doc" files are RTF, HTML or a renamed .docx, and
+many ".xls" files are a web page's table or a renamed .xlsx.
 
 Word: olefile opens the compound file; the text comes from the document's piece table ([MS-DOC]
 2.4.1), each paragraph's style from its properties (PAPX), a heading from its style (built-in
-"heading 1-9" in any language, or "Title"), table rows from their row marks. Field codes and the
-table of contents are left out, as in .docx. Footnotes, endnotes and text boxes follow the body;
-headers, footers and comments are not read. Excel: xlrd, a section per sheet, a line per row."""
+"heading 1-9" and "Title", in any language), table rows from their row marks (nested tables as
+lines of their cell). Field codes and the table of contents are left out, as in .docx. Footnotes,
+endnotes and text boxes follow the body; headers, footers and comments are not read. Excel: xlrd, a
+section per sheet, a line per row. PowerPoint: the records of [MS-PPT], the newest copy of each slide
+through the edit chain and persist directory, in the slide list's order.
+
+Every count and offset comes from an untrusted file: text is charged to the budget before it is
+made, record walks and directories are bounded by the file's size, and nothing recurses."""
 
 from __future__ import annotations
 
 import bisect
+import codecs
 import io
 import re
 import struct
@@ -24,7 +30,6 @@ from semantik.indexing.formats.base import (
     TextBudget,
     heading_title,
     sections_from_blocks,
-    too_many_chars,
 )
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -32,7 +37,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _RTF_MAGIC = b"{\\rtf"
 _MARKUP_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<", re.DOTALL)
 # What a parser of these binary formats raises on a damaged file (offsets past the end, bad codes).
-_BROKEN_BINARY = (OSError, ValueError, IndexError, KeyError, LookupError, struct.error, OverflowError)
+_BROKEN_BINARY = (OSError, ValueError, LookupError, struct.error, OverflowError, RecursionError)
 
 
 def _sniffed(data: bytes) -> str:
@@ -74,8 +79,11 @@ def extract_xls(data: bytes, limits: ExtractLimits) -> list[Section]:
         return _as_other_format(data, limits, office.extract_xlsx)
     try:
         return _xls_sections(data, limits)
+    except xlrd.XLRDError as exc:
+        if "encrypted" in str(exc).lower():
+            raise ExtractionError("encrypted XLS") from exc
+        raise ExtractionError(f"corrupt XLS: {exc}") from exc
     except (
-        xlrd.XLRDError,
         xlrd.compdoc.CompDocError,
         xlrd.formula.FormulaError,
         AssertionError,
@@ -135,21 +143,36 @@ def _xls_value(cell: Any, datemode: int) -> Any:
 # Characters of Word's text stream ([MS-DOC] 2.8.25): paragraph mark, cell or row mark, fields.
 _PARAGRAPH, _CELL = "\r", "\x07"
 _FIELD_BEGIN, _FIELD_SEPARATOR, _FIELD_END = "\x13", "\x14", "\x15"
-_MARKS = re.compile("[\r\x07\x13\x14\x15]")
+_SECTION = "\x0c"  # a section break (it ends its paragraph) or a page break (inside one)
+_MARKS = re.compile("[\r\x07\x0c\x13\x14\x15]")
 # Within a paragraph: line, page and column breaks end a line; a non-breaking hyphen is a hyphen;
 # an optional hyphen, and the anchors of pictures, drawings, notes and comments, are nothing.
 _IN_PARAGRAPH = str.maketrans(
     {"\x0b": "\n", "\x0c": "\n", "\x0e": "\n", "\x1e": "-", "\x1f": None}
     | {chr(code): None for code in range(0x20) if chr(code) not in "\t\n\x0b\x0c\x0e\x1e\x1f"}
 )
+# A character beyond 16 bits: two positions in Word's UTF-16 text, one in a Python string.
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _NFIB_WORD97 = 0xC1  # Word 97 and later; Word 6 and 95 files have an older, different layout
 _FKP_BYTES = 512
 _FKP_MAX_RUNS = 0x1D  # paragraph runs in one page ([MS-DOC] 2.9.175)
 # Paragraph properties ([MS-DOC] 2.6.2): in a table, and the mark that ends a table row.
 _SPRM_IN_TABLE, _SPRM_ROW_END = 0x2416, 0x2417
-_SPRM_INNER_ROW_END = 0x244C  # a nested table's row
+_SPRM_INNER_CELL_END, _SPRM_INNER_ROW_END = 0x244B, 0x244C  # a nested table's cell and row
+_SPRM_TABLE_DEPTH = 0x6649  # sprmPItap: 1 in a table, 2 in a table in a table ...
+_SPRM_TABLE_DEFINITIONS = (0xD608, 0xD606)  # their operands have a 2-byte length
+_STI_TITLE = 62
 _SPRM_OPERAND_BYTES = {0: 1, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2, 7: 3}
 _HEADING_STI = range(1, 10)  # built-in "heading 1" to "heading 9"
+
+
+def _latin1_for_undefined(error: UnicodeError) -> tuple[str, int]:
+    """Bytes Windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) as Word reads them."""
+    assert isinstance(error, UnicodeDecodeError)
+    return error.object[error.start : error.end].decode("latin-1"), error.end
+
+
+codecs.register_error("latin-1-for-undefined", _latin1_for_undefined)
 
 
 def extract_doc(data: bytes, limits: ExtractLimits) -> list[Section]:
@@ -217,52 +240,61 @@ class _WordDocument:
         self.papx_bins = _bin_table(table_part(13))  # PlcBtePapx
         self.fkp_pages: dict[int, list[tuple[int, int, bytes]]] = {}
 
-    def text(self, start: int, end: int, budget_left: int, limits: ExtractLimits) -> str:
-        """Characters [start, end) of the document, from the pieces that hold them; a range that
-        points past the stream reads as spaces, so positions stay right."""
+    def text(self, start: int, end: int, budget: TextBudget) -> str:
+        """Characters [start, end) of the document, one per character position: from the pieces
+        that hold them, a gap or a range past the stream as spaces, and a character beyond 16 bits
+        (two positions in UTF-16) followed by a NUL, so positions stay right. Charged to the budget
+        before they are made."""
         parts: list[str] = []
-        taken = 0
+        cursor = start
         index = max(0, bisect.bisect_right(self.piece_starts, start) - 1)
         while index < len(self.pieces) and self.pieces[index][0] < end:
             cp_start, cp_end, fc, compressed = self.pieces[index]
             index += 1
-            first, last = max(start, cp_start), min(end, cp_end)
+            first, last = max(cursor, cp_start), min(end, cp_end)
             if last <= first:
                 continue
+            budget.charge(last - cursor)
+            if first > cursor:
+                parts.append(" " * (first - cursor))
             width = 1 if compressed else 2
             offset = fc + (first - cp_start) * width
             raw = self.stream[offset : offset + (last - first) * width]
-            piece = raw.decode("cp1252", "replace") if compressed else raw.decode("utf-16-le", "replace")
-            piece = piece.ljust(last - first)
-            taken += len(piece)
-            if taken > budget_left:
-                raise too_many_chars(limits)
-            parts.append(piece)
+            if compressed:
+                piece = raw.decode("cp1252", "latin-1-for-undefined")
+            else:
+                piece = _ASTRAL.sub("\\g<0>\x00", raw.decode("utf-16-le", "replace"))
+            parts.append(piece.ljust(last - first))
+            cursor = last
         return "".join(parts)
 
-    def paragraph_properties(self, cp: int) -> tuple[int, bytes]:
-        """The style (istd) and the other properties (grpprl) of the paragraph whose mark is at
-        character position ``cp``; (0, b"") where none are stored (Normal, no properties)."""
-        fc = self._fc(cp)
-        if fc is None:
-            return 0, b""
+    def paragraph_run(self, cp: int) -> tuple[int, bytes, bool]:
+        """The style (istd) and the other properties (grpprl) of the paragraph that holds the mark at
+        character position ``cp`` (0 and b"" where none are stored: Normal, no properties), and
+        whether the mark is that paragraph's last character."""
+        place = self._fc(cp)
+        if place is None:
+            return 0, b"", True
+        fc, width = place
         bounds, pages = self.papx_bins
         index = bisect.bisect_right(bounds, fc) - 1
         if index < 0 or index >= len(pages):
-            return 0, b""
+            return 0, b"", True
         runs = self._fkp(pages[index])
         run = bisect.bisect_right(runs, (fc, 1 << 62, b"")) - 1
         if run < 0 or not runs[run][0] <= fc < runs[run][1]:
-            return 0, b""
-        properties = runs[run][2]
-        return (_u16(properties, 0), properties[2:]) if len(properties) >= 2 else (0, b"")
+            return 0, b"", True
+        properties, last = runs[run][2], fc + width >= runs[run][1]
+        return (_u16(properties, 0), properties[2:], last) if len(properties) >= 2 else (0, b"", last)
 
-    def _fc(self, cp: int) -> int | None:
+    def _fc(self, cp: int) -> tuple[int, int] | None:
+        """Where character position ``cp`` is in the stream, and its width in bytes."""
         index = bisect.bisect_right(self.piece_starts, cp) - 1
         if index < 0:
             return None
         cp_start, cp_end, fc, compressed = self.pieces[index]
-        return fc + (cp - cp_start) * (1 if compressed else 2) if cp < cp_end else None
+        width = 1 if compressed else 2
+        return (fc + (cp - cp_start) * width, width) if cp < cp_end else None
 
     def _fkp(self, page: int) -> list[tuple[int, int, bytes]]:
         """A PapxFkp page ([MS-DOC] 2.9.175): (first fc, end fc, istd and grpprl) of each run."""
@@ -295,17 +327,22 @@ class _WordDocument:
     def _story_blocks(
         self, start: int, end: int, budget: TextBudget, limits: ExtractLimits, *, headings: bool
     ) -> Iterator[tuple[int, str]]:
-        text = self.text(start, end, limits.max_chars - budget.used, limits)
+        raw = TextBudget(limits)  # the story with its marks and field codes, within what is left
+        raw.used = budget.used
+        text = self.text(start, end, raw)
         fields: list[str] = []  # per open field: "code" up to its separator, then "shown" or "hidden"
         codes: list[list[str]] = []  # the code of each open field
+        unshown = 0  # open fields not "shown": text is read only where there are none
         paragraph: list[str] = []
         cell: list[str] = []  # the paragraphs of a table cell not yet ended
         row: list[str] = []  # the cells of a table row not yet ended
+        inner_cell: list[str] = []  # the same in a table nested in a cell
+        inner_row: list[str] = []
         position = 0
         for mark in _MARKS.finditer(text):
             piece = text[position : mark.start()]
             position = mark.end()
-            if all(state == "shown" for state in fields):
+            if not unshown:
                 paragraph.append(piece)
             elif fields[-1] == "code":
                 codes[-1].append(piece)
@@ -313,27 +350,47 @@ class _WordDocument:
             if char == _FIELD_BEGIN:
                 fields.append("code")
                 codes.append([])
+                unshown += 1
                 continue
             if char in (_FIELD_SEPARATOR, _FIELD_END):
                 if fields and fields[-1] == "code":  # its result is read, but not a table of contents'
                     words = "".join(codes[-1]).split()
-                    fields[-1] = "hidden" if words and words[0].upper() == "TOC" else "shown"
+                    shown = not (words and words[0].upper() == "TOC")
+                    fields[-1] = "shown" if shown else "hidden"
+                    unshown -= shown
                 if char == _FIELD_END and fields:
-                    fields.pop()
+                    unshown -= fields.pop() != "shown"
                     codes.pop()
+                continue
+            style, properties, last = self.paragraph_run(start + mark.start())
+            if char == _SECTION and not last:  # a page break inside its paragraph
+                paragraph.append("\n")
                 continue
             # A paragraph, a table cell or a table row ends at this mark.
             line = "".join(paragraph).translate(_IN_PARAGRAPH).strip()  # (a note's text starts with a tab)
             paragraph = []
-            style, properties = self.paragraph_properties(start + mark.start())
-            in_table, row_end = _table_marks(properties)
-            if row_end:
+            place = _TablePlace(properties)
+            if place.row_end:
+                if inner_row or inner_cell:
+                    cell.append(_row_text(inner_row, inner_cell))
+                    inner_row, inner_cell = [], []
                 yield 0, budget.take(_row_text(row, cell))
                 row, cell = [], []
+            elif place.inner_row_end:
+                cell.append(_row_text(inner_row, inner_cell))
+                inner_row, inner_cell = [], []
+            elif place.inner_cell_end:
+                inner_row.append(_lines([*inner_cell, line]))
+                inner_cell = []
             elif char == _CELL:
-                row.append("\n".join([*cell, line]))
+                if inner_row or inner_cell:
+                    cell.append(_row_text(inner_row, inner_cell))
+                    inner_row, inner_cell = [], []
+                row.append(_lines([*cell, line]))
                 cell = []
-            elif in_table:
+            elif place.depth > 1:
+                inner_cell.append(line)
+            elif place.depth == 1:
                 cell.append(line)
             else:
                 if row or cell:  # a table whose row marks were lost
@@ -345,32 +402,50 @@ class _WordDocument:
             yield 0, budget.take(_row_text(row, cell))
 
 
+def _lines(lines: list[str]) -> str:
+    return "\n".join(line for line in lines if line)
+
+
 def _row_text(row: list[str], cell: list[str]) -> str:
-    cells = [*row, "\n".join(cell)] if cell else row
+    cells = [*row, _lines(cell)] if cell else row
     return " | ".join(text.strip() for text in cells)
 
 
-def _table_marks(properties: bytes) -> tuple[bool, bool]:
-    """Whether a paragraph's properties put it in a table, and whether its mark ends a row."""
-    in_table = row_end = False
-    position = 0
-    while position + 2 <= len(properties):
-        sprm = _u16(properties, position)
-        position += 2
-        kind = sprm >> 13
-        if kind == 6:  # a variable-length operand: its length first
-            if sprm == 0xC615 or position >= len(properties):  # sprmPChgTabs: no more of interest
-                break
-            size = properties[position] + 1
-        else:
-            size = _SPRM_OPERAND_BYTES[kind]
-        value = properties[position] if position < len(properties) else 0
-        if sprm == _SPRM_IN_TABLE:
-            in_table = value != 0
-        elif sprm in (_SPRM_ROW_END, _SPRM_INNER_ROW_END):
-            row_end = value != 0
-        position += size
-    return in_table, row_end
+class _TablePlace:
+    """Where a paragraph's properties ([MS-DOC] 2.6.2) put it: its table depth (0 outside tables),
+    and whether its mark ends a row, or a nested table's cell or row."""
+
+    def __init__(self, properties: bytes) -> None:
+        self.depth = 0
+        self.row_end = self.inner_cell_end = self.inner_row_end = False
+        in_table, depth = False, None
+        position = 0
+        while position + 2 <= len(properties):
+            sprm = _u16(properties, position)
+            position += 2
+            kind = sprm >> 13
+            if sprm in _SPRM_TABLE_DEFINITIONS and position + 2 <= len(properties):
+                size = _u16(properties, position) + 1
+            elif kind == 6:  # a variable-length operand: its length first
+                if sprm == 0xC615 or position >= len(properties):  # sprmPChgTabs: its own layout; no more
+                    break
+                size = properties[position] + 1
+            else:
+                size = _SPRM_OPERAND_BYTES[kind]
+            value = properties[position] if position < len(properties) else 0
+            if sprm == _SPRM_IN_TABLE:
+                in_table = value != 0
+            elif sprm == _SPRM_ROW_END:
+                self.row_end = value != 0
+            elif sprm == _SPRM_INNER_CELL_END:
+                self.inner_cell_end = value != 0
+            elif sprm == _SPRM_INNER_ROW_END:
+                self.inner_row_end = value != 0
+            elif sprm == _SPRM_TABLE_DEPTH and position + 4 <= len(properties):
+                depth = _u32(properties, position)
+            position += size
+        if in_table or depth:
+            self.depth = depth if depth is not None else 1
 
 
 def _pieces(clx: bytes) -> list[tuple[int, int, int, bool]]:
@@ -427,6 +502,8 @@ def _styles(stsh: bytes) -> dict[int, int]:
         sti = _u16(std, 0) & 0x0FFF
         if sti in _HEADING_STI:
             levels[istd] = sti
+        elif sti == _STI_TITLE:
+            levels[istd] = 1
         elif len(std) >= base_size + 2:
             length = _u16(std, base_size)
             name = std[base_size + 2 : base_size + 2 + 2 * length].decode("utf-16-le", "replace")
@@ -466,25 +543,26 @@ def extract_ppt(data: bytes, limits: ExtractLimits) -> list[Section]:
     if not data.startswith(OLE_MAGIC):
         return _as_other_format(data, limits, office.extract_pptx)
     try:
-        deck = _PowerPointDeck(data)
-        slides = deck.slides(limits)
+        slides = _PowerPointDeck(data, TextBudget(limits)).slides(limits)
     except _BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt PPT: {type(exc).__name__}: {exc}") from exc
-    budget, sections = TextBudget(limits), []
+    sections = []
     for number, texts in enumerate(slides, start=1):
         title = next((heading_title(text) for kind, text in texts if kind in _TITLE_TEXT_TYPES and text.strip()), "")
-        text = "\n".join(budget.take(text) for _, text in texts if text.strip())
+        text = "\n".join(text for _, text in texts if text.strip())
         if text:
             sections.append(Section(text, slide=number, heading=(title,) if title else ()))
     return sections
 
 
 class _PowerPointDeck:
-    """The "PowerPoint Document" stream and where its persisted objects are ([MS-PPT] 2.1.2)."""
+    """The "PowerPoint Document" stream and where its persisted objects are ([MS-PPT] 2.1.2). Each
+    text read is charged to ``budget`` before it is decoded."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, budget: TextBudget) -> None:
         import olefile
 
+        self.budget = budget
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
             if not ole.exists("PowerPoint Document") or not ole.exists("Current User"):
                 raise ExtractionError("not a PowerPoint deck (no PowerPoint Document stream in the compound file)")
@@ -499,14 +577,17 @@ class _PowerPointDeck:
         self.records_left = 8 * (len(self.stream) // 8 + 1000)  # every walk together
         self.persist: dict[int, int] = {}
         document = None
-        edit, seen = _u32(current, 16), set[int]()
+        edit, seen, directories = _u32(current, 16), set[int](), set[int]()
         while edit and edit not in seen and len(seen) < _MAX_EDITS:  # newest edit first
             seen.add(edit)
             if _u16(self.stream, edit + 2) != _RT_USER_EDIT:
                 raise ExtractionError("corrupt PPT: no edit record where the file says")
             if document is None:
                 document = _u32(self.stream, edit + 8 + 16)
-            self._read_persist_directory(_u32(self.stream, edit + 8 + 12))
+            directory = _u32(self.stream, edit + 8 + 12)
+            if directory not in directories:  # (each is read once, whatever points to it)
+                directories.add(directory)
+                self._read_persist_directory(directory)
             edit = _u32(self.stream, edit + 8 + 8)
         if document is None or document not in self.persist:
             raise ExtractionError("corrupt PPT: no document record")
@@ -519,9 +600,17 @@ class _PowerPointDeck:
         while position + 4 <= min(end, len(self.stream)):
             entry = _u32(self.stream, position)
             first, count = entry & 0xFFFFF, entry >> 20
+            self._spend(1 + count)
             for index in range(count):
                 self.persist.setdefault(first + index, _u32(self.stream, position + 4 + 4 * index))
             position += 4 + 4 * count
+
+    def _spend(self, records: int) -> None:
+        """Count records read: all walks and directories together read at most about as many as
+        the stream can hold (so records pointed to from many places cannot multiply the work)."""
+        self.records_left -= records
+        if self.records_left < 0:
+            raise ExtractionError("corrupt PPT: its records are read more than once over")
 
     def _records(self, offset: int) -> Iterator[tuple[int, int, int, int]]:
         """(type, instance, start of its data, end) of the record at ``offset`` and every record
@@ -531,9 +620,7 @@ class _PowerPointDeck:
             position, end = stack.pop()
             if position + 8 > min(end, len(self.stream)):
                 continue
-            self.records_left -= 1
-            if self.records_left < 0:
-                raise ExtractionError("corrupt PPT: its records nest in loops")
+            self._spend(1)
             version_instance, kind, length = struct.unpack_from("<HHI", self.stream, position)
             data_end = min(position + 8 + length, end, len(self.stream))
             yield kind, version_instance >> 4, position + 8, data_end
@@ -553,6 +640,7 @@ class _PowerPointDeck:
             elif kind == _RT_TEXT_HEADER and end - start >= 4:
                 text_type = _u32(self.stream, start)
             elif kind in (_RT_TEXT_CHARS, _RT_TEXT_BYTES):
+                self.budget.charge((end - start) // (2 if kind == _RT_TEXT_CHARS else 1) + 1)
                 raw = self.stream[start:end]
                 text = raw.decode("utf-16-le", "replace") if kind == _RT_TEXT_CHARS else raw.decode("latin-1")
                 if text != "*":  # where a field (slide number, date) shows
