@@ -86,10 +86,11 @@ def all_gone(pids: list[int]) -> Callable[[], bool]:
 
 
 def process_gone(pid: int) -> bool:
-    """It has exited (a zombie whose parent is gone counts: only init can reap it)."""
+    """It has exited (a zombie whose parent is gone counts: only init can reap it). A process reaped
+    between opening its status and reading it fails the read with ESRCH: gone too."""
     try:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 
