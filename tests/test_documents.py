@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from semantik.indexing.chunk import chunker_for
-from semantik.indexing.extract import ExtractLimits, extract_sections
+from semantik.indexing.extract import ExtractionError, ExtractLimits, extract_sections
 from semantik.inference.embedder import default_model_path
 from tests.helpers import new_job, wait_for_job
 
@@ -421,6 +421,61 @@ def test_an_email_keeps_each_text_it_shows_and_the_message_it_forwards() -> None
             "Attachments: map.png, log.txt",
         )
     ], sections
+
+
+def test_a_notebook_reads_its_prose_code_and_what_it_printed() -> None:
+    """Markdown cells give the headings (a code comment is no heading); code, printed text, a
+    result's text and an error's message are read; a picture, a traceback's terminal colours are
+    not."""
+    sections = extract_sections((CORPUS / "analysis.ipynb").read_bytes(), "analysis.ipynb")
+    assert [section.heading for section in sections] == [("Berth occupancy",), ("Berth occupancy", "Method")]
+    assert sections[0].text.split("\n")[-4:] == [
+        "# load the register",
+        "berths = load('register.csv')",
+        "print(len(berths))",
+        "412",
+    ]
+    assert sections[1].text.split("\n")[-5:] == [
+        "berths.plot()",
+        "<Figure size 640x480>",
+        "",
+        "ratio = 1 / 0",
+        "ZeroDivisionError: division by zero",
+    ]
+    assert "iVBOR" not in sections[1].text and "\x1b" not in sections[1].text
+
+
+def test_an_old_notebook_and_a_long_output() -> None:
+    """nbformat 3 (cells in worksheets, heading cells, "input"); an output is cut at
+    MAX_OUTPUT_CHARS and loses its terminal colours; what is not a notebook says so."""
+    from semantik.indexing.formats.notebook import MAX_OUTPUT_CHARS
+
+    log = "\x1b[32mepoch\x1b[0m done\n" * 2000
+    old = {
+        "nbformat": 3,
+        "worksheets": [
+            {
+                "cells": [
+                    {"cell_type": "heading", "level": 2, "source": ["Training"]},
+                    {"cell_type": "code", "input": ["fit()"], "outputs": [{"output_type": "stream", "text": log}]},
+                    {"cell_type": "code", "input": ["x"], "outputs": [{"output_type": "pyout", "text": ["42"]}]},
+                ]
+            }
+        ],
+    }
+    sections = extract_sections(json.dumps(old).encode(), "old.ipynb")
+    assert [section.heading for section in sections] == [("Training",)]
+    lines = sections[0].text.split("\n")
+    assert lines[:3] == ["Training", "fit()", "epoch done"] and lines[-2:] == ["x", "42"]
+    printed = "\n".join(lines[2:-3])  # (the log, 30,000 characters as printed)
+    assert MAX_OUTPUT_CHARS - 20 < len(printed) <= MAX_OUTPUT_CHARS and "\x1b" not in sections[0].text
+    for data, reason in [
+        (b'{"cells": [', "corrupt notebook"),
+        (b"[" * 100_000 + b"]" * 100_000, "corrupt notebook"),
+        (b'{"name": "not a notebook"}', "not a Jupyter notebook"),
+    ]:
+        with pytest.raises(ExtractionError, match=reason):
+            extract_sections(data, "bad.ipynb")
 
 
 def test_a_slides_smartart_text_is_read() -> None:

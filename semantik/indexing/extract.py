@@ -85,7 +85,7 @@ EXCEL_SUFFIXES = frozenset({".xlsx", ".xlsm", ".xltx", ".xltm"})
 
 def _extractors() -> dict[str, Extractor]:
     """Format key (a suffix, or a whole name) -> extractor; the modules load on first use."""
-    from semantik.indexing.formats import epub, legacy, mail, office, opendocument, pdf, rtf, web
+    from semantik.indexing.formats import epub, legacy, mail, notebook, office, opendocument, pdf, rtf, web
 
     return {
         **{suffix: web.extract_plain for suffix in TEXT_SUFFIXES | TEXT_NAMES},
@@ -105,6 +105,7 @@ def _extractors() -> dict[str, Extractor]:
         ".mbox": mail.extract_mbox,
         ".msg": mail.extract_msg,
         ".rtf": rtf.extract_rtf,
+        ".ipynb": notebook.extract_ipynb,
     }
 
 
@@ -112,7 +113,7 @@ SUPPORTED_SUFFIXES = (
     TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | ODF_SUFFIXES
     | WORD_SUFFIXES | POWERPOINT_SUFFIXES | EXCEL_SUFFIXES
     | {".doc", ".dot", ".xls", ".xlt", ".ppt", ".pps", ".pot"}  # Office 97-2003
-    | {".pdf", ".epub", ".eml", ".mbox", ".msg", ".rtf"}
+    | {".pdf", ".epub", ".eml", ".mbox", ".msg", ".rtf", ".ipynb"}
 )  # fmt: skip
 
 

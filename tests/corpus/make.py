@@ -48,6 +48,7 @@ EXPECTED: dict[str, dict[str, object]] = {
     "sheet.xlsm": {"phrase": "cerise badger tally", "sheet": "Inventory"},
     "slides.ppsx": {"phrase": "khaki puffin forecast", "slide": 2, "heading": ["Next quarter"]},
     "slides.ppt": {"phrase": "plum ocelot drill", "slide": 2, "heading": ["Next quarter"]},
+    "analysis.ipynb": {"phrase": "mauve heron sampling", "heading": ["Berth occupancy", "Method"]},
 }
 # Made here too, but not searched for: a Word 97 file with what only a careful reader gets right (see
 # tests/test_documents.py).
@@ -191,6 +192,43 @@ def values_source() -> str:
 <table:table table:name="Notes">{row(cell("string", "Crane 4"), cell("string", "needs new cable"))}</table:table>
 </office:spreadsheet></office:body></office:document>
 """
+
+
+def make_notebook(phrase: str, target: Path) -> None:
+    """A Jupyter notebook (nbformat 4) as Jupyter writes it: markdown and code cells, with a
+    stream output, a result with a picture beside its text, and an error."""
+
+    def markdown(text: str) -> dict[str, object]:
+        return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)}
+
+    def code(number: int, text: str, *outputs: dict[str, object]) -> dict[str, object]:
+        source = text.splitlines(keepends=True)
+        return {"cell_type": "code", "execution_count": number, "metadata": {}, "source": source, "outputs": outputs}
+
+    figure = {
+        "image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk",
+        "text/plain": ["<Figure size 640x480>"],
+    }
+    rule = "\u001b[0;31m" + "-" * 75 + "\u001b[0m"  # (a traceback's first line, in red)
+    cells = [
+        markdown("# Berth occupancy\n\nWho used which berth."),
+        code(
+            1,
+            "# load the register\nberths = load('register.csv')\nprint(len(berths))",
+            {"output_type": "stream", "name": "stdout", "text": ["412\n"]},
+        ),
+        markdown(f"## Method\n\nThe {phrase} covers every tide."),
+        code(2, "berths.plot()", {"output_type": "display_data", "metadata": {}, "data": figure}),
+        code(
+            3,
+            "ratio = 1 / 0",
+            {"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": [rule]},
+        ),
+    ]
+    for number, cell in enumerate(cells):
+        cell["id"] = f"cell-{number}"
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3"}}, "cells": cells}
+    target.write_text(json.dumps(notebook, indent=1) + "\n")
 
 
 def make_slides(phrase: str, target: Path, *, extras: bool = False) -> None:
@@ -348,6 +386,7 @@ def main() -> None:
         f"# quay alarms\nalarm:\n  # the {phrase['settings.yaml']} for wind speed, in m/s\n  wind: 24\n"
     )
     scans()
+    make_notebook(phrase["analysis.ipynb"], HERE / "analysis.ipynb")
     (HERE / "expected.json").write_text(json.dumps(EXPECTED, indent=1) + "\n")
 
 

@@ -51,7 +51,7 @@ def extract_plain(data: bytes, limits: ExtractLimits) -> list[Section]:
 
 
 def extract_markdown(data: bytes, limits: ExtractLimits) -> list[Section]:
-    return list(sections_from_blocks(_undo_last(markdown_blocks(decode_text(data).splitlines()))))
+    return list(sections_from_blocks(undo_taken_back(markdown_blocks(decode_text(data).splitlines()))))
 
 
 def markdown_blocks(lines: list[str]) -> Iterator[tuple[int, str]]:
@@ -97,7 +97,7 @@ def markdown_blocks(lines: list[str]) -> Iterator[tuple[int, str]]:
         yield 0, line
 
 
-def _undo_last(blocks: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+def undo_taken_back(blocks: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
     """Apply markdown_blocks' take-backs (level -1 drops the block before it)."""
     held: tuple[int, str] | None = None
     for block in blocks:
