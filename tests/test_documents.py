@@ -478,6 +478,62 @@ def test_an_old_notebook_and_a_long_output() -> None:
             extract_sections(data, "bad.ipynb")
 
 
+def test_a_charts_words_are_read_in_slides_and_documents() -> None:
+    """A chart's title, axis title, series names and category labels (each once), not its numbers:
+    in a deck (python-pptx draws the chart) and in a Word document (the same chart part)."""
+    from docx import Document
+    from docx.opc.constants import RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+    from lxml import etree
+    from pptx import Presentation
+    from pptx.chart.data import CategoryChartData
+    from pptx.enum.chart import XL_CHART_TYPE
+    from pptx.util import Inches
+
+    deck = Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "Cargo"
+    data = CategoryChartData()
+    data.categories = ["North quay", "South quay"]
+    data.add_series("Containers", (12.0, 7.5))
+    data.add_series("Bulk", (3.0, 4.5))
+    frame = slide.shapes.add_chart(XL_CHART_TYPE.COLUMN_CLUSTERED, Inches(1), Inches(2), Inches(6), Inches(4), data)
+    frame.chart.has_title = True
+    frame.chart.chart_title.text_frame.text = "Tonnage by quay"
+    frame.chart.value_axis.has_title = True
+    frame.chart.value_axis.axis_title.text_frame.text = "Thousand tonnes"
+    saved = io.BytesIO()
+    deck.save(saved)
+    words = ["Tonnage by quay", "Thousand tonnes", "Containers | Bulk", "North quay | South quay"]
+    sections = extract_sections(saved.getvalue(), "cargo.pptx")
+    assert [(section.heading, section.text.split("\n")) for section in sections] == [(("Cargo",), ["Cargo", *words])]
+
+    document = Document()
+    document.add_paragraph("The figure shows the tonnage.")
+    chart = Part(
+        PackURI("/word/charts/chart1.xml"),
+        "application/vnd.openxmlformats-officedocument.drawingml.chart+xml",
+        frame.chart_part.blob,
+        document.part.package,
+    )
+    rid = document.part.relate_to(chart, RELATIONSHIP_TYPE.CHART)
+    drawing = (
+        '<w:r xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:drawing>'
+        '<wp:inline xmlns:wp="http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing">'
+        '<a:graphic xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main">'
+        '<a:graphicData uri="http://schemas.openxmlformats.org/drawingml/2006/chart">'
+        '<c:chart xmlns:c="http://schemas.openxmlformats.org/drawingml/2006/chart" '
+        f'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" r:id="{rid}"/>'
+        "</a:graphicData></a:graphic></wp:inline></w:drawing></w:r>"
+    )
+    document.add_paragraph("Figure 1")._p.append(etree.fromstring(drawing))
+    saved = io.BytesIO()
+    document.save(saved)
+    sections = extract_sections(saved.getvalue(), "report.docx")
+    assert [section.text.split("\n") for section in sections] == [["The figure shows the tonnage.", "Figure 1", *words]]
+
+
 def test_a_slides_smartart_text_is_read() -> None:
     """A SmartArt diagram keeps its text in a part of its own (the diagram's data), which
     python-pptx does not read: a process drawn as SmartArt was lost from search."""

@@ -75,6 +75,9 @@ def _docx_blocks(document: Any, styles: _StyleNames, budget: TextBudget) -> Iter
         for box in _text_boxes(element):
             for line in _block_texts(box):
                 yield 0, budget.take(line)
+        for chart in element.iter(_C_CHART):
+            if _nearest(chart, _W_P, _MC_FALLBACK, _W + "del", _W + "moveFrom") is element:
+                yield from ((0, budget.take(line)) for line in chart_lines(chart, document.part))
 
 
 def _block_texts(container: Any) -> Iterator[str]:
@@ -267,7 +270,38 @@ def _shape_lines(shape: Any) -> Iterator[str]:
     if getattr(shape, "has_table", False) and shape.has_table:
         for row in shape.table.rows:
             yield " | ".join(cell.text for cell in row.cells)
+    for chart in shape.element.iter(_C_CHART):
+        yield from chart_lines(chart, shape.part)
     yield from _smartart_lines(shape)
+
+
+def chart_lines(reference: Any, part: Any) -> list[str]:
+    """The words of the chart a ``c:chart`` element refers to (its own part): its title and axis
+    titles, a line of its series' names and one of its category labels (each once, in order); not
+    its numbers. A missing or broken part has none."""
+    from lxml import etree
+
+    try:
+        root = etree.fromstring(part.rels[reference.get(_R_ID)].target_part.blob, safe_xml_parser())
+    except (KeyError, AttributeError, etree.XMLSyntaxError, ValueError):
+        return []
+    lines = [
+        text
+        for title in root.iter(f"{_CHART}title")
+        for paragraph in title.iter(f"{_A}p")
+        if (text := "".join(run.text or "" for run in paragraph.iter(f"{_A}t"))).strip()
+    ]
+    for kind in ("tx", "cat"):  # series' names, then category labels
+        labels = dict.fromkeys(
+            value.text.strip()
+            for series in root.iter(f"{_CHART}ser")
+            for holder in series.iterfind(f"{_CHART}{kind}")
+            for value in holder.iter(f"{_CHART}v")
+            if value.text and value.text.strip()
+        )
+        if labels:
+            lines.append(" | ".join(labels))
+    return lines
 
 
 def _smartart_lines(shape: Any) -> Iterator[str]:
@@ -289,6 +323,9 @@ def _smartart_lines(shape: Any) -> Iterator[str]:
 
 
 _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+_CHART = "{http://schemas.openxmlformats.org/drawingml/2006/chart}"
+_C_CHART = f"{_CHART}chart"
+_R_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
 _DGM = "{http://schemas.openxmlformats.org/drawingml/2006/diagram}"
 _R_DM = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}dm"
 
