@@ -494,10 +494,10 @@ def test_a_charts_words_are_read_in_slides_and_documents() -> None:
     deck = Presentation()
     slide = deck.slides.add_slide(deck.slide_layouts[5])
     slide.shapes.title.text = "Cargo"
-    data = CategoryChartData()
+    data = CategoryChartData()  # type: ignore[no-untyped-call]
     data.categories = ["North quay", "South quay"]
-    data.add_series("Containers", (12.0, 7.5))
-    data.add_series("Bulk", (3.0, 4.5))
+    data.add_series("Containers", (12.0, 7.5))  # type: ignore[no-untyped-call]
+    data.add_series("Bulk", (3.0, 4.5))  # type: ignore[no-untyped-call]
     frame = slide.shapes.add_chart(XL_CHART_TYPE.COLUMN_CLUSTERED, Inches(1), Inches(2), Inches(6), Inches(4), data)
     frame.chart.has_title = True
     frame.chart.chart_title.text_frame.text = "Tonnage by quay"
