@@ -100,11 +100,21 @@ def test_an_xls_reads_as_its_xlsx_twin() -> None:
         ("sheet.xlsx", "ledger.xls"),
         ("page.html", "export.xls"),  # a web application's "export to Excel"
         ("slides.pptx", "deck.ppt"),
+        ("report.doc", "memo.docx"),  # and the other way: a 97-2003 file under a new name
+        ("sheet.xls", "ledger.xlsx"),
+        ("slides.ppt", "deck.pptx"),
     ],
 )
 def test_a_legacy_name_on_another_format_reads_as_that_format(source: str, named: str) -> None:
     data = (CORPUS / source).read_bytes()
     assert extract_sections(data, named) == extract_sections(data, source)
+
+
+def test_a_password_protected_office_file_says_so() -> None:
+    """Office keeps a protected document's package encrypted in a compound file: that is the
+    reason given, not a corrupt zip."""
+    with pytest.raises(ExtractionError, match=r"^encrypted DOCX$"):
+        extract_sections((CORPUS / "locked.docx").read_bytes(), "locked.docx")
 
 
 @pytest.mark.parametrize(

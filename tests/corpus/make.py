@@ -3,6 +3,7 @@ OpenDocument sources written here into the formats teams keep; the standard libr
 e-mail; Pillow draws the scans. The generated files are committed; run this only to change them:
 
     apt-get install libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui
+    pip install msoffcrypto-tool  # (it puts a password on a copy of the .docx)
     python tests/corpus/make.py
 
 Each file carries one phrase no other file has (``PHRASES``), at a known place (``EXPECTED``):
@@ -53,6 +54,8 @@ EXPECTED: dict[str, dict[str, object]] = {
 # Made here too, but not searched for: a Word 97 file with what only a careful reader gets right (see
 # tests/test_documents.py).
 WORD97_FEATURES = "features.doc"
+# report.docx with the password "harbour", as Office encrypts it (a compound file holding the package).
+LOCKED = "locked.docx"
 # A workbook of dates, numbers, booleans and an error, as Excel 97-2003 and as .xlsx: the two read alike.
 SHEET_TWINS = ("values.xls", "values.xlsx")
 
@@ -192,6 +195,13 @@ def values_source() -> str:
 <table:table table:name="Notes">{row(cell("string", "Crane 4"), cell("string", "needs new cable"))}</table:table>
 </office:spreadsheet></office:body></office:document>
 """
+
+
+def make_locked(source: Path, target: Path) -> None:
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    with source.open("rb") as plain, target.open("wb") as locked:
+        OOXMLFile(plain).encrypt("harbour", locked)
 
 
 def make_notebook(phrase: str, target: Path) -> None:
@@ -387,6 +397,7 @@ def main() -> None:
     )
     scans()
     make_notebook(phrase["analysis.ipynb"], HERE / "analysis.ipynb")
+    make_locked(HERE / "report.docx", HERE / LOCKED)
     (HERE / "expected.json").write_text(json.dumps(EXPECTED, indent=1) + "\n")
 
 

@@ -21,6 +21,9 @@ _CP1252_CHAOS_MARGIN = 0.2
 MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_RATIO = 200
 ZIP_RATIO_FLOOR_BYTES = 1 * _MB
+# The first bytes of a compound file (OLE2): Office 97-2003 files, Outlook messages, and Office
+# Open XML files with a password (their encrypted package inside one).
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Heading titles longer than this are cut: a heading is a label, not a paragraph.
 MAX_HEADING_CHARS = 200
 # Text before a document's first heading shorter than this (a title) joins the first section.

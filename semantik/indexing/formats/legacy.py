@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from semantik.indexing.formats.base import (
+    OLE_MAGIC,
     ExtractionError,
     ExtractLimits,
     Section,
@@ -32,7 +33,6 @@ from semantik.indexing.formats.base import (
     sections_from_blocks,
 )
 
-OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ZIP_MAGIC = b"PK\x03\x04"
 _RTF_MAGIC = b"{\\rtf"
 _MARKUP_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<", re.DOTALL)
@@ -63,6 +63,27 @@ def _as_other_format(data: bytes, limits: ExtractLimits, zip_reader: Callable[..
     if kind == "markup":
         return web.extract_html(data, limits)
     return web.extract_plain(data, limits)
+
+
+def compound_as_open_xml(data: bytes, limits: ExtractLimits, kind: str) -> list[Section]:
+    """A compound file under an Office Open XML name (``kind``: "DOCX" ...): a password-protected
+    document (Office keeps its encrypted package in one), or a 97-2003 file renamed, read as that."""
+    import olefile
+
+    try:
+        with olefile.OleFileIO(io.BytesIO(data)) as ole:
+            streams = {"/".join(entry) for entry in ole.listdir()}
+    except _BROKEN_BINARY as exc:
+        raise ExtractionError(f"corrupt {kind}: {type(exc).__name__}: {exc}") from exc
+    if "EncryptedPackage" in streams:
+        raise ExtractionError(f"encrypted {kind}")
+    if "WordDocument" in streams:
+        return extract_doc(data, limits)
+    if "Workbook" in streams or "Book" in streams:
+        return extract_xls(data, limits)
+    if "PowerPoint Document" in streams:
+        return extract_ppt(data, limits)
+    raise ExtractionError(f"corrupt {kind}: a compound file that holds no Office document")
 
 
 # --- Excel ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from semantik.indexing.formats.base import (
+    OLE_MAGIC,
     ExtractionError,
     ExtractLimits,
     Section,
@@ -139,7 +140,6 @@ def _part_text(part: Any) -> str:
 
 # --- Outlook .msg ([MS-OXMSG]) ----------------------------------------------------------------------
 
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Property ids ([MS-OXPROPS]) of what a message shows, each in a stream "__substg1.0_IIIITTTT": id,
 # then type (001F UTF-16, 001E 8-bit in the message's code page, 0102 bytes).
 _SUBJECT, _SENDER_NAME, _SENDER_ADDRESS, _SENDER_SMTP = 0x0037, 0x0C1A, 0x0C1F, 0x5D01
@@ -154,7 +154,7 @@ def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
     """An Outlook message saved as .msg; one that is really an .eml under that name is read as one."""
     import olefile
 
-    if not data.startswith(_OLE_MAGIC):
+    if not data.startswith(OLE_MAGIC):
         return extract_eml(data, limits)
     try:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:

@@ -11,7 +11,9 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+from semantik.indexing.formats import legacy
 from semantik.indexing.formats.base import (
+    OLE_MAGIC,
     ExtractionError,
     ExtractLimits,
     Section,
@@ -44,6 +46,8 @@ def extract_docx(data: bytes, limits: ExtractLimits) -> list[Section]:
     from docx.package import Package
     from docx.parts.document import DocumentPart
 
+    if data.startswith(OLE_MAGIC):
+        return legacy.compound_as_open_xml(data, limits, "DOCX")
     check_zip_container(data, limits, "DOCX")
     for content_type in WORD_MAIN_TYPES:
         PartFactory.part_type_for.setdefault(content_type, DocumentPart)
@@ -235,6 +239,8 @@ def extract_pptx(data: bytes, limits: ExtractLimits) -> list[Section]:
     from pptx.package import Package
     from pptx.parts.presentation import PresentationPart
 
+    if data.startswith(OLE_MAGIC):
+        return legacy.compound_as_open_xml(data, limits, "PPTX")
     check_zip_container(data, limits, "PPTX")
     try:
         main = Package.open(io.BytesIO(data)).main_document_part
@@ -333,6 +339,8 @@ _R_DM = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}dm
 def extract_xlsx(data: bytes, limits: ExtractLimits) -> list[Section]:
     import openpyxl
 
+    if data.startswith(OLE_MAGIC):
+        return legacy.compound_as_open_xml(data, limits, "XLSX")
     check_zip_container(data, limits, "XLSX")
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
