@@ -148,6 +148,8 @@ _ATTACHMENT_LONG_NAME, _ATTACHMENT_NAME, _ATTACHED_MESSAGE = 0x3707, 0x3704, "__
 _SENT_TIME, _CODE_PAGE = 0x0039, 0x3FDE  # fixed-size, in the properties stream
 _ATTACHMENT = "__attach_version1.0_#"
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+# The properties stream's header: a message's, an attached message's, an attachment's.
+_HEADER_TOP, _HEADER_ATTACHED, _HEADER_ATTACHMENT = 32, 24, 8
 
 
 def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
@@ -160,7 +162,7 @@ def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
             if not ole.exists(f"__substg1.0_{_SUBJECT:04X}001F") and not ole.exists("__properties_version1.0"):
                 raise ExtractionError("not an Outlook message (no message properties in the compound file)")
-            message = _OutlookMessage(ole, [], top=True)
+            message = _OutlookMessage(ole, [], _HEADER_TOP)
             subject = heading_title(message.string(_SUBJECT))
             text = TextBudget(limits).take("\n".join(message.lines(depth=0)).strip())
     except (OSError, ValueError, IndexError, KeyError, LookupError, struct.error) as exc:
@@ -171,14 +173,14 @@ def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
 class _OutlookMessage:
     """A message (or one attached to it) in an open .msg: ``path`` is its storage."""
 
-    def __init__(self, ole: Any, path: list[str], *, top: bool) -> None:
+    def __init__(self, ole: Any, path: list[str], header: int) -> None:
         self.ole, self.path = ole, path
-        # Fixed-size properties: 16 bytes each, after a header of 32 bytes (24 in an attached message).
+        # Fixed-size properties: 16 bytes each, after a header ([MS-OXMSG] 2.4).
         self.fixed: dict[int, bytes] = {}
         stream = "/".join([*path, "__properties_version1.0"])
         if ole.exists(stream):
             raw = ole.openstream(stream).read()
-            for offset in range(32 if top else 24, len(raw) - 15, 16):
+            for offset in range(header, len(raw) - 15, 16):
                 self.fixed.setdefault(struct.unpack_from("<I", raw, offset)[0] >> 16, raw[offset + 8 : offset + 16])
         code_page = self.fixed.get(_CODE_PAGE)
         self.encoding = f"cp{struct.unpack_from('<I', code_page)[0]}" if code_page else "cp1252"
@@ -212,9 +214,10 @@ class _OutlookMessage:
         for attachment in self._attachments():
             inner = [*attachment, _ATTACHED_MESSAGE]
             if self.ole.exists("/".join(inner)) and depth < MAX_FORWARDED_DEPTH:
-                lines += ["", "Forwarded message:", *_OutlookMessage(self.ole, inner, top=False).lines(depth + 1)]
+                forwarded = _OutlookMessage(self.ole, inner, _HEADER_ATTACHED)
+                lines += ["", "Forwarded message:", *forwarded.lines(depth + 1)]
                 continue
-            named = _OutlookMessage(self.ole, attachment, top=False)
+            named = _OutlookMessage(self.ole, attachment, _HEADER_ATTACHMENT)
             if name := named.string(_ATTACHMENT_LONG_NAME) or named.string(_ATTACHMENT_NAME):
                 names.append(name)
         if names:
