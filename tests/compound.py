@@ -110,3 +110,10 @@ def word_document_with_text(
     struct.pack_into("<II", word, pairs + 8 * 13, 0, 0)  # no paragraph properties
     struct.pack_into("<8I", word, longs + 12, cps[-1], 0, 0, 0, 0, 0, 0, 0)
     return compound_file([("WordDocument", bytes(word)), ("1Table", bytes(table))])
+
+
+def outlook_message(streams: dict[str, bytes], code_pages: dict[int, int]) -> bytes:
+    """A saved Outlook message (.msg) with these property streams ("__substg1.0_0037001E": bytes)
+    and 32-bit fixed properties (a property id: its value), as [MS-OXMSG] lays them out."""
+    fixed = b"".join(struct.pack("<IIQ", (prop << 16) | 0x0003, 0, value) for prop, value in code_pages.items())
+    return compound_file([("__properties_version1.0", b"\0" * 32 + fixed), *streams.items()])

@@ -67,18 +67,31 @@ def test_a_powerpoint_97_deck_reads_slide_by_slide() -> None:
 
 
 def test_an_outlook_message_reads_as_an_eml_would() -> None:
-    """Its To and Subject lines, its body, and the message attached to it (forwarded), as .eml
-    files read; an .eml saved under the name .msg is read as one."""
+    """Its To, Date (delivered: it has no sent time) and Subject lines, its body, and the message
+    attached to it (forwarded), as .eml files read; an .eml saved under the name .msg is read as one."""
     sections = extract_sections((CORPUS / "outer.msg").read_bytes(), "outer.msg")
     assert [(section.heading, section.text) for section in sections] == [
         (
             ("outer subject",),
-            "To: outer@foo.bar\nSubject: outer subject\n\nOuter body\n\n"
-            "Forwarded message:\nTo: test@foobar.com\nSubject: test\n\nbody",
+            "To: outer@foo.bar\nDate: Tue, 15 Nov 2016 23:29:05 +0000\nSubject: outer subject\n\nOuter body\n\n"
+            "Forwarded message:\nTo: test@foobar.com\nDate: Tue, 15 Nov 2016 23:28:26 +0000\nSubject: test\n\nbody",
         )
     ]
     eml = (CORPUS / "message.eml").read_bytes()
     assert extract_sections(eml, "saved.msg") == extract_sections(eml, "message.eml")
+
+
+def test_an_outlook_messages_8_bit_text_reads_in_its_code_pages() -> None:
+    """8-bit strings in the message's code page (PidTagMessageCodepage), an HTML body in its body's
+    (PidTagInternetCodepage), also one Python names otherwise (28595: ISO 8859-5)."""
+    subject, shown = "Отчёт за март", "Причал закрыт"
+    streams = {
+        "__substg1.0_0037001E": subject.encode("cp1251"),
+        "__substg1.0_10130102": f"<p>{shown}</p>".encode("iso8859_5"),
+    }
+    message = compound.outlook_message(streams, {0x3FFD: 1251, 0x3FDE: 28595})
+    sections = extract_sections(message, "report.msg")
+    assert [(section.heading, section.text) for section in sections] == [((subject,), f"Subject: {subject}\n\n{shown}")]
 
 
 def test_an_xls_reads_as_its_xlsx_twin() -> None:

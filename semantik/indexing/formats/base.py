@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ ZIP_RATIO_FLOOR_BYTES = 1 * _MB
 # The first bytes of a compound file (OLE2): Office 97-2003 files, Outlook messages, and Office
 # Open XML files with a password (their encrypted package inside one).
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# What a parser of a binary format raises on a damaged file: offsets past the end, bad codes, odd
+# code pages, a directory chained so deep that a parser's recursion runs out.
+BROKEN_BINARY = (OSError, ValueError, LookupError, struct.error, OverflowError, RecursionError)
 # Heading titles longer than this are cut: a heading is a label, not a paragraph.
 MAX_HEADING_CHARS = 200
 # Text before a document's first heading shorter than this (a title) joins the first section.

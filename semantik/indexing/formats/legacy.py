@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from semantik.indexing.formats.base import (
+    BROKEN_BINARY,
     OLE_MAGIC,
     ExtractionError,
     ExtractLimits,
@@ -36,8 +37,6 @@ from semantik.indexing.formats.base import (
 _ZIP_MAGIC = b"PK\x03\x04"
 _RTF_MAGIC = b"{\\rtf"
 _MARKUP_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<", re.DOTALL)
-# What a parser of these binary formats raises on a damaged file (offsets past the end, bad codes).
-_BROKEN_BINARY = (OSError, ValueError, LookupError, struct.error, OverflowError, RecursionError)
 
 
 def _sniffed(data: bytes) -> str:
@@ -73,7 +72,7 @@ def compound_as_open_xml(data: bytes, limits: ExtractLimits, kind: str) -> list[
     try:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
             streams = {"/".join(entry) for entry in ole.listdir()}
-    except _BROKEN_BINARY as exc:
+    except BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt {kind}: {type(exc).__name__}: {exc}") from exc
     if "EncryptedPackage" in streams:
         raise ExtractionError(f"encrypted {kind}")
@@ -108,7 +107,7 @@ def extract_xls(data: bytes, limits: ExtractLimits) -> list[Section]:
         xlrd.compdoc.CompDocError,
         xlrd.formula.FormulaError,
         AssertionError,
-        *_BROKEN_BINARY,
+        *BROKEN_BINARY,
     ) as exc:
         raise ExtractionError(f"corrupt XLS: {type(exc).__name__}: {exc}") from exc
 
@@ -205,7 +204,7 @@ def extract_doc(data: bytes, limits: ExtractLimits) -> list[Section]:
         return _as_other_format(data, limits, office.extract_docx)
     try:
         return list(sections_from_blocks(_WordDocument(data).blocks(TextBudget(limits), limits)))
-    except _BROKEN_BINARY as exc:
+    except BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt DOC: {type(exc).__name__}: {exc}") from exc
 
 
@@ -565,7 +564,7 @@ def extract_ppt(data: bytes, limits: ExtractLimits) -> list[Section]:
         return _as_other_format(data, limits, office.extract_pptx)
     try:
         slides = _PowerPointDeck(data, TextBudget(limits)).slides(limits)
-    except _BROKEN_BINARY as exc:
+    except BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt PPT: {type(exc).__name__}: {exc}") from exc
     sections = []
     for number, texts in enumerate(slides, start=1):

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from semantik.indexing.formats.base import (
+    BROKEN_BINARY,
     OLE_MAGIC,
     ExtractionError,
     ExtractLimits,
@@ -142,14 +143,26 @@ def _part_text(part: Any) -> str:
 
 # Property ids ([MS-OXPROPS]) of what a message shows, each in a stream "__substg1.0_IIIITTTT": id,
 # then type (001F UTF-16, 001E 8-bit in the message's code page, 0102 bytes).
-_SUBJECT, _SENDER_NAME, _SENDER_ADDRESS, _SENDER_SMTP = 0x0037, 0x0C1A, 0x0C1F, 0x5D01
-_DISPLAY_TO, _DISPLAY_CC, _BODY, _HTML_BODY = 0x0E04, 0x0E03, 0x1000, 0x1013
-_ATTACHMENT_LONG_NAME, _ATTACHMENT_NAME, _ATTACHED_MESSAGE = 0x3707, 0x3704, "__substg1.0_3701000D"
-_SENT_TIME, _CODE_PAGE = 0x0039, 0x3FDE  # fixed-size, in the properties stream
+_SUBJECT, _BODY, _HTML_BODY, _DISPLAY_TO, _DISPLAY_CC = 0x0037, 0x1000, 0x1013, 0x0E04, 0x0E03
+# Who it is from: the person it was sent for (as Outlook and an .eml's From show), else its sender.
+_FROM = ((0x0042, 0x5D02, 0x0065), (0x0C1A, 0x5D01, 0x0C1F))  # (name, SMTP address, address)
+_ATTACHMENT_NAMES = (0x3707, 0x3704, 0x3001)  # long file name, file name, display name
+_ATTACHED_MESSAGE = "__substg1.0_3701000D"
+# Fixed-size properties (in the properties stream): when it was sent, else delivered, else made; the
+# code page of its 8-bit strings, and of its HTML body; whether an attachment is hidden (a picture
+# in the body).
+_TIMES = (0x0039, 0x0E06, 0x3007)
+_STRING_CODE_PAGE, _BODY_CODE_PAGE, _HIDDEN = 0x3FFD, 0x3FDE, 0x7FFE
 _ATTACHMENT = "__attach_version1.0_#"
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 # The properties stream's header: a message's, an attached message's, an attachment's.
 _HEADER_TOP, _HEADER_ATTACHED, _HEADER_ATTACHMENT = 32, 24, 8
+# Windows code pages Python names otherwise.
+_CODECS = {
+    20127: "ascii", 1200: "utf-16-le", 65001: "utf-8", 20866: "koi8_r", 21866: "koi8_u", 20936: "gb2312",
+    54936: "gb18030", 51932: "euc_jp", 50220: "iso2022_jp", 50221: "iso2022_jp", 50222: "iso2022_jp",
+    10000: "mac_roman", **{28590 + n: f"iso8859_{n}" for n in range(1, 16)},
+}  # fmt: skip
 
 
 def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
@@ -162,19 +175,50 @@ def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
             if not ole.exists(f"__substg1.0_{_SUBJECT:04X}001F") and not ole.exists("__properties_version1.0"):
                 raise ExtractionError("not an Outlook message (no message properties in the compound file)")
-            message = _OutlookMessage(ole, [], _HEADER_TOP)
+            # Each storage's attachments, from one listing of the directory.
+            attachments: dict[tuple[str, ...], set[str]] = {}
+            for entry in ole.listdir(streams=True, storages=True):
+                for depth, name in enumerate(entry):
+                    if name.startswith(_ATTACHMENT):
+                        attachments.setdefault(tuple(entry[:depth]), set()).add(name)
+            message = _OutlookMessage(ole, [], _HEADER_TOP, attachments)
             subject = heading_title(message.string(_SUBJECT))
             text = TextBudget(limits).take("\n".join(message.lines(depth=0)).strip())
-    except (OSError, ValueError, IndexError, KeyError, LookupError, struct.error) as exc:
+    except BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt MSG: {type(exc).__name__}: {exc}") from exc
     return [Section(text, heading=(subject,) if subject else ())]
 
 
-class _OutlookMessage:
-    """A message (or one attached to it) in an open .msg: ``path`` is its storage."""
+def _codec(code_page: bytes | None) -> str | None:
+    if not code_page:
+        return None
+    number = struct.unpack_from("<I", code_page)[0]
+    return _CODECS.get(number, f"cp{number}")
 
-    def __init__(self, ole: Any, path: list[str], header: int) -> None:
-        self.ole, self.path = ole, path
+
+def _decoded(raw: bytes, *codecs: str | None) -> str:
+    """``raw`` in the first of ``codecs`` Python knows, else Windows-1252."""
+    for codec in codecs:
+        if codec:
+            try:
+                return raw.decode(codec, "replace")
+            except LookupError:
+                continue
+    return raw.decode("cp1252", "replace")
+
+
+class _OutlookMessage:
+    """A message, an attached message or an attachment in an open .msg: ``path`` is its storage."""
+
+    def __init__(
+        self,
+        ole: Any,
+        path: list[str],
+        header: int,
+        attachments: dict[tuple[str, ...], set[str]],
+        codec: str | None = None,
+    ) -> None:
+        self.ole, self.path, self.attachments = ole, path, attachments
         # Fixed-size properties: 16 bytes each, after a header ([MS-OXMSG] 2.4).
         self.fixed: dict[int, bytes] = {}
         stream = "/".join([*path, "__properties_version1.0"])
@@ -182,8 +226,9 @@ class _OutlookMessage:
             raw = ole.openstream(stream).read()
             for offset in range(header, len(raw) - 15, 16):
                 self.fixed.setdefault(struct.unpack_from("<I", raw, offset)[0] >> 16, raw[offset + 8 : offset + 16])
-        code_page = self.fixed.get(_CODE_PAGE)
-        self.encoding = f"cp{struct.unpack_from('<I', code_page)[0]}" if code_page else "cp1252"
+        strings, body = _codec(self.fixed.get(_STRING_CODE_PAGE)), _codec(self.fixed.get(_BODY_CODE_PAGE))
+        self.string_codec = strings or body or codec  # (an attachment has none of its own)
+        self.body_codec = body or self.string_codec
 
     def _stream(self, name: str) -> bytes | None:
         stream = "/".join([*self.path, name])
@@ -194,56 +239,51 @@ class _OutlookMessage:
         if unicode is not None:
             return unicode.decode("utf-16-le", "replace").replace("\x00", "").strip()
         narrow = self._stream(f"__substg1.0_{prop:04X}001E")
-        if narrow is None:
-            return ""
-        try:
-            return narrow.decode(self.encoding, "replace").replace("\x00", "").strip()
-        except LookupError:  # a code page Python does not know
-            return narrow.decode("cp1252", "replace").replace("\x00", "").strip()
+        return _decoded(narrow, self.string_codec).replace("\x00", "").strip() if narrow is not None else ""
 
     def lines(self, depth: int) -> list[str]:
         lines = self.header_lines()
         body = self.string(_BODY)
         if not body:
             html = self._stream(f"__substg1.0_{_HTML_BODY:04X}0102")
-            html_text = html.decode(self.encoding, "replace") if html is not None else self.string(_HTML_BODY)
+            html_text = _decoded(html, self.body_codec) if html is not None else self.string(_HTML_BODY)
             body = "\n\n".join(section.text for section in html_sections(html_text.replace("\x00", "")))
         if body:
             lines += ["", body.replace("\r\n", "\n")]
         names = []
-        for attachment in self._attachments():
+        for name in sorted(self.attachments.get(tuple(self.path), ())):
+            attachment = [*self.path, name]
             inner = [*attachment, _ATTACHED_MESSAGE]
             if self.ole.exists("/".join(inner)) and depth < MAX_FORWARDED_DEPTH:
-                forwarded = _OutlookMessage(self.ole, inner, _HEADER_ATTACHED)
+                forwarded = _OutlookMessage(self.ole, inner, _HEADER_ATTACHED, self.attachments, self.string_codec)
                 lines += ["", "Forwarded message:", *forwarded.lines(depth + 1)]
                 continue
-            named = _OutlookMessage(self.ole, attachment, _HEADER_ATTACHMENT)
-            if name := named.string(_ATTACHMENT_LONG_NAME) or named.string(_ATTACHMENT_NAME):
-                names.append(name)
+            named = _OutlookMessage(self.ole, attachment, _HEADER_ATTACHMENT, self.attachments, self.string_codec)
+            hidden = named.fixed.get(_HIDDEN)
+            if hidden and hidden[0]:  # a picture shown in the body
+                continue
+            if label := next((text for prop in _ATTACHMENT_NAMES if (text := named.string(prop))), ""):
+                names.append(label)
         if names:
             lines += ["", "Attachments: " + ", ".join(names)]
         return lines
 
     def header_lines(self) -> list[str]:
-        name, address = self.string(_SENDER_NAME), self.string(_SENDER_SMTP) or self.string(_SENDER_ADDRESS)
-        sender = f"{name} <{address}>" if name and "@" in address and address != name else name or address
-        sent = self.fixed.get(_SENT_TIME)
+        sender = ""
+        for name_prop, smtp_prop, address_prop in _FROM:
+            name, address = self.string(name_prop), self.string(smtp_prop) or self.string(address_prop)
+            address = address if "@" in address else ""  # (not an Exchange path)
+            sender = f"{name} <{address}>" if name and address and address != name else name or address
+            if sender:
+                break
         date = ""
-        if sent:
-            try:
-                moment = _FILETIME_EPOCH + timedelta(microseconds=struct.unpack_from("<Q", sent)[0] // 10)
-                date = email.utils.format_datetime(moment)
-            except OverflowError:
-                pass
+        for prop in _TIMES:
+            if when := self.fixed.get(prop):
+                try:
+                    moment = _FILETIME_EPOCH + timedelta(microseconds=struct.unpack_from("<Q", when)[0] // 10)
+                    date = email.utils.format_datetime(moment)
+                except OverflowError:
+                    continue
+                break
         values = (sender, self.string(_DISPLAY_TO), self.string(_DISPLAY_CC), date, self.string(_SUBJECT))
         return [f"{header}: {value}" for header, value in zip(_HEADERS, values, strict=True) if value]
-
-    def _attachments(self) -> list[list[str]]:
-        """The storages of this message's attachments, in order."""
-        depth = len(self.path)
-        found = {
-            entry[depth]
-            for entry in self.ole.listdir(streams=True, storages=True)
-            if len(entry) > depth and entry[:depth] == self.path and entry[depth].startswith(_ATTACHMENT)
-        }
-        return [[*self.path, name] for name in sorted(found)]
