@@ -62,6 +62,7 @@ def extract_docx(data: bytes, limits: ExtractLimits) -> list[Section]:
 
 
 def _docx_blocks(document: Any, styles: _StyleNames, budget: TextBudget) -> Iterator[tuple[int, str]]:
+    charts: dict[str, list[str]] = {}
     """(heading level or 0, text) of each paragraph and table row, in reading order, wherever the
     document holds them: python-docx's own iteration sees only the body's direct paragraphs and
     tables and each paragraph's direct runs, which leaves out content controls (forms, templates),
@@ -81,7 +82,7 @@ def _docx_blocks(document: Any, styles: _StyleNames, budget: TextBudget) -> Iter
                 yield 0, budget.take(line)
         for chart in element.iter(_C_CHART):
             if _nearest(chart, _W_P, _MC_FALLBACK, _W + "del", _W + "moveFrom") is element:
-                yield from ((0, budget.take(line)) for line in chart_lines(chart, document.part))
+                yield from ((0, budget.take(line)) for line in chart_lines(chart, document.part, charts))
 
 
 def _block_texts(container: Any) -> Iterator[str]:
@@ -252,10 +253,11 @@ def extract_pptx(data: bytes, limits: ExtractLimits) -> list[Section]:
     if len(presentation.slides) > limits.max_pages:
         raise ExtractionError(f"more than {limits.max_pages} slides (SEMANTIK_EXTRACT_MAX_PAGES)")
     budget, sections = TextBudget(limits), []
+    charts: dict[str, list[str]] = {}
     for number, slide in enumerate(presentation.slides, start=1):
         title_shape = slide.shapes.title
         title = heading_title(title_shape.text_frame.text) if title_shape is not None else ""
-        lines = [budget.take(line) for shape in slide.shapes for line in _shape_lines(shape)]
+        lines = [budget.take(line) for shape in slide.shapes for line in _shape_lines(shape, charts)]
         if slide.has_notes_slide:
             notes = slide.notes_slide.notes_text_frame
             if notes is not None and notes.text.strip():
@@ -266,10 +268,10 @@ def extract_pptx(data: bytes, limits: ExtractLimits) -> list[Section]:
     return sections
 
 
-def _shape_lines(shape: Any) -> Iterator[str]:
+def _shape_lines(shape: Any, charts: dict[str, list[str]]) -> Iterator[str]:
     if shape.shape_type is not None and getattr(shape, "shapes", None) is not None:  # a group
         for inner in shape.shapes:
-            yield from _shape_lines(inner)
+            yield from _shape_lines(inner, charts)
         return
     if getattr(shape, "has_text_frame", False) and shape.has_text_frame:
         yield shape.text_frame.text
@@ -277,20 +279,31 @@ def _shape_lines(shape: Any) -> Iterator[str]:
         for row in shape.table.rows:
             yield " | ".join(cell.text for cell in row.cells)
     for chart in shape.element.iter(_C_CHART):
-        yield from chart_lines(chart, shape.part)
+        yield from chart_lines(chart, shape.part, charts)
     yield from _smartart_lines(shape)
 
 
-def chart_lines(reference: Any, part: Any) -> list[str]:
+def chart_lines(reference: Any, part: Any, read: dict[str, list[str]]) -> list[str]:
     """The words of the chart a ``c:chart`` element refers to (its own part): its title and axis
     titles, a line of its series' names and one of its category labels (each once, in order); not
-    its numbers. A missing or broken part has none."""
+    its numbers, nor categories that are numbers or dates. A missing or broken part has none. Each
+    part is read once (``read``, by part name), however many elements refer to it."""
     from lxml import etree
 
     try:
-        root = etree.fromstring(part.rels[reference.get(_R_ID)].target_part.blob, safe_xml_parser())
-    except (KeyError, AttributeError, etree.XMLSyntaxError, ValueError):
+        target = part.rels[reference.get(_R_ID)].target_part
+    except (KeyError, AttributeError):
         return []
+    name = str(target.partname)
+    if name not in read:
+        try:
+            read[name] = _chart_words(etree.fromstring(target.blob, safe_xml_parser()))
+        except (etree.XMLSyntaxError, ValueError):
+            read[name] = []
+    return read[name]
+
+
+def _chart_words(root: Any) -> list[str]:
     lines = [
         text
         for title in root.iter(f"{_CHART}title")
@@ -302,6 +315,7 @@ def chart_lines(reference: Any, part: Any) -> list[str]:
             value.text.strip()
             for series in root.iter(f"{_CHART}ser")
             for holder in series.iterfind(f"{_CHART}{kind}")
+            if holder.find(f"{_CHART}numRef") is None and holder.find(f"{_CHART}numLit") is None
             for value in holder.iter(f"{_CHART}v")
             if value.text and value.text.strip()
         )

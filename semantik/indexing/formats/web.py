@@ -54,12 +54,13 @@ def extract_markdown(data: bytes, limits: ExtractLimits) -> list[Section]:
     return list(sections_from_blocks(undo_taken_back(markdown_blocks(decode_text(data).splitlines()))))
 
 
-def markdown_blocks(lines: list[str]) -> Iterator[tuple[int, str]]:
+def markdown_blocks(lines: list[str], *, front_matter: bool = True) -> Iterator[tuple[int, str]]:
     """ATX (``## Title``) and setext (underlined) headings outside fenced code; every other line as
-    it is. Front matter (a YAML or TOML block at the very top) is text, never a heading."""
+    it is. Front matter (a YAML or TOML block at the very top of a file) is text, never a heading;
+    ``front_matter=False`` for text that is not a file's top (a notebook's cell)."""
     fence: str | None = None
     previous: str | None = None  # a paragraph line an underline could make a heading
-    if lines and lines[0].strip() in _FRONT_MATTER:
+    if front_matter and lines and lines[0].strip() in _FRONT_MATTER:
         end = next((i for i in range(1, len(lines)) if lines[i].strip() == lines[0].strip()), None)
         if end is not None:
             yield from ((0, line) for line in lines[1:end])
