@@ -15,34 +15,49 @@ _SECTOR = 512
 
 
 def compound_file(streams: list[tuple[str, bytes]]) -> bytes:
-    """A version-3 compound file holding ``streams`` at its root, each padded to at least 4,096
-    bytes (so none lives in the mini stream), the directory a chain of right siblings."""
+    """A version-3 compound file holding ``streams`` (a name with "/" is a stream in storages, made
+    as needed), each padded to at least 4,096 bytes (so none lives in the mini stream); each
+    storage's children a chain of right siblings."""
     streams = [(name, data.ljust(4096, b"\0") if data else data) for name, data in streams]
     fat: list[int] = []
     body = bytearray()
-    starts = []
-    for _, data in streams:
+    # Directory entries: (name, kind (5 root, 1 storage, 2 stream), start sector, size).
+    entries: list[tuple[str, int, int, int]] = [("Root Entry", 5, _END, 0)]
+    children: dict[int, list[int]] = {0: []}
+    storages: dict[str, int] = {"": 0}
+    for path, data in streams:
+        *folders, name = path.split("/")
+        parent = 0
+        for depth in range(len(folders)):
+            key = "/".join(folders[: depth + 1])
+            if key not in storages:
+                storages[key] = len(entries)
+                children[parent].append(len(entries))
+                children[len(entries)] = []
+                entries.append((folders[depth], 1, _END, 0))
+            parent = storages[key]
         sectors = math.ceil(len(data) / _SECTOR)
-        if not sectors:
-            starts.append(_END)
-            continue
-        start = len(fat)
-        starts.append(start)
-        fat += [*range(start + 1, start + sectors), _END]
-        body += data.ljust(sectors * _SECTOR, b"\0")
-    directory_sectors = math.ceil((len(streams) + 1) / 4)
+        start = len(fat) if sectors else _END
+        if sectors:
+            fat += [*range(start + 1, start + sectors), _END]
+            body += data.ljust(sectors * _SECTOR, b"\0")
+        children[parent].append(len(entries))
+        entries.append((name, 2, start, len(data)))
+    directory_sectors = math.ceil(len(entries) / 4)
     directory_start = len(fat)
     fat += [*range(directory_start + 1, directory_start + directory_sectors), _END]
-
-    def entry(name: str, kind: int, child: int, right: int, start: int, size: int) -> bytes:
+    right = {
+        kid: (kids[i + 1] if i + 1 < len(kids) else _FREE) for kids in children.values() for i, kid in enumerate(kids)
+    }
+    directory = b""
+    for index, (name, kind, start, size) in enumerate(entries):
         encoded = name.encode("utf-16-le") + b"\0\0"
-        head = encoded.ljust(64, b"\0") + struct.pack("<HBBIII", len(encoded), kind, 1, _FREE, right, child)
-        return head + b"\0" * 36 + struct.pack("<IQ", start, size)
-
-    directory = entry("Root Entry", 5, 1 if streams else _FREE, _FREE, _END, 0)
-    for index, ((name, data), start) in enumerate(zip(streams, starts, strict=True)):
-        right = index + 2 if index + 1 < len(streams) else _FREE
-        directory += entry(name, 2, _FREE, right, start, len(data))
+        kids = children.get(index, [])
+        child = kids[0] if kids else _FREE
+        head = encoded.ljust(64, b"\0") + struct.pack(
+            "<HBBIII", len(encoded), kind, 1, _FREE, right.get(index, _FREE), child
+        )
+        directory += head + b"\0" * 36 + struct.pack("<IQ", start, size)
     body += directory.ljust(directory_sectors * _SECTOR, b"\0")
     fat_sectors = 1
     while fat_sectors * 128 < len(fat) + fat_sectors:
@@ -112,8 +127,16 @@ def word_document_with_text(
     return compound_file([("WordDocument", bytes(word)), ("1Table", bytes(table))])
 
 
+def outlook_properties(header: int, values: dict[int, int]) -> bytes:
+    """A .msg properties stream: ``header`` bytes (32 a message's, 8 an attachment's or a
+    recipient's), then each 32-bit fixed property (a property id: its value) as [MS-OXMSG] 2.4 lays it
+    out."""
+    return b"\0" * header + b"".join(
+        struct.pack("<IIQ", (prop << 16) | 0x0003, 0, value) for prop, value in values.items()
+    )
+
+
 def outlook_message(streams: dict[str, bytes], code_pages: dict[int, int]) -> bytes:
-    """A saved Outlook message (.msg) with these property streams ("__substg1.0_0037001E": bytes)
-    and 32-bit fixed properties (a property id: its value), as [MS-OXMSG] lays them out."""
-    fixed = b"".join(struct.pack("<IIQ", (prop << 16) | 0x0003, 0, value) for prop, value in code_pages.items())
-    return compound_file([("__properties_version1.0", b"\0" * 32 + fixed), *streams.items()])
+    """A saved Outlook message (.msg) with these property streams ("__substg1.0_0037001E": bytes,
+    "__recip_version1.0_#00000000/...": in a storage) and the message's 32-bit fixed properties."""
+    return compound_file([("__properties_version1.0", outlook_properties(32, code_pages)), *streams.items()])

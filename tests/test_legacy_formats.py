@@ -94,6 +94,32 @@ def test_an_outlook_messages_8_bit_text_reads_in_its_code_pages() -> None:
     assert [(section.heading, section.text) for section in sections] == [((subject,), f"Subject: {subject}\n\n{shown}")]
 
 
+def test_an_outlook_messages_recipients_with_their_addresses() -> None:
+    """To and Cc from the recipients (names and e-mail addresses, as an .eml's headers give them),
+    not the display fields' names alone; an Exchange path is no address; Bcc is not shown."""
+
+    def recipient(number: int, kind: int, name: str, address: str) -> dict[str, bytes]:
+        storage = f"__recip_version1.0_#{number:08X}"
+        smtp = "39FE" if "@" in address else "3003"
+        return {
+            f"{storage}/__properties_version1.0": compound.outlook_properties(8, {0x0C15: kind}),
+            f"{storage}/__substg1.0_3001001F": name.encode("utf-16-le"),
+            f"{storage}/__substg1.0_{smtp}001F": address.encode("utf-16-le"),
+        }
+
+    streams = {
+        "__substg1.0_0037001F": "Berth 9".encode("utf-16-le"),
+        "__substg1.0_0E04001F": "Mara Quill".encode("utf-16-le"),
+        **recipient(0, 1, "Mara Quill", "mara@harbour.example"),
+        **recipient(1, 2, "Ops desk", "/O=EXCHANGELABS/OU=EXCHANGE ADMINISTRATIVE GROUP/CN=RECIPIENTS/CN=OPS"),
+        **recipient(2, 3, "Auditor", "audit@harbour.example"),
+    }
+    sections = extract_sections(compound.outlook_message(streams, {}), "berth.msg")
+    assert [section.text for section in sections] == [
+        "To: Mara Quill <mara@harbour.example>\nCc: Ops desk\nSubject: Berth 9"
+    ]
+
+
 def test_an_xls_reads_as_its_xlsx_twin() -> None:
     """Dates, whole and decimal numbers, booleans and an error cell read from Excel 97-2003 as the
     same workbook's .xlsx reads; an empty sheet makes no section."""

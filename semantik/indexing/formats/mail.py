@@ -153,7 +153,9 @@ _ATTACHED_MESSAGE = "__substg1.0_3701000D"
 # in the body).
 _TIMES = (0x0039, 0x0E06, 0x3007)
 _STRING_CODE_PAGE, _BODY_CODE_PAGE, _HIDDEN = 0x3FFD, 0x3FDE, 0x7FFE
-_ATTACHMENT = "__attach_version1.0_#"
+_ATTACHMENT, _RECIPIENT = "__attach_version1.0_#", "__recip_version1.0_#"
+# A recipient's type (1 To, 2 Cc, 3 Bcc: not shown), name, SMTP address and address.
+_RECIPIENT_TYPE, _RECIPIENT_NAMES = 0x0C15, (0x3001, 0x39FE, 0x3003)
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 # The properties stream's header: a message's, an attached message's, an attachment's.
 _HEADER_TOP, _HEADER_ATTACHED, _HEADER_ATTACHMENT = 32, 24, 8
@@ -175,13 +177,13 @@ def extract_msg(data: bytes, limits: ExtractLimits) -> list[Section]:
         with olefile.OleFileIO(io.BytesIO(data)) as ole:
             if not ole.exists(f"__substg1.0_{_SUBJECT:04X}001F") and not ole.exists("__properties_version1.0"):
                 raise ExtractionError("not an Outlook message (no message properties in the compound file)")
-            # Each storage's attachments, from one listing of the directory.
-            attachments: dict[tuple[str, ...], set[str]] = {}
+            # Each storage's attachments and recipients, from one listing of the directory.
+            children: dict[tuple[str, ...], set[str]] = {}
             for entry in ole.listdir(streams=True, storages=True):
                 for depth, name in enumerate(entry):
-                    if name.startswith(_ATTACHMENT):
-                        attachments.setdefault(tuple(entry[:depth]), set()).add(name)
-            message = _OutlookMessage(ole, [], _HEADER_TOP, attachments)
+                    if name.startswith((_ATTACHMENT, _RECIPIENT)):
+                        children.setdefault(tuple(entry[:depth]), set()).add(name)
+            message = _OutlookMessage(ole, [], _HEADER_TOP, children)
             subject = heading_title(message.string(_SUBJECT))
             text = TextBudget(limits).take("\n".join(message.lines(depth=0)).strip())
     except BROKEN_BINARY as exc:
@@ -215,10 +217,10 @@ class _OutlookMessage:
         ole: Any,
         path: list[str],
         header: int,
-        attachments: dict[tuple[str, ...], set[str]],
+        children: dict[tuple[str, ...], set[str]],
         codec: str | None = None,
     ) -> None:
-        self.ole, self.path, self.attachments = ole, path, attachments
+        self.ole, self.path, self.children = ole, path, children
         # Fixed-size properties: 16 bytes each, after a header ([MS-OXMSG] 2.4).
         self.fixed: dict[int, bytes] = {}
         stream = "/".join([*path, "__properties_version1.0"])
@@ -251,14 +253,13 @@ class _OutlookMessage:
         if body:
             lines += ["", body.replace("\r\n", "\n")]
         names = []
-        for name in sorted(self.attachments.get(tuple(self.path), ())):
-            attachment = [*self.path, name]
+        for attachment in self._children(_ATTACHMENT):
             inner = [*attachment, _ATTACHED_MESSAGE]
             if self.ole.exists("/".join(inner)) and depth < MAX_FORWARDED_DEPTH:
-                forwarded = _OutlookMessage(self.ole, inner, _HEADER_ATTACHED, self.attachments, self.string_codec)
+                forwarded = _OutlookMessage(self.ole, inner, _HEADER_ATTACHED, self.children, self.string_codec)
                 lines += ["", "Forwarded message:", *forwarded.lines(depth + 1)]
                 continue
-            named = _OutlookMessage(self.ole, attachment, _HEADER_ATTACHMENT, self.attachments, self.string_codec)
+            named = _OutlookMessage(self.ole, attachment, _HEADER_ATTACHMENT, self.children, self.string_codec)
             hidden = named.fixed.get(_HIDDEN)
             if hidden and hidden[0]:  # a picture shown in the body
                 continue
@@ -268,14 +269,26 @@ class _OutlookMessage:
             lines += ["", "Attachments: " + ", ".join(names)]
         return lines
 
+    def _children(self, kind: str) -> list[list[str]]:
+        """The storages of this message's attachments or recipients, in order."""
+        return [[*self.path, name] for name in sorted(self.children.get(tuple(self.path), ())) if name.startswith(kind)]
+
+    def person(self, props: tuple[int, int, int]) -> str:
+        """ "Name <address>" from the (name, SMTP address, address) properties, or what there is of
+        it; an address that is not an e-mail address (an Exchange path) is left out."""
+        name, address = self.string(props[0]), self.string(props[1]) or self.string(props[2])
+        address = address if "@" in address else ""
+        return f"{name} <{address}>" if name and address and address != name else name or address
+
     def header_lines(self) -> list[str]:
-        sender = ""
-        for name_prop, smtp_prop, address_prop in _FROM:
-            name, address = self.string(name_prop), self.string(smtp_prop) or self.string(address_prop)
-            address = address if "@" in address else ""  # (not an Exchange path)
-            sender = f"{name} <{address}>" if name and address and address != name else name or address
-            if sender:
-                break
+        sender = next((found for props in _FROM if (found := self.person(props))), "")
+        recipients: dict[int, list[str]] = {1: [], 2: []}  # To, Cc
+        for storage in self._children(_RECIPIENT):
+            recipient = _OutlookMessage(self.ole, storage, _HEADER_ATTACHMENT, self.children, self.string_codec)
+            kind = recipient.fixed.get(_RECIPIENT_TYPE)
+            shown = recipients.get(struct.unpack_from("<I", kind)[0] & 0xFF if kind else 1)
+            if shown is not None and (label := recipient.person(_RECIPIENT_NAMES)):
+                shown.append(label)
         date = ""
         for prop in _TIMES:
             if when := self.fixed.get(prop):
@@ -285,5 +298,7 @@ class _OutlookMessage:
                 except OverflowError:
                     continue
                 break
-        values = (sender, self.string(_DISPLAY_TO), self.string(_DISPLAY_CC), date, self.string(_SUBJECT))
+        to = ", ".join(recipients[1]) or self.string(_DISPLAY_TO)
+        cc = ", ".join(recipients[2]) or self.string(_DISPLAY_CC)
+        values = (sender, to, cc, date, self.string(_SUBJECT))
         return [f"{header}: {value}" for header, value in zip(_HEADERS, values, strict=True) if value]
