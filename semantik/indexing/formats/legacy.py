@@ -40,9 +40,8 @@ _MARKUP_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<", re.DOTALL)
 
 
 def _sniffed(data: bytes) -> str:
-    """What a legacy Office file really is: "ole", "zip", "rtf", "markup" (HTML, XML) or "text"."""
-    if data.startswith(OLE_MAGIC):
-        return "ole"
+    """What a legacy-named file that is not a compound file really is: "zip", "rtf", "markup" (HTML,
+    XML) or "text"."""
     if data.startswith(_ZIP_MAGIC):
         return "zip"
     if data.lstrip()[:5] == _RTF_MAGIC:
@@ -161,7 +160,7 @@ def _xls_value(cell: Any, datemode: int) -> Any:
 # --- Word -------------------------------------------------------------------------------------
 
 # Characters of Word's text stream ([MS-DOC] 2.8.25): paragraph mark, cell or row mark, fields.
-_PARAGRAPH, _CELL = "\r", "\x07"
+_CELL = "\x07"  # (a paragraph mark is "\r")
 _FIELD_BEGIN, _FIELD_SEPARATOR, _FIELD_END = "\x13", "\x14", "\x15"
 _SECTION = "\x0c"  # a section break (it ends its paragraph) or a page break (inside one)
 _MARKS = re.compile("[\r\x07\x0c\x13\x14\x15]")
@@ -203,7 +202,7 @@ def extract_doc(data: bytes, limits: ExtractLimits) -> list[Section]:
     if not data.startswith(OLE_MAGIC):
         return _as_other_format(data, limits, office.extract_docx)
     try:
-        return list(sections_from_blocks(_WordDocument(data).blocks(TextBudget(limits), limits)))
+        return list(sections_from_blocks(_WordDocument(data).blocks(TextBudget(limits))))
     except BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt DOC: {type(exc).__name__}: {exc}") from exc
 
@@ -339,15 +338,13 @@ class _WordDocument:
             self.fkp_pages[page] = runs
         return self.fkp_pages[page]
 
-    def blocks(self, budget: TextBudget, limits: ExtractLimits) -> Iterator[tuple[int, str]]:
+    def blocks(self, budget: TextBudget) -> Iterator[tuple[int, str]]:
         """(heading level or 0, text) of each paragraph and table row, the body first."""
         for number, (start, end) in enumerate(self.stories):
-            yield from self._story_blocks(start, end, budget, limits, headings=number == 0)
+            yield from self._story_blocks(start, end, budget, headings=number == 0)
 
-    def _story_blocks(
-        self, start: int, end: int, budget: TextBudget, limits: ExtractLimits, *, headings: bool
-    ) -> Iterator[tuple[int, str]]:
-        raw = TextBudget(limits)  # the story with its marks and field codes, within what is left
+    def _story_blocks(self, start: int, end: int, budget: TextBudget, *, headings: bool) -> Iterator[tuple[int, str]]:
+        raw = TextBudget(budget.limits)  # the story with its marks and field codes, within what is left
         raw.used = budget.used
         text = self.text(start, end, raw)
         fields: list[str] = []  # per open field: "code" up to its separator, then "shown" or "hidden"
@@ -391,21 +388,16 @@ class _WordDocument:
             paragraph = []
             place = _TablePlace(properties)
             if place.row_end:
-                if inner_row or inner_cell:
-                    cell.append(_row_text(inner_row, inner_cell))
-                    inner_row, inner_cell = [], []
+                _close_nested(cell, inner_row, inner_cell)
                 yield 0, budget.take(_row_text(row, cell))
                 row, cell = [], []
             elif place.inner_row_end:
-                cell.append(_row_text(inner_row, inner_cell))
-                inner_row, inner_cell = [], []
+                _close_nested(cell, inner_row, inner_cell, empty=True)
             elif place.inner_cell_end:
                 inner_row.append(_lines([*inner_cell, line]))
-                inner_cell = []
+                inner_cell.clear()
             elif char == _CELL:
-                if inner_row or inner_cell:
-                    cell.append(_row_text(inner_row, inner_cell))
-                    inner_row, inner_cell = [], []
+                _close_nested(cell, inner_row, inner_cell)
                 row.append(_lines([*cell, line]))
                 cell = []
             elif place.depth > 1:
@@ -424,6 +416,15 @@ class _WordDocument:
 
 def _lines(lines: list[str]) -> str:
     return "\n".join(line for line in lines if line)
+
+
+def _close_nested(cell: list[str], inner_row: list[str], inner_cell: list[str], *, empty: bool = False) -> None:
+    """A table nested in ``cell`` ends its row: the row becomes a line of the cell (an empty one,
+    too, where ``empty``: a nested row's own end mark), and the nested row starts again."""
+    if empty or inner_row or inner_cell:
+        cell.append(_row_text(inner_row, inner_cell))
+    inner_row.clear()
+    inner_cell.clear()
 
 
 def _row_text(row: list[str], cell: list[str]) -> str:
@@ -544,7 +545,7 @@ def _u32(data: bytes, offset: int) -> int:
 
 # Record types of a PowerPoint 97-2003 file ([MS-PPT] 2.13.24); a record whose version is 0xF
 # holds other records (OfficeArt's drawing records too).
-_RT_DOCUMENT, _RT_SLIDE, _RT_SLIDE_ATOM, _RT_NOTES = 0x03E8, 0x03EE, 0x03EF, 0x03F0
+_RT_SLIDE, _RT_SLIDE_ATOM, _RT_NOTES = 0x03EE, 0x03EF, 0x03F0
 _RT_SLIDE_PERSIST, _RT_SLIDE_LIST = 0x03F3, 0x0FF0
 _RT_TEXT_HEADER, _RT_TEXT_CHARS, _RT_TEXT_BYTES = 0x0F9F, 0x0FA0, 0x0FA8
 _RT_USER_EDIT, _RT_PERSIST_DIRECTORY, _RT_CURRENT_USER = 0x0FF5, 0x1772, 0x0FF6
@@ -563,7 +564,7 @@ def extract_ppt(data: bytes, limits: ExtractLimits) -> list[Section]:
     if not data.startswith(OLE_MAGIC):
         return _as_other_format(data, limits, office.extract_pptx)
     try:
-        slides = _PowerPointDeck(data, TextBudget(limits)).slides(limits)
+        slides = _PowerPointDeck(data, TextBudget(limits)).slides()
     except BROKEN_BINARY as exc:
         raise ExtractionError(f"corrupt PPT: {type(exc).__name__}: {exc}") from exc
     sections = []
@@ -684,9 +685,10 @@ class _PowerPointDeck:
                     entries[-1][2].append((first, second))
         return lists
 
-    def slides(self, limits: ExtractLimits) -> list[list[tuple[int, str]]]:
+    def slides(self) -> list[list[tuple[int, str]]]:
         """Each slide's (text type, text): its placeholders' (held by the slide list), its own text
         boxes', and its notes'."""
+        limits = self.budget.limits
         lists = self._slide_lists()
         if len(lists.get(0, [])) > limits.max_pages:
             raise ExtractionError(f"more than {limits.max_pages} slides (SEMANTIK_EXTRACT_MAX_PAGES)")

@@ -198,15 +198,12 @@ def _codec(code_page: bytes | None) -> str | None:
     return _CODECS.get(number, f"cp{number}")
 
 
-def _decoded(raw: bytes, *codecs: str | None) -> str:
-    """``raw`` in the first of ``codecs`` Python knows, else Windows-1252."""
-    for codec in codecs:
-        if codec:
-            try:
-                return raw.decode(codec, "replace")
-            except LookupError:
-                continue
-    return raw.decode("cp1252", "replace")
+def _decoded(raw: bytes, codec: str | None) -> str:
+    """``raw`` in ``codec``, or Windows-1252 where there is none or Python does not know it."""
+    try:
+        return raw.decode(codec or "cp1252", "replace")
+    except LookupError:
+        return raw.decode("cp1252", "replace")
 
 
 class _OutlookMessage:

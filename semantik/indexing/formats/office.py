@@ -62,12 +62,12 @@ def extract_docx(data: bytes, limits: ExtractLimits) -> list[Section]:
 
 
 def _docx_blocks(document: Any, styles: _StyleNames, budget: TextBudget) -> Iterator[tuple[int, str]]:
-    charts: dict[str, list[str]] = {}
     """(heading level or 0, text) of each paragraph and table row, in reading order, wherever the
     document holds them: python-docx's own iteration sees only the body's direct paragraphs and
     tables and each paragraph's direct runs, which leaves out content controls (forms, templates),
     tracked insertions, nested tables and text boxes. A text box's headings are not the document's
     (Word's navigation leaves them out too)."""
+    charts: dict[str, list[str]] = {}
     for kind, element in _docx_block_elements(document.element.body):
         if kind == "row":
             yield 0, budget.take(element)
@@ -304,12 +304,7 @@ def chart_lines(reference: Any, part: Any, read: dict[str, list[str]]) -> list[s
 
 
 def _chart_words(root: Any) -> list[str]:
-    lines = [
-        text
-        for title in root.iter(f"{_CHART}title")
-        for paragraph in title.iter(f"{_A}p")
-        if (text := "".join(run.text or "" for run in paragraph.iter(f"{_A}t"))).strip()
-    ]
+    lines = [text for title in root.iter(f"{_CHART}title") for text in _drawing_paragraphs(title) if text.strip()]
     for kind in ("tx", "cat"):  # series' names, then category labels
         labels = dict.fromkeys(
             value.text.strip()
@@ -337,9 +332,13 @@ def _smartart_lines(shape: Any) -> Iterator[str]:
         data = etree.fromstring(shape.part.related_part(rid).blob, safe_xml_parser())
     except (KeyError, etree.XMLSyntaxError, ValueError):  # a missing or broken part: no text
         return
-    for paragraph in data.iter(f"{_A}p"):
-        if text := "".join(run.text or "" for run in paragraph.iter(f"{_A}t")):
-            yield text
+    yield from (text for text in _drawing_paragraphs(data) if text)
+
+
+def _drawing_paragraphs(root: Any) -> Iterator[str]:
+    """The text of each DrawingML paragraph (a:p) under ``root``: its runs' text joined."""
+    for paragraph in root.iter(f"{_A}p"):
+        yield "".join(run.text or "" for run in paragraph.iter(f"{_A}t"))
 
 
 _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
