@@ -21,7 +21,15 @@ import onnx
 import pytest
 from structlog.testing import capture_logs
 
-from semantik.inference.backends import BackendUnavailable, Spec, int8_dot_product, load_backend, native_bf16
+from semantik.inference.backends import (
+    STREAM_PIECE,
+    BackendUnavailable,
+    OpenVinoBackend,
+    Spec,
+    int8_dot_product,
+    load_backend,
+    native_bf16,
+)
 from semantik.inference.choose import MIN_COSINE, calibration, choose, fingerprint, pick
 from semantik.inference.embedder import QUERY_PRIORITY_MAX_WAIT_S, Embedder, default_model_path
 from semantik.inference.export import ExportError, cache_dir_for, model_hash, onnx_model
@@ -485,12 +493,16 @@ async def test_indexing_waits_while_a_search_runs_but_not_for_long(model_cache: 
         embedder.close()
 
 
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", "openvino", "openvino-streams"])
 def test_a_query_answers_while_one_whole_indexing_batch_runs(model_cache: Path, backend: str) -> None:
     """Neither backend can stop a model call part-way: torch runs the query beside it, on the same
     cores; OpenVINO on a model compiled for queries (on the indexing model the query waited for the
-    whole batch). Either way the query's vectors are the ones indexing gives."""
-    model = load_backend(Spec(backend, "fp32"), MODEL_DIR, model_cache)
+    whole batch), also while indexing runs a stream per core (as on AMX). Either way the query's
+    vectors are the ones indexing gives."""
+    if backend == "openvino-streams":
+        model: Any = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
+    else:
+        model = load_backend(Spec(backend, "fp32"), MODEL_DIR, model_cache)
     passages, queries = calibration()
     began = time.perf_counter()
     model.encode(passages[:8])
@@ -543,6 +555,35 @@ async def test_chunks_indexed_by_their_token_ids_get_their_texts_vectors(model_c
         assert cosines(moved, by_text[shifted]).min() > 0.99999
     finally:
         embedder.close()
+
+
+def test_indexing_on_a_stream_per_core_answers_in_order_with_each_texts_ids(model_cache: Path) -> None:
+    """Where OpenVINO indexes on a stream per core (AMX), a call's texts go to the streams in pieces
+    and the pieces finish in any order: every text still gets its own vector, in the caller's order,
+    and token ids follow their texts into the pieces."""
+    from semantik.indexing.chunk import chunker_for
+    from semantik.indexing.formats.base import Section
+
+    streams = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
+    single = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=False)
+    if streams.streams < 2:
+        pytest.skip("one core: OpenVINO makes one stream")
+    passages, _ = calibration()
+    chunks = chunker_for(MODEL_DIR, 64, 8).chunk_sections([Section(text) for text in passages])
+    # Longest first, as the embedder calls it, with a short text in the middle: pieces of very
+    # different lengths, so the second stream finishes its pieces before the first.
+    chunks = sorted(chunks, key=lambda chunk: -len(chunk.text))[: 5 * STREAM_PIECE + 3]
+    chunks.insert(STREAM_PIECE + 1, chunks.pop())
+    texts = [chunk.text for chunk in chunks]
+    one_by_one = np.concatenate([single.encode([text]) for text in texts])
+    assert cosines(streams.encode(texts), one_by_one).min() > 0.9999
+    assert cosines(single.encode(texts), one_by_one).min() > 0.9999
+    with_ids = [i for i, chunk in enumerate(chunks) if chunk.tokens is not None]
+    assert len(with_ids) > len(chunks) // 2
+    shifted = with_ids[1:] + with_ids[:1]  # each text given another chunk's ids gets that chunk's vector
+    moved = streams.encode([texts[i] for i in with_ids], tokens=[chunks[j].tokens for j in shifted])
+    assert cosines(moved, one_by_one[shifted]).min() > 0.9999
+    assert streams.encode(texts[:1]).shape == (1, 384)  # fewer texts than a piece: one request
 
 
 async def test_empty_inputs_give_empty_answers(model_cache: Path) -> None:

@@ -35,6 +35,9 @@ BACKENDS = ("torch", "onnx", "openvino")
 # Token ids per text, None where a text has none (``Chunk.tokens``).
 TokenIds = Sequence[Sequence[int] | None]
 PAD_MULTIPLE = 16
+# Texts per request when OpenVINO runs a stream per core (``OpenVinoBackend``): 8 ran 160 chunks/s
+# against 150 for 16 and 139 for 32 (int8, AMX Xeon, 2 streams; docs/benchmarks.md, session 30).
+STREAM_PIECE = 8
 
 log = structlog.get_logger(__name__)
 
@@ -363,13 +366,16 @@ class OpenVinoBackend:
     a CPU with AMX), where 20-50 ms sub-batches cost the job's encode path 5-10% (int8, session
     25). On Zen 4 (AVX-512, no AMX) it was the other way round: whole jobs ran 8-11% faster with
     50 ms sub-batches, 89.9 / 88.4 chunks/s against 81.1 / 81.9 with whole batches of 32
-    (docs/benchmarks.md, session 26)."""
+    (docs/benchmarks.md, session 26). There the indexing model runs a stream per core, and a call's
+    texts go to the streams in pieces (``_run_streams``)."""
 
     preemptible = False
     own_query_path = True
 
-    def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
+    def __init__(self, spec: Spec, model_path: Path, cache_root: Path, *, stream_per_core: bool | None = None) -> None:
+        """``stream_per_core``: indexing on a stream per core (None: where AMX runs the model, as measured)."""
         self.whole_batches = matrix_unit() and spec.dtype != "fp32"  # fp32 does not run on AMX
+        by_streams = self.whole_batches if stream_per_core is None else stream_per_core
         try:
             ov = import_openvino()
         except ImportError as exc:
@@ -399,11 +405,17 @@ class OpenVinoBackend:
                 {
                     "INFERENCE_NUM_THREADS": threads,
                     "INFERENCE_PRECISION_HINT": precision,
-                    "PERFORMANCE_HINT": "LATENCY",
+                    "PERFORMANCE_HINT": hint,
                 },
             )
-            for threads in (cpu_threads(), 1)
+            for threads, hint in ((cpu_threads(), "THROUGHPUT" if by_streams else "LATENCY"), (1, "LATENCY"))
         )
+        # With AMX, indexing runs one stream per core (OpenVINO's throughput hint), each on its own
+        # pieces of a call, rather than every core on one request: 8-9% more chunks/s on an AMX Xeon
+        # with 2 cores, and whole jobs 15-20% faster (docs/benchmarks.md, session 30).
+        self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if by_streams else 1
+        self._stream_queue: Any = ov.AsyncInferQueue(self.compiled, self.streams) if self.streams > 1 else None
+        self._stream_lock = threading.Lock()
         self._lock = threading.Lock()
         self._requests: dict[int, list[Any]] = {id(self.compiled): [], id(self._query_compiled): []}
         self.max_seq_length = model_max_seq_length(model_path)
@@ -422,10 +434,33 @@ class OpenVinoBackend:
     def encode(
         self, texts: list[str], preemptible: bool = False, tokens: TokenIds | None = None
     ) -> npt.NDArray[np.float32]:
+        if self._stream_queue is not None and len(texts) > STREAM_PIECE:
+            return self._run_streams(texts, tokens)
         return self._run(self.compiled, texts, tokens)
 
     def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
         return self._run(self._query_compiled, texts, None)
+
+    def _run_streams(self, texts: list[str], tokens: TokenIds | None) -> npt.NDArray[np.float32]:
+        """The call's texts in pieces of ``STREAM_PIECE`` (in order: neighbours have near lengths, so
+        little padding), each to the first stream that is free, so a stream given short texts takes
+        more of them."""
+        starts = range(0, len(texts), STREAM_PIECE)
+        outputs: list[Any] = [None] * len(starts)
+
+        def done(request: Any, piece: int) -> None:
+            outputs[piece] = np.array(request.get_output_tensor(0).data)  # the request's buffer is reused
+
+        with self._stream_lock:  # one call at a time owns the streams
+            queue = self._stream_queue
+            queue.set_callback(done)
+            for piece, start in enumerate(starts):
+                end = start + STREAM_PIECE
+                queue.start_async(self._tokens(texts[start:end], None if tokens is None else tokens[start:end]), piece)
+            queue.wait_all()
+        if any(output is None for output in outputs):
+            raise RuntimeError("an OpenVINO stream returned no embeddings for its texts")
+        return normalise(np.concatenate(outputs))
 
     def _run(self, compiled: Any, texts: list[str], tokens: TokenIds | None) -> npt.NDArray[np.float32]:
         if not texts:
