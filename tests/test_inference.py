@@ -22,8 +22,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from semantik.inference.backends import (
+    ONNX_PIECE,
     STREAM_PIECE,
     BackendUnavailable,
+    OnnxBackend,
     OpenVinoBackend,
     Spec,
     int8_dot_product,
@@ -349,10 +351,14 @@ def test_auto_picks_the_fastest_faithful_backend_and_remembers_it(tmp_path: Path
     faithful = {name: m for name, m in choice.measured.items() if m["faithful"]}
     assert set(faithful) == {"torch-fp32", "onnx-fp32"}
     fastest = max(faithful, key=lambda name: faithful[name]["chunks_per_s"])
-    if choice.spec.name != fastest:  # only a near-equal one that can stop indexing for a search
-        assert faithful[choice.spec.name]["preemptible"] and not faithful[fastest]["preemptible"]
+
+    def searches_go_first(name: str) -> bool:  # its queries never wait for an indexing run
+        return bool(choice.measured[name]["preemptible"] or choice.measured[name]["own_query_path"])
+
+    if choice.spec.name != fastest:  # only a near-equal one whose searches never wait for indexing
+        assert searches_go_first(choice.spec.name) and not searches_go_first(fastest)
         assert faithful[choice.spec.name]["chunks_per_s"] * 1.15 >= faithful[fastest]["chunks_per_s"]
-    assert choice.measured["onnx-fp32"]["preemptible"] and not choice.measured["torch-fp32"]["preemptible"]
+    assert searches_go_first("onnx-fp32") and not searches_go_first("torch-fp32")
     assert [e["backend"] for e in logs if e["event"] == "embed_backend_measured"] == [
         "torch-fp32",
         "onnx-fp32",
@@ -435,9 +441,13 @@ def test_explicit_settings_pick_without_measuring(model_cache: Path) -> None:
         embedder.close()
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-one-core", "openvino"])
 async def test_a_query_does_not_wait_for_an_indexing_batch(model_cache: Path, backend: str) -> None:
-    embedder = Embedder(MODEL_DIR, device="cpu", backend=backend, dtype="fp32", batch_size=32, cache_dir=model_cache)
+    embedder = Embedder(
+        MODEL_DIR, device="cpu", backend=backend.split("-")[0], dtype="fp32", batch_size=32, cache_dir=model_cache
+    )
+    if backend == "onnx-one-core":  # as on a machine with one core: no streams, and a query stops the batch
+        embedder.model = OnnxBackend(Spec("onnx", "fp32"), MODEL_DIR, model_cache, stream_per_core=False)
     try:
         passages, queries = calibration()
         # Enough passages for about 4 s of model time on this machine, whatever its speed.
@@ -457,7 +467,7 @@ async def test_a_query_does_not_wait_for_an_indexing_batch(model_cache: Path, ba
         assert cosines(query, embedder.encode_query_sync(queries[2:3])).min() > 0.9999
         assert cosines(await embedder.encode_query(queries[:1]), idle).min() > 0.9999
         vectors = await indexing
-        if backend == "onnx":  # ONNX Runtime stops the sub-batch in flight and runs it again later
+        if backend == "onnx-one-core":  # ONNX Runtime stops the sub-batch in flight and runs it again later
             assert embedder.preemptions >= 1
 
         # Sorted by length and cut into sub-batches inside, the call still answers in the caller's order.
@@ -493,12 +503,47 @@ async def test_indexing_waits_while_a_search_runs_but_not_for_long(model_cache: 
         embedder.close()
 
 
-@pytest.mark.parametrize("backend", ["torch", "openvino", "openvino-streams"])
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+async def test_a_search_pauses_indexing_on_streams_between_pieces(model_cache: Path, backend: str) -> None:
+    """On a stream per core one indexing call runs many pieces: a search that starts during the call
+    holds the pieces not yet started (``search_first``), so the vector search and snippets after its
+    query do not share the cores with indexing either."""
+    embedder = Embedder(MODEL_DIR, device="cpu", backend=backend, dtype="fp32", batch_size=1000, cache_dir=model_cache)
+    try:
+        if backend == "openvino":  # as on AMX: streams, and whole batches (no sub-batches to wait between)
+            embedder.model = OpenVinoBackend(Spec(backend, "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
+            embedder.model.whole_batches = True
+        if getattr(embedder.model, "streams", 1) < 2:
+            pytest.skip("one core: one stream")
+        passages, _ = calibration()
+        began = time.perf_counter()
+        await embedder.encode(passages[:16])
+        per_passage = (time.perf_counter() - began) / 16
+        texts = [passages[i % len(passages)] + f" ({i})" for i in range(max(32, int(1.5 / per_passage)))]
+        began = time.perf_counter()
+        await embedder.encode(texts)
+        alone = time.perf_counter() - began
+
+        began = time.perf_counter()
+        indexing = asyncio.ensure_future(embedder.encode(texts))
+        await asyncio.sleep(alone / 3)  # one call, part-way through its pieces
+        with embedder.search_first():
+            await asyncio.sleep(1.5)
+            assert not indexing.done()
+        await indexing
+        # Held for 1.5 s less the pieces already under way: that much longer than alone (without
+        # the hold: as long).
+        assert time.perf_counter() - began > alone + 0.9
+    finally:
+        embedder.close()
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino", "openvino-streams", "onnx"])
 def test_a_query_answers_while_one_whole_indexing_batch_runs(model_cache: Path, backend: str) -> None:
-    """Neither backend can stop a model call part-way: torch runs the query beside it, on the same
-    cores; OpenVINO on a model compiled for queries (on the indexing model the query waited for the
-    whole batch), also while indexing runs a stream per core (as on AMX). Either way the query's
-    vectors are the ones indexing gives."""
+    """None of these stops a model call part-way: torch runs the query beside it, on the same cores;
+    OpenVINO on a model compiled for queries (on the indexing model the query waited for the whole
+    batch), also while indexing runs a stream per core (as on AMX); ONNX Runtime with a stream per
+    core on the query's own thread. Either way the query's vectors are the ones indexing gives."""
     if backend == "openvino-streams":
         model: Any = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
     else:
@@ -557,23 +602,27 @@ async def test_chunks_indexed_by_their_token_ids_get_their_texts_vectors(model_c
         embedder.close()
 
 
-def test_indexing_on_a_stream_per_core_answers_in_order_with_each_texts_ids(model_cache: Path) -> None:
-    """Where OpenVINO indexes on a stream per core (AMX), a call's texts go to the streams in pieces
-    and the pieces finish in any order: every text still gets its own vector, in the caller's order,
-    and token ids follow their texts into the pieces."""
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_indexing_on_a_stream_per_core_answers_in_order_with_each_texts_ids(model_cache: Path, backend: str) -> None:
+    """Where a backend indexes on a stream per core (OpenVINO on AMX, ONNX Runtime on two cores or
+    more), a call's texts go to the streams in pieces and the pieces finish in any order: every
+    text still gets its own vector, in the caller's order, and token ids follow their texts into
+    the pieces."""
     from semantik.indexing.chunk import chunker_for
     from semantik.indexing.formats.base import Section
 
-    streams = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
-    single = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=False)
+    kind: Any = OpenVinoBackend if backend == "openvino" else OnnxBackend
+    piece = STREAM_PIECE if backend == "openvino" else ONNX_PIECE
+    streams = kind(Spec(backend, "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
+    single = kind(Spec(backend, "fp32"), MODEL_DIR, model_cache, stream_per_core=False)
     if streams.streams < 2:
-        pytest.skip("one core: OpenVINO makes one stream")
+        pytest.skip("one core: one stream")
     passages, _ = calibration()
     chunks = chunker_for(MODEL_DIR, 64, 8).chunk_sections([Section(text) for text in passages])
     # Longest first, as the embedder calls it, with a short text in the middle: pieces of very
     # different lengths, so the second stream finishes its pieces before the first.
     chunks = sorted(chunks, key=lambda chunk: -len(chunk.text))[: 5 * STREAM_PIECE + 3]
-    chunks.insert(STREAM_PIECE + 1, chunks.pop())
+    chunks.insert(piece + 1, chunks.pop())
     texts = [chunk.text for chunk in chunks]
     one_by_one = np.concatenate([single.encode([text]) for text in texts])
     assert cosines(streams.encode(texts), one_by_one).min() > 0.9999

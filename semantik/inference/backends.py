@@ -19,7 +19,8 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +39,9 @@ PAD_MULTIPLE = 16
 # Texts per request when OpenVINO runs a stream per core (``OpenVinoBackend``): 8 ran 160 chunks/s
 # against 150 for 16 and 139 for 32 (int8, AMX Xeon, 2 streams; docs/benchmarks.md, session 30).
 STREAM_PIECE = 8
+# Texts per run when ONNX Runtime runs a stream per core (``OnnxBackend``): 1 ran int8 at 118-125
+# chunks/s against 102-113 for 2 and 78 for 4 (AMX Xeon, 2 cores; docs/benchmarks.md, session 30).
+ONNX_PIECE = 1
 
 log = structlog.get_logger(__name__)
 
@@ -76,11 +80,17 @@ class Backend(Protocol):
     dim: int
 
     def encode(
-        self, texts: list[str], preemptible: bool = False, tokens: TokenIds | None = None
+        self,
+        texts: list[str],
+        preemptible: bool = False,
+        tokens: TokenIds | None = None,
+        between: Callable[[], None] | None = None,
     ) -> npt.NDArray[np.float32]:
         """One model batch: normalised vectors, one row per text, in order. A ``preemptible`` run
         may raise ``Preempted`` when ``preempt`` is called meanwhile (ONNX Runtime only). ``tokens``:
-        the texts' token ids where the chunker gave them (``Tokens``), else None."""
+        the texts' token ids where the chunker gave them (``Tokens``), else None. ``between``: called
+        before each piece where a backend runs the batch in pieces on a stream per core (the
+        embedder's wait for searches in flight)."""
         ...
 
     def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
@@ -271,7 +281,11 @@ class TorchBackend:
         pass  # a torch forward cannot be stopped part-way; indexing sub-batches stay short instead
 
     def encode(
-        self, texts: list[str], preemptible: bool = False, tokens: TokenIds | None = None
+        self,
+        texts: list[str],
+        preemptible: bool = False,
+        tokens: TokenIds | None = None,
+        between: Callable[[], None] | None = None,
     ) -> npt.NDArray[np.float32]:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
@@ -285,12 +299,13 @@ class TorchBackend:
         return self.encode(texts)
 
 
-def onnx_session(path: Path) -> Any:
-    """An ONNX Runtime session on the CPU's cores, with threads that sleep rather than spin."""
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the CPU's cores (or ``threads`` of them), with threads that sleep
+    rather than spin. With one thread a run runs on its caller's thread."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
+    options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning threads would steal the cores from the other thread (queries vs indexing).
@@ -299,11 +314,19 @@ def onnx_session(path: Path) -> Any:
 
 
 class OnnxBackend:
-    preemptible = True
-    own_query_path = False  # a query stops the indexing run in flight instead (``preempt``)
-    whole_batches = False
+    """ONNX Runtime on the exported graph, in one of two ways.
 
-    def __init__(self, spec: Spec, model_path: Path, cache_root: Path) -> None:
+    - **A stream per core** (where there are two cores or more): the session runs on one thread, a
+      call's texts go one at a time to a thread per core, and a query runs on its own caller's
+      thread beside them (``own_query_path``). On an AMX Xeon with 2 cores: int8 118-125 chunks/s
+      against 61 for batches of 32 on both cores, fp32 49 against 32 (docs/benchmarks.md, session
+      30). One text's activations stay in its core's cache, and no op waits for the other core.
+      int8 then quantizes each text's activations on their own (one scale per run), so a text's
+      vector no longer depends on what shares its batch.
+    - **One run on every core** (one core, or ``stream_per_core=False``): a query stops the
+      indexing run in flight (``preempt``) and goes first."""
+
+    def __init__(self, spec: Spec, model_path: Path, cache_root: Path, *, stream_per_core: bool | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency; only a broken install lacks it
@@ -315,7 +338,12 @@ class OnnxBackend:
         except ExportError as exc:
             raise BackendUnavailable(str(exc)) from exc
         self.spec = spec
-        self.session = onnx_session(path)
+        by_streams = cpu_threads() > 1 if stream_per_core is None else stream_per_core
+        self.streams = cpu_threads() if by_streams else 1
+        self.preemptible = not by_streams
+        self.own_query_path = self.whole_batches = by_streams
+        self.session = onnx_session(path, threads=1 if by_streams else None)
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="onnx-stream") if by_streams else None
         self._ort = ort
         self._lock = threading.Lock()
         self._preemptible: Any = None
@@ -329,10 +357,16 @@ class OnnxBackend:
                 self._preemptible.terminate = True  # the run stops between two graph nodes
 
     def encode(
-        self, texts: list[str], preemptible: bool = False, tokens: TokenIds | None = None
+        self,
+        texts: list[str],
+        preemptible: bool = False,
+        tokens: TokenIds | None = None,
+        between: Callable[[], None] | None = None,
     ) -> npt.NDArray[np.float32]:
         if not texts:
             return np.empty((0, getattr(self, "dim", 0)), dtype=np.float32)
+        if self._pool is not None:
+            return self._run_streams(texts, tokens, between)
         inputs = self._tokens(texts, tokens)
         options = self._ort.RunOptions() if preemptible else None
         if options is not None:
@@ -351,7 +385,26 @@ class OnnxBackend:
         return normalise(out)
 
     def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        return self.encode(texts)
+        if self._pool is None:
+            return self.encode(texts)
+        return self._run(texts, None)  # on this thread, beside the streams
+
+    def _run(self, texts: list[str], tokens: TokenIds | None) -> npt.NDArray[np.float32]:
+        (out,) = self.session.run(["embedding"], self._tokens(texts, tokens))
+        return normalise(out)
+
+    def _run_streams(
+        self, texts: list[str], tokens: TokenIds | None, between: Callable[[], None] | None
+    ) -> npt.NDArray[np.float32]:
+        assert self._pool is not None
+
+        def piece(start: int) -> npt.NDArray[np.float32]:
+            if between is not None:  # a search in flight has the cores (a piece lasts 10-20 ms)
+                between()
+            end = start + ONNX_PIECE
+            return self._run(texts[start:end], None if tokens is None else tokens[start:end])
+
+        return np.concatenate(list(self._pool.map(piece, range(0, len(texts), ONNX_PIECE))))
 
 
 class OpenVinoBackend:
@@ -432,16 +485,22 @@ class OpenVinoBackend:
         pass
 
     def encode(
-        self, texts: list[str], preemptible: bool = False, tokens: TokenIds | None = None
+        self,
+        texts: list[str],
+        preemptible: bool = False,
+        tokens: TokenIds | None = None,
+        between: Callable[[], None] | None = None,
     ) -> npt.NDArray[np.float32]:
         if self._stream_queue is not None and len(texts) > STREAM_PIECE:
-            return self._run_streams(texts, tokens)
+            return self._run_streams(texts, tokens, between)
         return self._run(self.compiled, texts, tokens)
 
     def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
         return self._run(self._query_compiled, texts, None)
 
-    def _run_streams(self, texts: list[str], tokens: TokenIds | None) -> npt.NDArray[np.float32]:
+    def _run_streams(
+        self, texts: list[str], tokens: TokenIds | None, between: Callable[[], None] | None
+    ) -> npt.NDArray[np.float32]:
         """The call's texts in pieces of ``STREAM_PIECE`` (in order: neighbours have near lengths, so
         little padding), each to the first stream that is free, so a stream given short texts takes
         more of them."""
@@ -455,6 +514,8 @@ class OpenVinoBackend:
             queue = self._stream_queue
             queue.set_callback(done)
             for piece, start in enumerate(starts):
+                if between is not None:
+                    between()
                 end = start + STREAM_PIECE
                 queue.start_async(self._tokens(texts[start:end], None if tokens is None else tokens[start:end]), piece)
             queue.wait_all()

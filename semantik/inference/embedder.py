@@ -186,7 +186,10 @@ class Embedder:
                 # A steady stream of queries may stop a sub-batch a few times, not forever.
                 parts.append(
                     self.model.encode(
-                        batch, preemptible=stopped < MAX_PREEMPTIONS, tokens=tokens[start : start + len(batch)]
+                        batch,
+                        preemptible=stopped < MAX_PREEMPTIONS,
+                        tokens=tokens[start : start + len(batch)],
+                        between=self._wait_for_queries,
                     )
                 )
             except Preempted:
