@@ -510,30 +510,37 @@ async def test_a_search_pauses_indexing_on_streams_between_pieces(model_cache: P
     query do not share the cores with indexing either."""
     embedder = Embedder(MODEL_DIR, device="cpu", backend=backend, dtype="fp32", batch_size=1000, cache_dir=model_cache)
     try:
-        if backend == "openvino":  # as on AMX: streams, and whole batches (no sub-batches to wait between)
+        if backend == "openvino":  # as on AMX
             embedder.model = OpenVinoBackend(Spec(backend, "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
-            embedder.model.whole_batches = True
+        assert embedder.model.whole_batches  # no sub-batches: one call, the pieces are the backend's
         if getattr(embedder.model, "streams", 1) < 2:
             pytest.skip("one core: one stream")
-        passages, _ = calibration()
-        began = time.perf_counter()
-        await embedder.encode(passages[:16])
-        per_passage = (time.perf_counter() - began) / 16
-        texts = [passages[i % len(passages)] + f" ({i})" for i in range(max(32, int(1.5 / per_passage)))]
-        began = time.perf_counter()
-        await embedder.encode(texts)
-        alone = time.perf_counter() - began
+        # When each piece got past the wait for searches (the real wait runs; this only notes the time).
+        wait = embedder._wait_for_queries
+        started: list[float] = []
 
-        began = time.perf_counter()
+        def noted() -> None:
+            wait()
+            started.append(time.monotonic())
+
+        embedder._wait_for_queries = noted  # type: ignore[method-assign]
+        passages, _ = calibration()
+        texts = [passages[i % len(passages)] + f" ({i})" for i in range(96)]
         indexing = asyncio.ensure_future(embedder.encode(texts))
-        await asyncio.sleep(alone / 3)  # one call, part-way through its pieces
+        deadline = time.monotonic() + 60
+        while len(started) < 4 and not indexing.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # part-way through its pieces
+        assert len(started) >= 4 and not indexing.done()  # the wait runs before each piece, not once a call
         with embedder.search_first():
-            await asyncio.sleep(1.5)
+            held = time.monotonic()
+            await asyncio.sleep(1.0)
+            released = time.monotonic()
             assert not indexing.done()
         await indexing
-        # Held for 1.5 s less the pieces already under way: that much longer than alone (without
-        # the hold: as long).
-        assert time.perf_counter() - began > alone + 0.9
+        assert len(started) > 10
+        # Pieces already past the wait when the search began may start a moment later; none after.
+        assert not [t for t in started if held + 0.1 < t < released]
+        assert [t for t in started if t >= released]  # and the call went on after the search
     finally:
         embedder.close()
 
@@ -548,6 +555,8 @@ def test_a_query_answers_while_one_whole_indexing_batch_runs(model_cache: Path, 
         model: Any = OpenVinoBackend(Spec("openvino", "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
     else:
         model = load_backend(Spec(backend, "fp32"), MODEL_DIR, model_cache)
+    if backend in ("openvino-streams", "onnx") and model.streams < 2:
+        pytest.skip("one core: one stream")
     passages, queries = calibration()
     began = time.perf_counter()
     model.encode(passages[:8])
@@ -557,7 +566,7 @@ def test_a_query_answers_while_one_whole_indexing_batch_runs(model_cache: Path, 
 
     def index() -> None:
         started.set()
-        model.encode(batch)  # one model call: a single request, a single forward
+        model.encode(batch)  # one model call (on streams: its pieces)
         finished.set()
 
     indexing = threading.Thread(target=index)
@@ -633,6 +642,28 @@ def test_indexing_on_a_stream_per_core_answers_in_order_with_each_texts_ids(mode
     moved = streams.encode([texts[i] for i in with_ids], tokens=[chunks[j].tokens for j in shifted])
     assert cosines(moved, one_by_one[shifted]).min() > 0.9999
     assert streams.encode(texts[:1]).shape == (1, 384)  # fewer texts than a piece: one request
+
+
+def test_on_one_core_onnx_runtime_runs_one_batch_and_stops_it_for_a_query(model_cache: Path) -> None:
+    """A process allowed one core (its CPU affinity, as a container with one CPU gives) gets no
+    streams: ONNX Runtime runs a call as one run and a query stops it (``preempt``)."""
+    code = (
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+        "from semantik.inference.backends import OnnxBackend, Spec\n"
+        "from semantik.inference.embedder import default_model_path\n"
+        "b = OnnxBackend(Spec('onnx', 'fp32'), default_model_path(), Path(sys.argv[1]))\n"
+        "v = b.encode(['one', 'two words', 'and three words'])\n"
+        "print(json.dumps([b.streams, b.preemptible, b.own_query_path, b.whole_batches, list(v.shape)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(model_cache)], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [1, True, False, False, [3, 384]]
+    here = OnnxBackend(Spec("onnx", "fp32"), MODEL_DIR, model_cache)
+    if os.cpu_count() and len(os.sched_getaffinity(0)) > 1:  # and more than one: streams, queries apart
+        assert (here.streams, here.preemptible, here.own_query_path) == (len(os.sched_getaffinity(0)), False, True)
 
 
 async def test_empty_inputs_give_empty_answers(model_cache: Path) -> None:

@@ -6,9 +6,11 @@ once (the indexing thread and the query thread of ``embedder.py``): tokenizers a
 model is read-only.
 
 - ``torch``: fp32; bf16 where the CPU has native bf16; fp16 on CUDA (the GPU path).
-- ``onnx``: ONNX Runtime on the locally exported graph (``export.py``), fp32 or int8 weights.
+- ``onnx``: ONNX Runtime on the locally exported graph (``export.py``), fp32 or int8 weights; on
+  two cores or more, a stream per core, one text per run.
 - ``openvino``: OpenVINO (the ``openvino`` extra): fp32 or bf16 (where native) on the same exported
-  fp32 graph, or int8 on that graph statically quantized by NNCF (``quantize.py``; fast with VNNI).
+  fp32 graph, or int8 on that graph statically quantized by NNCF (``quantize.py``; fast with VNNI);
+  on AMX, indexing on a stream per core, eight texts per run.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ BACKENDS = ("torch", "onnx", "openvino")
 # Token ids per text, None where a text has none (``Chunk.tokens``).
 TokenIds = Sequence[Sequence[int] | None]
 PAD_MULTIPLE = 16
-# Texts per request when OpenVINO runs a stream per core (``OpenVinoBackend``): 8 ran 160 chunks/s
-# against 150 for 16 and 139 for 32 (int8, AMX Xeon, 2 streams; docs/benchmarks.md, session 30).
+# Texts per request, at most, when OpenVINO runs a stream per core (``OpenVinoBackend``): 8 ran 160
+# chunks/s against 150 for 16 and 139 for 32 (int8, AMX Xeon, 2 streams; docs/benchmarks.md, session 30).
 STREAM_PIECE = 8
 # Texts per run when ONNX Runtime runs a stream per core (``OnnxBackend``): 1 ran int8 at 118-125
 # chunks/s against 102-113 for 2 and 78 for 4 (AMX Xeon, 2 cores; docs/benchmarks.md, session 30).
@@ -70,11 +72,12 @@ class Spec:
 class Backend(Protocol):
     spec: Spec
     preemptible: bool  # ``preempt`` can stop a run part-way
-    # ``encode_query`` runs on a model instance and threads of its own: a query never waits for an
-    # indexing run (OpenVINO).
+    # ``encode_query`` runs on a model instance or threads of its own: a query never waits for an
+    # indexing run (OpenVINO; ONNX Runtime on a stream per core).
     own_query_path: bool
-    # Indexing runs whole batches rather than sub-batches of about ``embedder.SUB_BATCH_S``: only
-    # where short calls were measured to cost this backend speed on this CPU (OpenVINO on AMX).
+    # Indexing runs whole batches rather than sub-batches of about ``embedder.SUB_BATCH_S``: where
+    # short calls were measured to cost this backend speed on this CPU (OpenVINO on AMX), and where
+    # the backend cuts a call into pieces of its own (a stream per core).
     whole_batches: bool
     max_seq_length: int
     dim: int
@@ -313,6 +316,28 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def in_pieces(
+    pool: ThreadPoolExecutor,
+    run: Callable[[list[str], TokenIds | None], npt.NDArray[np.float32]],
+    texts: list[str],
+    tokens: TokenIds | None,
+    piece: int,
+    between: Callable[[], None] | None,
+) -> npt.NDArray[np.float32]:
+    """``texts`` in pieces of ``piece`` (in order: the embedder sorts a call by length, so a piece's
+    texts pad little), each to the first of ``pool``'s threads that is free (a thread given short
+    texts takes more of them), ``between`` called before each; the vectors in the caller's order. A
+    piece's error reaches the caller, and the pieces not yet started are dropped."""
+
+    def one(start: int) -> npt.NDArray[np.float32]:
+        if between is not None:  # the embedder's wait for a search in flight
+            between()
+        end = start + piece
+        return run(texts[start:end], None if tokens is None else tokens[start:end])
+
+    return np.concatenate(list(pool.map(one, range(0, len(texts), piece))))
+
+
 class OnnxBackend:
     """ONNX Runtime on the exported graph, in one of two ways.
 
@@ -397,14 +422,7 @@ class OnnxBackend:
         self, texts: list[str], tokens: TokenIds | None, between: Callable[[], None] | None
     ) -> npt.NDArray[np.float32]:
         assert self._pool is not None
-
-        def piece(start: int) -> npt.NDArray[np.float32]:
-            if between is not None:  # a search in flight has the cores (a piece lasts 10-20 ms)
-                between()
-            end = start + ONNX_PIECE
-            return self._run(texts[start:end], None if tokens is None else tokens[start:end])
-
-        return np.concatenate(list(self._pool.map(piece, range(0, len(texts), ONNX_PIECE))))
+        return in_pieces(self._pool, self._run, texts, tokens, ONNX_PIECE, between)
 
 
 class OpenVinoBackend:
@@ -420,15 +438,16 @@ class OpenVinoBackend:
     25). On Zen 4 (AVX-512, no AMX) it was the other way round: whole jobs ran 8-11% faster with
     50 ms sub-batches, 89.9 / 88.4 chunks/s against 81.1 / 81.9 with whole batches of 32
     (docs/benchmarks.md, session 26). There the indexing model runs a stream per core, and a call's
-    texts go to the streams in pieces (``_run_streams``)."""
+    texts go to the streams in pieces (``in_pieces``), each on an infer request of its own."""
 
     preemptible = False
     own_query_path = True
 
     def __init__(self, spec: Spec, model_path: Path, cache_root: Path, *, stream_per_core: bool | None = None) -> None:
         """``stream_per_core``: indexing on a stream per core (None: where AMX runs the model, as measured)."""
-        self.whole_batches = matrix_unit() and spec.dtype != "fp32"  # fp32 does not run on AMX
-        by_streams = self.whole_batches if stream_per_core is None else stream_per_core
+        amx = matrix_unit() and spec.dtype != "fp32"  # fp32 does not run on AMX
+        by_streams = amx if stream_per_core is None else stream_per_core
+        self.whole_batches = amx or by_streams
         try:
             ov = import_openvino()
         except ImportError as exc:
@@ -467,8 +486,8 @@ class OpenVinoBackend:
         # pieces of a call, rather than every core on one request: 8-9% more chunks/s on an AMX Xeon
         # with 2 cores, and whole jobs 15-20% faster (docs/benchmarks.md, session 30).
         self.streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if by_streams else 1
-        self._stream_queue: Any = ov.AsyncInferQueue(self.compiled, self.streams) if self.streams > 1 else None
-        self._stream_lock = threading.Lock()
+        # A thread per stream, each running an infer request of its own (``_run``).
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="openvino-stream") if by_streams else None
         self._lock = threading.Lock()
         self._requests: dict[int, list[Any]] = {id(self.compiled): [], id(self._query_compiled): []}
         self.max_seq_length = model_max_seq_length(model_path)
@@ -491,37 +510,14 @@ class OpenVinoBackend:
         tokens: TokenIds | None = None,
         between: Callable[[], None] | None = None,
     ) -> npt.NDArray[np.float32]:
-        if self._stream_queue is not None and len(texts) > STREAM_PIECE:
-            return self._run_streams(texts, tokens, between)
+        if self._pool is not None and len(texts) > 1:
+            # Every stream gets a piece, up to STREAM_PIECE texts each.
+            piece = min(STREAM_PIECE, -(-len(texts) // self.streams))
+            return in_pieces(self._pool, functools.partial(self._run, self.compiled), texts, tokens, piece, between)
         return self._run(self.compiled, texts, tokens)
 
     def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
         return self._run(self._query_compiled, texts, None)
-
-    def _run_streams(
-        self, texts: list[str], tokens: TokenIds | None, between: Callable[[], None] | None
-    ) -> npt.NDArray[np.float32]:
-        """The call's texts in pieces of ``STREAM_PIECE`` (in order: neighbours have near lengths, so
-        little padding), each to the first stream that is free, so a stream given short texts takes
-        more of them."""
-        starts = range(0, len(texts), STREAM_PIECE)
-        outputs: list[Any] = [None] * len(starts)
-
-        def done(request: Any, piece: int) -> None:
-            outputs[piece] = np.array(request.get_output_tensor(0).data)  # the request's buffer is reused
-
-        with self._stream_lock:  # one call at a time owns the streams
-            queue = self._stream_queue
-            queue.set_callback(done)
-            for piece, start in enumerate(starts):
-                if between is not None:
-                    between()
-                end = start + STREAM_PIECE
-                queue.start_async(self._tokens(texts[start:end], None if tokens is None else tokens[start:end]), piece)
-            queue.wait_all()
-        if any(output is None for output in outputs):
-            raise RuntimeError("an OpenVINO stream returned no embeddings for its texts")
-        return normalise(np.concatenate(outputs))
 
     def _run(self, compiled: Any, texts: list[str], tokens: TokenIds | None) -> npt.NDArray[np.float32]:
         if not texts:

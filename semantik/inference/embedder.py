@@ -2,12 +2,14 @@
 
 - ``encode`` (indexing) runs in its own thread and works in sub-batches of about
   ``SUB_BATCH_S`` seconds each, or whole batches where the backend says short calls cost it speed
-  (``whole_batches``: OpenVINO on AMX); before each it lets any search in flight in this process
+  or runs them in pieces itself (``whole_batches``: OpenVINO on AMX, ONNX Runtime on a stream per
+  core); before each sub-batch, and each piece, it lets any search in flight in this process
   finish first (``search_first``: the search then has the cores).
 - ``encode_query`` (search) runs in another thread and never queues behind an indexing sub-batch:
-  on ONNX Runtime the sub-batch in flight is stopped (and run again after the query); on torch the
-  query shares the cores with it until it ends; OpenVINO runs the query on a model compiled for
-  queries, beside the indexing one (a request cannot be stopped part-way: its ``cancel`` breaks the
+  ONNX Runtime runs the query on its own thread beside the streams (on one core it stops the
+  sub-batch in flight, and runs it again after the query); on torch the query shares the cores
+  with the sub-batch until it ends; OpenVINO runs the query on a model compiled for queries,
+  beside the indexing one (a request cannot be stopped part-way: its ``cancel`` breaks the
   compiled model's state, still in 2026.4).
 
 Which backend runs the model (torch, ONNX Runtime, OpenVINO; fp32, bf16, int8, fp16 on CUDA) is
