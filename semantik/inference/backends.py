@@ -391,7 +391,7 @@ class OnnxBackend:
         if not texts:
             return np.empty((0, getattr(self, "dim", 0)), dtype=np.float32)
         if self._pool is not None:
-            return self._run_streams(texts, tokens, between)
+            return in_pieces(self._pool, self._run, texts, tokens, ONNX_PIECE, between)
         inputs = self._tokens(texts, tokens)
         options = self._ort.RunOptions() if preemptible else None
         if options is not None:
@@ -417,12 +417,6 @@ class OnnxBackend:
     def _run(self, texts: list[str], tokens: TokenIds | None) -> npt.NDArray[np.float32]:
         (out,) = self.session.run(["embedding"], self._tokens(texts, tokens))
         return normalise(out)
-
-    def _run_streams(
-        self, texts: list[str], tokens: TokenIds | None, between: Callable[[], None] | None
-    ) -> npt.NDArray[np.float32]:
-        assert self._pool is not None
-        return in_pieces(self._pool, self._run, texts, tokens, ONNX_PIECE, between)
 
 
 class OpenVinoBackend:

@@ -59,8 +59,8 @@ WARM_UP = 4
 # Rates within this factor count as the same speed (two timings of one backend differ by up to ~10%).
 SAME_SPEED = 1.15
 # 3: near-equal candidates ranked by tie_rank; 4: OpenVINO ranks with ONNX Runtime there (its queries
-# have their own model) and queries are measured on the query path; 5: OpenVINO indexes on a stream per
-# core where AMX runs it (faster there). A choice made earlier is measured again.
+# have their own model) and queries are measured on the query path; 5: a stream per core (ONNX Runtime
+# on two cores or more, OpenVINO where AMX runs it), faster there. A choice made earlier is measured again.
 LAYOUT = 5
 
 
