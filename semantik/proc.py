@@ -1,6 +1,7 @@
-"""Process plumbing: what every child process Semantik starts does first (die with the process
-that started it), handing freed memory and cached file pages back to the system in a long-lived
-process, and the memory a process may use (its cgroup's limit, or the machine's RAM)."""
+"""Process plumbing: how Semantik starts a child process of its own code (``module_command``), what
+every such child does first (die with the process that started it), handing freed memory and cached
+file pages back to the system in a long-lived process, and the memory a process may use (its
+cgroup's limit, or the machine's RAM)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,28 @@ import ctypes
 import os
 import signal
 import stat
+import sys
+import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _MADV_PAGEOUT = 21
+
+
+def module_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``python -m module args`` on this very code: this
+    interpreter, this package (a checkout first on the module path; an installed one where it is
+    installed), and ``-P``, so that the current folder does not come first: a folder holding a
+    package called ``semantik`` (another checkout, a user's files) must not replace the code a
+    child runs."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    # Installed (not a checkout): the child finds it where this interpreter installs packages, and
+    # that folder put first would put every installed package before the standard library.
+    installed = {str(Path(sysconfig.get_path(kind)).resolve()) for kind in ("purelib", "platlib")}
+    first = [] if package_parent in installed else [package_parent]
+    python_path = os.pathsep.join(filter(None, [*first, os.environ.get("PYTHONPATH")]))
+    return [sys.executable, "-P", "-m", module, *args], {**os.environ, "PYTHONPATH": python_path}
 
 
 def die_with_parent(parent: int | None = None) -> None:

@@ -5,6 +5,7 @@ nothing is mocked. The last test runs a few of them beside normal notes through 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import resource
@@ -20,11 +21,12 @@ from typing import Any, Protocol
 import pytest
 from aiohttp.test_utils import TestClient
 
-from semantik.indexing import sandbox
+from semantik.indexing import sandbox, sandbox_child
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.sandbox import ExtractPool, SandboxConfig, extraction_pool
 from semantik.inference.embedder import default_model_path
 from semantik.settings import Settings
+from semantik.store.engine import EngineProcess
 from tests.conftest import RuntimeFactory
 from tests.helpers import create_job, job_view, loop_gaps, wait_until, write
 from tests.test_extract import docx_with_body, page_tree_bomb_pdf, slow_pdf, zip_bomb_docx
@@ -426,3 +428,52 @@ async def test_a_child_that_cannot_start_fails_the_file_with_why(docs: Path, tmp
             await extract(pool, docs / "note.txt")
     finally:
         pool.close()
+
+
+async def test_a_small_text_file_comes_with_its_read_and_other_files_wait_for_extract(
+    make_pool: PoolFactory, docs: Path
+) -> None:
+    """One request for a small note: its chunks arrive with its hash, so extracting them needs no
+    process at all (the child is killed in between). A PDF, or a text file past ``AT_ONCE_BYTES``,
+    still takes its own ``extract``; a small text file that cannot be extracted gets its hash from
+    ``read`` and fails in ``extract``, with the reason it always had."""
+    pool = make_pool()
+    write(docs / "note.txt", NOTE)
+    (docs / "slow.pdf").write_bytes(slow_pdf(pages=1))
+    write(docs / "long.txt", (NOTE + "\n") * (sandbox_child.AT_ONCE_BYTES // len(NOTE) + 1))
+    binary = b"\x00\x01\x02 not text"
+    (docs / "binary.txt").write_bytes(binary)
+
+    async def read_then_kill(path: Path) -> list[Any]:
+        async with pool.lease() as extraction:
+            await extraction.read(str(path))
+            pid = extraction.pid
+            os.kill(pid, signal.SIGKILL)
+            await wait_until(lambda: pid not in pool.pids, 10, "the child's death to reach the pool")
+            return await extraction.extract()
+
+    assert [chunk.text for chunk in await read_then_kill(docs / "note.txt")] == [NOTE]
+    for path in (docs / "slow.pdf", docs / "long.txt"):
+        with pytest.raises(ExtractionError, match=r"killed \(SIGKILL\)"):
+            await read_then_kill(path)
+    async with pool.lease() as extraction:
+        assert await extraction.read(str(docs / "binary.txt")) == hashlib.sha256(binary).hexdigest()
+        with pytest.raises(ExtractionError, match=r"^binary content \(NUL bytes\) in a text file$"):
+            await extraction.extract()
+    assert await extract(pool, docs / "note.txt") == [NOTE]
+
+
+async def test_children_run_this_code_whatever_folder_the_worker_runs_in(
+    make_pool: PoolFactory, docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started in a folder that holds another package called semantik (a checkout, a
+    user's files): its extraction processes and its vector engine still run this code."""
+    shadow = tmp_path / "cwd" / "semantik"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise SystemExit('the package in the current folder ran')\n")
+    monkeypatch.chdir(shadow.parent)
+    write(docs / "note.txt", NOTE)
+    assert await extract(make_pool(), docs / "note.txt") == [NOTE]
+    engine = EngineProcess(tmp_path / "vectors")
+    await engine.start()
+    await engine.close()

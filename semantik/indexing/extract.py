@@ -38,6 +38,7 @@ __all__ = [
     "decode_text",
     "extract_sections",
     "extract_text",
+    "extracts_cheaply",
     "format_key",
     "read_file",
 ]
@@ -125,6 +126,15 @@ def format_key(name: str) -> str | None:
         return suffix
     lowered = Path(name).name.lower()
     return lowered if not suffix and lowered in TEXT_NAMES else None
+
+
+CHEAP_KEYS = TEXT_SUFFIXES | TEXT_NAMES | MARKDOWN_SUFFIXES | HTML_SUFFIXES
+
+
+def extracts_cheaply(name: str) -> bool:
+    """Plain text, Markdown or HTML: formats whose text costs about as much to extract as to hash
+    (no archive, no pages to render, no OCR)."""
+    return (format_key(name) or format_key("x" + name)) in CHEAP_KEYS
 
 
 _READ_BLOCK_BYTES = 1024 * 1024

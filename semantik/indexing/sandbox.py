@@ -3,7 +3,7 @@
 Untrusted files are parsed where a crash cannot hurt: a zip bomb, a PDF whose page tree lists one
 node 90,000 times or a parser stuck for hours costs one child process, never the worker. A child:
 
-- is a fresh interpreter (``python -m semantik.indexing.sandbox_child``: spawn semantics, never a
+- is a fresh interpreter (``python -P -m semantik.indexing.sandbox_child``: spawn semantics, never a
   fork of the worker, which has torch's threads running). Not ``multiprocessing.Process``: its
   spawn and forkserver methods re-import the worker's ``__main__`` in every child. It never imports
   torch or transformers: the chunker needs only ``tokenizers``;
@@ -16,10 +16,12 @@ The worker kills a child (SIGKILL) when a file outlasts ``SEMANTIK_EXTRACT_TIMEO
 task awaiting it is cancelled (job cancelled, worker stopping), and when the pool closes. A child
 that dies or is killed is replaced at once, and only the file it held fails, with the reason.
 
-A file takes two requests on one child: ``read`` (its sha256, every check made on the opened
+A file takes one or two requests on one child: ``read`` (its sha256, every check made on the opened
 descriptor) and, unless the store already holds that content, ``extract`` (the chunks of the bytes
-just read). A runtime's pool is shared by the jobs running on it, and kept a while after the last one
-ends (``SharedPool``).
+just read). A small file of plain text, Markdown or HTML comes back with its chunks from ``read``
+(``AT_ONCE_BYTES``): on a folder of notes the second round trip cost more than the extraction. A
+runtime's pool is shared by the jobs running on it, and kept a while after the last one ends
+(``SharedPool``).
 """
 
 from __future__ import annotations
@@ -29,20 +31,18 @@ import contextlib
 import multiprocessing
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-import semantik
 from semantik.indexing.chunk import Chunk
 from semantik.indexing.extract import ExtractionError
 from semantik.indexing.sandbox_child import SandboxConfig
+from semantik.proc import module_command
 
 if TYPE_CHECKING:
     from semantik.runtime import Runtime
@@ -148,13 +148,15 @@ class _Child:
 
 
 class Extraction:
-    """One file on one child: ``read`` it (its sha256), then, if it is new, ``extract`` its chunks.
-    Both together may take ``SEMANTIK_EXTRACT_TIMEOUT_S``."""
+    """One file on one child: ``read`` it (its sha256), then, if it is new, ``extract`` its chunks
+    (at once, where ``read`` brought them). Both together may take ``SEMANTIK_EXTRACT_TIMEOUT_S``."""
 
     def __init__(self, child: _Child, config: SandboxConfig) -> None:
         self._child, self._config = child, config
         self._spent_s = 0.0
         self.mtime = 0.0
+        self._chunks: list[Chunk] | None = None
+        self._failed: str | None = None
 
     @property
     def pid(self) -> int:
@@ -165,10 +167,16 @@ class Extraction:
         from the same descriptor, is then ``mtime``)."""
         reply = await self._request(("read", path))
         self.mtime = float(reply[3])
+        self._chunks, self._failed = reply[4], reply[5]
         return str(reply[2])
 
     async def extract(self) -> list[Chunk]:
         """The chunks of the bytes ``read`` just hashed, each with its place in the document."""
+        # A small file of a simple format: the child sent its chunks, or why it has none, with its hash.
+        if self._failed is not None:
+            raise ExtractionError(self._failed)
+        if self._chunks is not None:
+            return list(self._chunks)
         reply = await self._request(("extract",))
         return list(reply[1])
 
@@ -331,14 +339,13 @@ def _spawn(child_end: Connection) -> subprocess.Popen[bytes]:
     """Start a child (vfork and exec: a few milliseconds, so on the loop's own thread). That thread
     is the child's parent thread, the one whose end kills it (``PR_SET_PDEATHSIG`` follows the thread
     that forked, not the process): a short-lived helper thread would take its children with it."""
-    package_parent = str(Path(semantik.__file__).resolve().parents[1])  # this very code, installed or not
-    python_path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+    command, env = module_command("semantik.indexing.sandbox_child", str(child_end.fileno()))
     return subprocess.Popen(
-        [sys.executable, "-m", "semantik.indexing.sandbox_child", str(child_end.fileno())],
+        command,
         pass_fds=[child_end.fileno()],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        env={**os.environ, **_CHILD_ENV, "PYTHONPATH": python_path},
+        env={**env, **_CHILD_ENV},
     )
 
 

@@ -497,15 +497,16 @@ def quantize_openvino_int8(fp32: Path, target: Path, work: Path, model_path: Pat
     record for export.json. Runs NNCF in a child process (see above) that dies with this one and
     writes only in ``work``; anything that goes wrong is an ``ExportError``."""
     import subprocess
-    import sys
+
+    from semantik.proc import module_command
 
     began = time.perf_counter()
+    command, env = module_command("semantik.inference.quantize", str(fp32), str(work), str(model_path))
     try:
         try:
             done = subprocess.run(
-                # -P: the child imports what this process imports, whatever its working directory holds.
-                [sys.executable, "-P", "-m", "semantik.inference.quantize", str(fp32), str(work), str(model_path)],
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                command,
+                env={**env, "PYTHONUNBUFFERED": "1"},
                 cwd=work,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,

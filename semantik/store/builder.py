@@ -48,7 +48,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from semantik.proc import die_with_parent
+from semantik.proc import die_with_parent, module_command
 from semantik.store import shard as shards
 from semantik.store.shard import Exported, Shard
 
@@ -92,12 +92,9 @@ class Build:
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
+        command, env = module_command("semantik.store.builder", str(theirs.fileno()), str(os.getpid()), str(target))
         with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "semantik.store.builder", str(theirs.fileno()), str(os.getpid()), str(target)],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
+            self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         self.conn = Connection(ours.detach())
         if self.via == "clone":
             source = sources[0]

@@ -31,9 +31,8 @@ from typing import Any
 
 import structlog
 
-import semantik
 from semantik.errors import SemantikError, Unavailable
-from semantik.proc import die_with_parent
+from semantik.proc import die_with_parent, module_command
 
 log = structlog.get_logger(__name__)
 
@@ -91,12 +90,10 @@ class EngineProcess:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        package_root = str(Path(semantik.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        command, env = module_command("semantik.store.engine", str(theirs.fileno()), str(os.getpid()))
         with theirs:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "semantik.store.engine", str(theirs.fileno()), str(os.getpid())],
+                command,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
