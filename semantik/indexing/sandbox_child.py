@@ -36,7 +36,7 @@ _OUT_OF_MEMORY_AT = 0.9
 _RETIRE_AT = 0.6
 # A file up to this size in a format that extracts cheaply (``extracts_cheaply``) is extracted with
 # its ``read``: one request a file instead of two. On a folder of small text files that was 0.9 s of
-# CPU less per 2,400 files, the job 1.7% faster (docs/benchmarks.md, session 31).
+# CPU less per 2,400 files, jobs 1.7% faster (docs/benchmarks.md, session 31).
 AT_ONCE_BYTES = 256 * 1024
 
 
