@@ -513,7 +513,7 @@ async def test_a_search_pauses_indexing_on_streams_between_pieces(model_cache: P
         if backend == "openvino":  # as on AMX
             embedder.model = OpenVinoBackend(Spec(backend, "fp32"), MODEL_DIR, model_cache, stream_per_core=True)
         assert embedder.model.whole_batches  # no sub-batches: one call, the pieces are the backend's
-        if getattr(embedder.model, "streams", 1) < 2:
+        if embedder.model.streams < 2:
             pytest.skip("one core: one stream")
         # When each piece got past the wait for searches (the real wait runs; this only notes the time).
         wait = embedder._wait_for_queries

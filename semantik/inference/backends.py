@@ -79,6 +79,10 @@ class Backend(Protocol):
     # short calls were measured to cost this backend speed on this CPU (OpenVINO on AMX), and where
     # the backend cuts a call into pieces of its own (a stream per core).
     whole_batches: bool
+    # Threads that each run pieces of one call on their own (a stream per core: ONNX Runtime on two
+    # cores or more, OpenVINO on AMX); 1: a call is one run at a time. With streams the embedder
+    # hands the backend a whole call, and the streams meet at its end only.
+    streams: int
     max_seq_length: int
     dim: int
 
@@ -250,6 +254,7 @@ class TorchBackend:
     preemptible = False
     own_query_path = False  # a query's forward runs beside an indexing one, on the same cores
     whole_batches = False
+    streams = 1
 
     def __init__(self, spec: Spec, model_path: Path, *, max_seq_length: int | None = None) -> None:
         import torch
