@@ -24,9 +24,9 @@ from semantik.settings import Settings
 
 
 def raw_encode(args: argparse.Namespace, texts: list[str], cache: Path) -> tuple[int, float, str, int]:
-    """The chosen backend alone, on length-sorted batches: what the model can do here. Each call
-    is as large as a job's: a batch, or on a stream per core the job's whole call (ENCODE_GROUP
-    batches), which the streams take in pieces and finish together."""
+    """The chosen backend alone, on length-sorted batches: what the model can do here. On a stream
+    per core each call is as large as a job's largest (ENCODE_GROUP batches), which the streams take
+    in pieces; elsewhere a whole batch (a job runs sub-batches of one at most: an upper bound)."""
     embedder = Embedder(
         default_model_path(),
         device="cpu",

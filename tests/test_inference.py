@@ -586,7 +586,8 @@ def test_a_query_answers_while_one_whole_indexing_batch_runs(model_cache: Path, 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
 async def test_chunks_indexed_by_their_token_ids_get_their_texts_vectors(model_cache: Path, backend: str) -> None:
     """A job hands the model each chunk's token ids from the chunker (no second tokenization); the
-    indexing call sorts and cuts its texts into sub-batches, and the ids must follow their texts."""
+    indexing call sorts its texts and cuts them into sub-batches or pieces, and the ids must follow
+    their texts."""
     from semantik.indexing.chunk import chunker_for
     from semantik.indexing.formats.base import Section
 

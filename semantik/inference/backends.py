@@ -75,9 +75,9 @@ class Backend(Protocol):
     # ``encode_query`` runs on a model instance or threads of its own: a query never waits for an
     # indexing run (OpenVINO; ONNX Runtime on a stream per core).
     own_query_path: bool
-    # Indexing runs whole batches rather than sub-batches of about ``embedder.SUB_BATCH_S``: where
-    # short calls were measured to cost this backend speed on this CPU (OpenVINO on AMX), and where
-    # the backend cuts a call into pieces of its own (a stream per core).
+    # Indexing runs whole batches rather than sub-batches of about ``embedder.SUB_BATCH_S`` where
+    # short calls were measured to cost this backend speed on this CPU (OpenVINO on AMX). With
+    # ``streams`` > 1 the embedder hands over whole calls instead, whatever this says.
     whole_batches: bool
     # Threads that each run pieces of one call on their own (a stream per core: ONNX Runtime on two
     # cores or more, OpenVINO on AMX); 1: a call is one run at a time. With streams the embedder
@@ -93,11 +93,12 @@ class Backend(Protocol):
         tokens: TokenIds | None = None,
         between: Callable[[], None] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """One model batch: normalised vectors, one row per text, in order. A ``preemptible`` run
-        may raise ``Preempted`` when ``preempt`` is called meanwhile (ONNX Runtime only). ``tokens``:
-        the texts' token ids where the chunker gave them (``Tokens``), else None. ``between``: called
-        before each piece where a backend runs the batch in pieces on a stream per core (the
-        embedder's wait for searches in flight)."""
+        """One model call (a sub-batch, a batch, or on streams a job's whole call): normalised
+        vectors, one row per text, in order. A ``preemptible`` run may raise ``Preempted`` when
+        ``preempt`` is called meanwhile (ONNX Runtime on one core only). ``tokens``: the texts'
+        token ids where the chunker gave them (``Tokens``), else None. ``between``: called before
+        each piece where a backend runs the call in pieces on a stream per core (the embedder's
+        wait for searches in flight)."""
         ...
 
     def encode_query(self, texts: list[str]) -> npt.NDArray[np.float32]:
@@ -432,12 +433,13 @@ class OpenVinoBackend:
     cores with the batch instead: p50 / p99 7.7 / 12.3 ms during whole batches (idle 3.8 / 6.1).
     The second compilation takes about 0.4 s (the process's resident memory did not grow with it).
 
-    Indexing runs whole batches only where AMX runs the model (``whole_batches``: bf16 and int8 on
-    a CPU with AMX), where 20-50 ms sub-batches cost the job's encode path 5-10% (int8, session
-    25). On Zen 4 (AVX-512, no AMX) it was the other way round: whole jobs ran 8-11% faster with
-    50 ms sub-batches, 89.9 / 88.4 chunks/s against 81.1 / 81.9 with whole batches of 32
-    (docs/benchmarks.md, session 26). There the indexing model runs a stream per core, and a call's
-    texts go to the streams in pieces (``in_pieces``), each on an infer request of its own."""
+    Indexing takes more than a sub-batch a call only where AMX runs the model (bf16 and int8 on a
+    CPU with AMX; ``whole_batches``), where 20-50 ms sub-batches cost the job's encode path 5-10%
+    (int8, session 25). On Zen 4 (AVX-512, no AMX) it was the other way round: whole jobs ran 8-11%
+    faster with 50 ms sub-batches, 89.9 / 88.4 chunks/s against 81.1 / 81.9 with whole batches of
+    32 (docs/benchmarks.md, session 26). There the indexing model runs a stream per core and takes a
+    job's whole call, whose texts go to the streams in pieces (``in_pieces``), each on an infer
+    request of its own."""
 
     preemptible = False
     own_query_path = True

@@ -48,8 +48,8 @@ log = structlog.get_logger(__name__)
 
 # An indexing sub-batch aims at this much model time: the longest a query can share the cores (torch)
 # or the most work a query's preemption throws away (ONNX Runtime). OpenVINO's queries have a path of
-# their own; its indexing keeps the sub-batches for speed, but on AMX runs whole batches
-# (``OpenVinoBackend``).
+# their own; its indexing keeps the sub-batches for speed, but on AMX runs whole calls on its
+# streams (``OpenVinoBackend``).
 SUB_BATCH_S = 0.05
 FIRST_SUB_BATCH = 4
 MAX_PREEMPTIONS = 3
