@@ -131,10 +131,15 @@ def format_key(name: str) -> str | None:
 CHEAP_KEYS = TEXT_SUFFIXES | TEXT_NAMES | MARKDOWN_SUFFIXES | HTML_SUFFIXES
 
 
+def _extractor_key(name: str) -> str | None:
+    """``format_key``, where a bare suffix (".pdf") names its format too."""
+    return format_key(name) or format_key("x" + name)
+
+
 def extracts_cheaply(name: str) -> bool:
     """Plain text, Markdown or HTML: formats whose text costs about as much to extract as to hash
     (no archive, no pages to render, no OCR)."""
-    return (format_key(name) or format_key("x" + name)) in CHEAP_KEYS
+    return _extractor_key(name) in CHEAP_KEYS
 
 
 _READ_BLOCK_BYTES = 1024 * 1024
@@ -201,7 +206,7 @@ def extract_sections(data: bytes, name: str, limits: ExtractLimits | None = None
     ExtractionError with a reason (a parser's own exception on a strange file too). MemoryError goes
     through: the caller knows the limit."""
     limits = limits or ExtractLimits()
-    key = format_key(name) or format_key("x" + name)  # a bare suffix (".pdf") names its format too
+    key = _extractor_key(name)
     if not _EXTRACTORS:
         _EXTRACTORS.update(_extractors())
     extractor = _EXTRACTORS.get(key or "")
